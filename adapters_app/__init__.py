@@ -1,0 +1,1 @@
+"""The domain: models, lifecycle services, console views, APIs and admin."""

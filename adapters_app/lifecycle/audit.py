@@ -1,0 +1,26 @@
+from adapters_app.lifecycle.actors import Actor
+from adapters_app.models import AuditEvent
+
+
+def record(
+    actor: Actor,
+    action: str,
+    obj,
+    *,
+    person_handle: str = "",
+    before: dict | None = None,
+    after: dict | None = None,
+) -> AuditEvent:
+    """Append an audit event; call inside the transaction that made the change."""
+    return AuditEvent.objects.create(
+        actor_id=actor.user_id,
+        actor_name=actor.name,
+        via=actor.via,
+        action=action,
+        object_type=type(obj).__name__,
+        object_id=str(getattr(obj, "pk", "") or ""),
+        object_repr=str(obj)[:300],
+        person_handle=person_handle,
+        before=before,
+        after=after,
+    )

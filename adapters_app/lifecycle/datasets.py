@@ -1,0 +1,73 @@
+from django.db import transaction
+
+from adapters_app.lifecycle import audit
+from adapters_app.lifecycle.actors import Actor
+from adapters_app.lifecycle.errors import Invalid, NotFound
+from adapters_app.lifecycle.storage import get_store
+from adapters_app.models import Dataset, Person
+from workers.engine.examples import DatasetInvalid, Example, parse_jsonl
+
+
+def upload_dataset(
+    person: Person, data: bytes, *, name: str, purpose: str = Dataset.TRAIN, actor: Actor
+) -> tuple[Dataset, bool]:
+    """Validate and store a JSONL upload. Returns (dataset, created).
+
+    A bad file raises Invalid with line-numbered errors and writes nothing.
+    The same bytes uploaded twice for a person return the existing dataset.
+    """
+    if purpose not in dict(Dataset.PURPOSES):
+        raise Invalid(f"purpose must be one of {', '.join(dict(Dataset.PURPOSES))}")
+    try:
+        parsed = parse_jsonl(data)
+    except DatasetInvalid as exc:
+        raise Invalid(
+            str(exc),
+            details=[{"line": e.line, "message": e.message} for e in exc.errors],
+        ) from None
+    existing = Dataset.objects.filter(person=person, sha256=parsed.sha256).first()
+    if existing:
+        return existing, False
+
+    put = get_store().put(data)
+    try:
+        with transaction.atomic():
+            dataset = Dataset.objects.create(
+                person=person,
+                name=(name or f"dataset-{parsed.sha256[:8]}")[:200],
+                purpose=purpose,
+                format=parsed.format,
+                sha256=parsed.sha256,
+                rows=parsed.rows,
+                size_bytes=parsed.size_bytes,
+                created_by=actor.name,
+            )
+            audit.record(
+                actor, "dataset.upload", dataset, person_handle=person.handle,
+                after={"sha256": dataset.sha256, "rows": dataset.rows, "format": dataset.format},
+            )
+    except BaseException:
+        if put.created:
+            get_store().delete(put.sha256)
+        raise
+    return dataset, True
+
+
+def get_dataset(person: Person, ref: str) -> Dataset:
+    """A dataset by id or sha256 prefix (at least 8 characters)."""
+    queryset = Dataset.objects.filter(person=person)
+    if ref.isdigit():
+        found = queryset.filter(pk=int(ref)).first()
+    elif len(ref) >= 8:
+        matches = list(queryset.filter(sha256__startswith=ref.lower())[:2])
+        found = matches[0] if len(matches) == 1 else None
+    else:
+        found = None
+    if found is None:
+        raise NotFound(f"no dataset {ref!r} for {person.handle}")
+    return found
+
+
+def load_examples(dataset: Dataset) -> list[Example]:
+    """The dataset's rows, read from the store (hash-verified) and parsed again."""
+    return parse_jsonl(get_store().get(dataset.sha256)).examples

@@ -1,0 +1,150 @@
+"""Launching, cancelling, retrying and sweeping jobs.
+
+A job row is written (and audited) in one transaction; its Celery task is sent
+only after that commits, so a worker never picks up a job it cannot see.
+"""
+
+import logging
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+
+from adapters_app.lifecycle import audit
+from adapters_app.lifecycle.actors import Actor
+from adapters_app.lifecycle.errors import Conflict, Invalid
+from adapters_app.lifecycle.storage import get_store
+from adapters_app.models import Adapter, Dataset, Job, Revision
+from mintweb.celery import app as celery_app
+from workers.engine.training import TrainingConfig, TrainingConfigInvalid
+
+log = logging.getLogger(__name__)
+
+TASK_FOR_KIND = {
+    Job.TRAIN: "workers.tasks.train",
+    Job.EVALUATE: "workers.tasks.evaluate",
+    Job.INFER: "workers.tasks.infer",
+}
+
+
+def start_training(adapter: Adapter, dataset: Dataset, *, config: dict | None, actor: Actor) -> Job:
+    if dataset.person_id != adapter.person_id:
+        raise Invalid(f"dataset {dataset.pk} belongs to another person")
+    try:
+        training = TrainingConfig.from_dict(config)
+    except TrainingConfigInvalid as exc:
+        raise Invalid(f"invalid training config: {exc}", details=exc.errors) from None
+    params = {
+        "config": training.as_dict(),
+        "parent_revision_id": adapter.live_revision_id,
+    }
+    return _launch(Job.TRAIN, actor, adapter=adapter, dataset=dataset, params=params,
+                   total_steps=training.steps)
+
+
+def start_evaluation(
+    adapter: Adapter, dataset: Dataset, *, revision: Revision | None, actor: Actor
+) -> Job:
+    """Evaluate `revision` (or the bare base when None) on `dataset`."""
+    if dataset.person_id != adapter.person_id:
+        raise Invalid(f"dataset {dataset.pk} belongs to another person")
+    if revision is not None and revision.adapter_id != adapter.pk:
+        raise Invalid(f"{revision} does not belong to {adapter.handle}")
+    return _launch(Job.EVALUATE, actor, adapter=adapter, dataset=dataset, revision=revision,
+                   total_steps=dataset.rows)
+
+
+def start_inference(
+    adapter: Adapter, revision: Revision | None, *, prompt: str, max_tokens: int, actor: Actor
+) -> Job:
+    if not prompt.strip():
+        raise Invalid("prompt is empty")
+    if not 1 <= max_tokens <= 1024:
+        raise Invalid("max_tokens must be between 1 and 1024")
+    return _launch(Job.INFER, actor, adapter=adapter, revision=revision,
+                   params={"prompt": prompt, "max_tokens": max_tokens}, total_steps=1)
+
+
+def _launch(kind: str, actor: Actor, **fields) -> Job:
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    task_id = str(uuid.uuid4())
+    with transaction.atomic():
+        job = Job.objects.create(
+            kind=kind, created_by=actor.name, queue=queue, celery_task_id=task_id, **fields
+        )
+        adapter = fields.get("adapter")
+        audit.record(
+            actor, f"job.{kind}", job, person_handle=adapter.person.handle if adapter else "",
+            after={"params": job.params, "dataset": job.dataset_id, "revision": job.revision_id},
+        )
+        transaction.on_commit(
+            lambda: celery_app.send_task(TASK_FOR_KIND[kind], args=[job.pk], task_id=task_id, queue=queue)
+        )
+    return job
+
+
+def cancel_job(job: Job, *, actor: Actor) -> Job:
+    """A queued job is cancelled at once; a running one stops at its next step."""
+    before = job.state
+    with transaction.atomic():
+        if job.state == Job.QUEUED and job.mark_cancelled():
+            pass
+        elif Job.objects.filter(pk=job.pk, state=Job.RUNNING).update(cancel_requested=True):
+            job.cancel_requested = True
+        else:
+            job.refresh_from_db()
+            raise Conflict(f"job {job.pk} is {job.state}; only queued or running jobs can be cancelled")
+        audit.record(actor, "job.cancel", job, person_handle=_person_of(job), before={"state": before})
+    if job.state == Job.CANCELLED:
+        celery_app.control.revoke(job.celery_task_id)
+    return job
+
+
+def retry_job(job: Job, *, actor: Actor) -> Job:
+    if job.state not in (Job.FAILED, Job.CANCELLED):
+        raise Conflict(f"job {job.pk} is {job.state}; only failed or cancelled jobs can be retried")
+    return _launch(
+        job.kind, actor, adapter=job.adapter, dataset=job.dataset, revision=job.revision,
+        params=job.params, total_steps=job.total_steps,
+    )
+
+
+def _person_of(job: Job) -> str:
+    return job.adapter.person.handle if job.adapter_id else ""
+
+
+def sweep_stale_jobs(*, stale_after: float | None = None) -> list[int]:
+    """Fail running jobs whose worker stopped beating: it died, and no one else will."""
+    seconds = settings.MINT_STALE_JOB_SECONDS if stale_after is None else stale_after
+    swept = []
+    for job in Job.stale(timedelta(seconds=seconds)).select_related("adapter__person"):
+        reason = (
+            f"worker {job.worker or '?'} stopped sending heartbeats "
+            f"(last at {job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC, more than {seconds:g}s ago); "
+            "presumed dead, so the job was failed"
+        )
+        with transaction.atomic():
+            if job.fail(reason):
+                audit.record(Actor.system("sweeper"), "job.fail_stale", job, person_handle=_person_of(job),
+                             after={"error": reason})
+                swept.append(job.pk)
+    return swept
+
+
+def sweep_orphan_blobs(*, grace_seconds: float | None = None) -> list[str]:
+    """Remove store blobs that no revision or dataset references, once past a grace period.
+
+    The grace period protects a blob that a worker has just written and is
+    about to reference in its revision row.
+    """
+    grace = settings.MINT_ORPHAN_BLOB_GRACE_SECONDS if grace_seconds is None else grace_seconds
+    store = get_store()
+    removed = []
+    for sha in store.keys():
+        referenced = Revision.objects.filter(sha256=sha).exists() or Dataset.objects.filter(sha256=sha).exists()
+        if not referenced and store.age_seconds(sha) >= grace and store.delete(sha):
+            removed.append(sha)
+    if removed:
+        log.warning("removed %d orphan blob(s) from the store", len(removed))
+    return removed

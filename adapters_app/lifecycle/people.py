@@ -1,0 +1,93 @@
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+
+from adapters_app.lifecycle import audit
+from adapters_app.lifecycle.actors import Actor
+from adapters_app.lifecycle.errors import Conflict, Invalid, NotFound
+from adapters_app.lifecycle.storage import get_store
+from adapters_app.models import Adapter, BaseModel, Dataset, Person, Revision
+from adapters_app.models.person import validate_handle
+
+
+def _valid_handle(value: str, what: str) -> str:
+    try:
+        validate_handle(value)
+    except ValidationError as exc:
+        raise Invalid(f"{what}: {exc.messages[0]}") from None
+    return value
+
+
+def create_person(handle: str, *, display_name: str = "", actor: Actor) -> Person:
+    _valid_handle(handle, "person")
+    try:
+        with transaction.atomic():
+            person = Person.objects.create(handle=handle, display_name=display_name)
+            audit.record(actor, "person.create", person, person_handle=handle)
+    except IntegrityError:
+        raise Conflict(f"person {handle!r} already exists") from None
+    return person
+
+
+def get_person(handle: str) -> Person:
+    try:
+        return Person.objects.get(handle=handle)
+    except Person.DoesNotExist:
+        raise NotFound(f"no person {handle!r}") from None
+
+
+def create_adapter(
+    person: Person, name: str, *, base: BaseModel, description: str = "", actor: Actor
+) -> Adapter:
+    _valid_handle(name, "adapter")
+    try:
+        with transaction.atomic():
+            adapter = Adapter.objects.create(
+                person=person, name=name, base=base, base_digest=base.digest, description=description
+            )
+            audit.record(
+                actor, "adapter.create", adapter, person_handle=person.handle,
+                after={"base": base.name, "base_digest": base.digest},
+            )
+    except IntegrityError:
+        raise Conflict(f"adapter {person.handle}/{name} already exists") from None
+    return adapter
+
+
+def get_adapter(person_handle: str, name: str) -> Adapter:
+    try:
+        return Adapter.objects.select_related("person", "base", "live_revision").get(
+            person__handle=person_handle, name=name
+        )
+    except Adapter.DoesNotExist:
+        raise NotFound(f"no adapter {person_handle}/{name}") from None
+
+
+def erase_person(person: Person, *, actor: Actor, reason: str) -> dict:
+    """Delete a person with their adapters, revisions, datasets and blobs.
+
+    The audit event that remains (a tombstone) names what was erased, not the data.
+    """
+    if not reason.strip():
+        raise Invalid("erasing a person needs a reason")
+    revisions = Revision.objects.filter(adapter__person=person)
+    revision_blobs = set(revisions.values_list("sha256", flat=True))
+    dataset_blobs = set(Dataset.objects.filter(person=person).values_list("sha256", flat=True))
+    counts = {
+        "adapters": person.adapters.count(),
+        "revisions": revisions.count(),
+        "datasets": len(dataset_blobs),
+    }
+    handle = person.handle
+    with transaction.atomic():
+        Adapter.objects.filter(person=person).update(live_revision=None)
+        # Revisions are write-once, but erasure is the one sanctioned delete.
+        Revision.objects.filter(adapter__person=person).delete()
+        person.delete()
+        audit.record(actor, "person.erase", person, person_handle=handle, after={**counts, "reason": reason})
+    store = get_store()
+    still_used = set(
+        Revision.objects.filter(sha256__in=revision_blobs).values_list("sha256", flat=True)
+    ) | set(Dataset.objects.filter(sha256__in=dataset_blobs).values_list("sha256", flat=True))
+    for sha in (revision_blobs | dataset_blobs) - still_used:
+        store.delete(sha)
+    return counts

@@ -1,0 +1,131 @@
+import re
+from collections.abc import Callable
+
+from django.db import transaction
+from django.db.models import Max
+
+from adapters_app.lifecycle import audit
+from adapters_app.lifecycle.actors import Actor
+from adapters_app.lifecycle.errors import Invalid, NotFound
+from adapters_app.lifecycle.storage import get_store
+from adapters_app.models import Adapter, BaseModel, Dataset, Job, Revision
+from mintweb.version import code_version
+from workers.engine.payload import unpack
+
+REVISION_REF_RE = re.compile(r"^r?(\d+)$")
+SHA_PREFIX_RE = re.compile(r"^[0-9a-f]{6,64}$")
+
+
+def create_revision(
+    adapter: Adapter,
+    payload: bytes,
+    *,
+    dataset: Dataset,
+    training_config: dict,
+    parent: Revision | None,
+    job: Job | None,
+    actor: Actor,
+    final_loss: float | None = None,
+    on_created: Callable[[Revision], None] | None = None,
+) -> Revision:
+    """Store the payload and write the revision row as one step.
+
+    The blob is written first (atomically); if the row cannot be written the
+    blob is removed again, so there is never a row without its blob nor a new
+    blob that nothing references. `on_created` runs inside the same transaction
+    (a worker marks its job succeeded there); if it raises, nothing is kept. (A process killed between the two leaves a
+    blob the orphan sweep removes after its grace period.)
+    """
+    unpacked = unpack(payload)
+    config = unpacked.config
+    store = get_store()
+    put = store.put(payload)
+    try:
+        with transaction.atomic():
+            locked = Adapter.objects.select_for_update().get(pk=adapter.pk)
+            number = (locked.revisions.aggregate(n=Max("number"))["n"] or 0) + 1
+            revision = Revision.objects.create(
+                adapter=locked,
+                number=number,
+                sha256=put.sha256,
+                size_bytes=put.size,
+                rank=int(config.get("r", training_config.get("rank", 0))),
+                parameters=unpacked.parameters,
+                parent=parent,
+                dataset=dataset,
+                dataset_sha256=dataset.sha256,
+                dataset_rows=dataset.rows,
+                training_config=training_config,
+                seed=int(training_config.get("seed", 0)),
+                init_method=str(training_config.get("init", "default")),
+                base_digest=locked.base_digest,
+                code_version=code_version(),
+                job=job,
+                created_by=actor.name,
+                final_loss=final_loss,
+            )
+            audit.record(
+                actor, "revision.create", revision, person_handle=locked.person.handle,
+                after={"sha256": revision.sha256, "number": number, "job": job.pk if job else None},
+            )
+            if on_created is not None:
+                on_created(revision)
+    except BaseException:
+        if put.created and not Revision.objects.filter(sha256=put.sha256).exists():
+            store.delete(put.sha256)
+        raise
+    return revision
+
+
+def get_revision(adapter: Adapter, ref: str) -> Revision:
+    """`r3`, `3`, or a sha256 prefix of at least 6 hex digits."""
+    ref = (ref or "").strip().lower()
+    queryset = Revision.objects.filter(adapter=adapter).select_related("adapter__person")
+    if match := REVISION_REF_RE.match(ref):
+        found = queryset.filter(number=int(match.group(1))).first()
+    elif SHA_PREFIX_RE.match(ref):
+        matches = list(queryset.filter(sha256__startswith=ref)[:2])
+        if len(matches) > 1:
+            raise Invalid(f"sha256 prefix {ref!r} is ambiguous for {adapter.handle}; give more digits")
+        found = matches[0] if matches else None
+    else:
+        raise Invalid(f"{ref!r} is not a revision reference; use r<N> or a sha256 prefix")
+    if found is None:
+        raise NotFound(f"{adapter.handle} has no revision {ref!r}")
+    return found
+
+
+def load_payload(revision: Revision) -> bytes:
+    """The revision's payload from the store, refused if its bytes do not match its sha256."""
+    return get_store().get(revision.sha256)
+
+
+def resolve_model(model: str) -> tuple[BaseModel, Revision | None]:
+    """Resolve an OpenAI `model` string to a base and an optional revision.
+
+    `person/adapter` is the live revision, `person/adapter@r2` or `@<sha prefix>`
+    a pinned one, and a bare name is a registered base model.
+    """
+    from adapters_app.lifecycle.people import get_adapter
+
+    model = (model or "").strip()
+    if not model:
+        raise Invalid("model is required")
+    if "/" not in model:
+        base = BaseModel.objects.filter(name=model).first()
+        if base is None:
+            raise NotFound(f"The model `{model}` does not exist")
+        return base, None
+    handle, _, pin = model.partition("@")
+    person_handle, _, name = handle.partition("/")
+    try:
+        adapter = get_adapter(person_handle, name)
+    except NotFound:
+        raise NotFound(f"The model `{model}` does not exist") from None
+    if pin:
+        revision = get_revision(adapter, pin)
+    elif adapter.live_revision_id is None:
+        raise NotFound(f"The model `{model}` has no live revision yet; promote one first")
+    else:
+        revision = adapter.live_revision
+    return adapter.base, revision

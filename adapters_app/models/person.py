@@ -1,0 +1,62 @@
+import re
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.urls import reverse
+
+HANDLE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def validate_handle(value: str) -> None:
+    if not HANDLE_RE.match(value or ""):
+        raise ValidationError(
+            f"{value!r} is not a valid name: use 1-63 lowercase letters, digits, '-' or '_', "
+            "starting with a letter or digit"
+        )
+
+
+class Person(models.Model):
+    """The human whose personal state adapters hold (not a console login)."""
+
+    handle = models.CharField(max_length=63, unique=True, validators=[validate_handle])
+    display_name = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["handle"]
+
+    def __str__(self) -> str:
+        return self.handle
+
+    def get_absolute_url(self) -> str:
+        return reverse("console:person", args=[self.handle])
+
+
+class Adapter(models.Model):
+    """A stable identity `<person>/<name>`, bound to one base model digest."""
+
+    person = models.ForeignKey(Person, on_delete=models.CASCADE, related_name="adapters")
+    name = models.CharField(max_length=63, validators=[validate_handle])
+    base = models.ForeignKey("adapters_app.BaseModel", on_delete=models.PROTECT)
+    base_digest = models.CharField(max_length=64, editable=False)
+    live_revision = models.ForeignKey(
+        "adapters_app.Revision", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["person", "name"], name="adapter_unique_per_person")
+        ]
+        ordering = ["person__handle", "name"]
+
+    def __str__(self) -> str:
+        return self.handle
+
+    @property
+    def handle(self) -> str:
+        return f"{self.person.handle}/{self.name}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("console:adapter", args=[self.person.handle, self.name])

@@ -1,0 +1,1 @@
+"""Celery tasks (thin) and the ML engine they call."""

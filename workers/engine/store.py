@@ -1,0 +1,116 @@
+"""A content-addressed blob store for adapter payloads and datasets.
+
+Keys are the sha256 of the bytes. Writes go to a temp file in the same folder,
+are fsynced and renamed into place, so a reader never sees half a blob. Every
+read verifies the hash: a blob corrupted on disk is refused, never served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+class BlobNotFound(StoreError):
+    pass
+
+
+class BlobCorrupted(StoreError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    sha256: str
+    size: int
+    created: bool  # False when identical bytes were already stored
+
+
+class AdapterStore:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_url(cls, url: str) -> AdapterStore:
+        """`file:///abs/path` or a plain path; object stores come later."""
+        parsed = urlparse(url)
+        if parsed.scheme in ("", "file"):
+            return cls(parsed.path if parsed.scheme else url)
+        raise StoreError(f"unsupported MINT_STORE scheme {parsed.scheme!r}; use file:///path")
+
+    def path_for(self, sha256: str) -> Path:
+        if not SHA256_RE.match(sha256):
+            raise StoreError(f"not a sha256 key: {sha256!r}")
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def put(self, data: bytes, *, expected_sha256: str | None = None) -> PutResult:
+        sha256 = hashlib.sha256(data).hexdigest()
+        if expected_sha256 is not None and expected_sha256 != sha256:
+            raise StoreError(
+                f"refusing to store bytes with sha256 {sha256} under key {expected_sha256}"
+            )
+        path = self.path_for(sha256)
+        if path.exists():
+            # Same key must mean same bytes; a mismatch is corruption, not a
+            # reason to overwrite silently.
+            self.get(sha256)
+            return PutResult(sha256, len(data), created=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return PutResult(sha256, len(data), created=True)
+
+    def get(self, sha256: str) -> bytes:
+        path = self.path_for(sha256)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {sha256} is not in the store at {self.root}") from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise BlobCorrupted(
+                f"blob {sha256} is corrupted: its bytes hash to {actual}; refusing to load it"
+            )
+        return data
+
+    def exists(self, sha256: str) -> bool:
+        return self.path_for(sha256).exists()
+
+    def delete(self, sha256: str) -> bool:
+        path = self.path_for(sha256)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def keys(self) -> Iterator[str]:
+        for path in self.root.glob("??/??/*"):
+            if SHA256_RE.match(path.name):
+                yield path.name
+
+    def age_seconds(self, sha256: str) -> float:
+        return time.time() - self.path_for(sha256).stat().st_mtime

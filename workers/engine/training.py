@@ -1,0 +1,194 @@
+"""LoRA supervised fine-tuning of a personal adapter on its base.
+
+Deterministic for a seed (same data, config and seed give the same payload
+bytes on the same machine and thread count), loss masked to the answer tokens,
+and cooperative: `on_step` is called after every optimiser step and may raise
+to stop the run (cancellation).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+from workers.engine.examples import Example
+from workers.engine.prompting import IGNORE_INDEX, encode_for_training
+
+INIT_METHODS = {"default": True, "gaussian": "gaussian"}
+TARGET_PRESETS = ("all-linear", "attention")
+ATTENTION_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+StepCallback = Callable[[int, int, float], None]
+
+
+class TrainingConfigInvalid(ValueError):
+    def __init__(self, errors: dict[str, str]):
+        self.errors = errors
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingConfig:
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    targets: str = "all-linear"
+    learning_rate: float = 5e-3
+    steps: int = 60
+    batch_size: int = 8
+    max_length: int = 256
+    seed: int = 0
+    init: str = "default"
+
+    LIMITS = {
+        "rank": (1, 256),
+        "alpha": (1, 1024),
+        "steps": (1, 100_000),
+        "batch_size": (1, 512),
+        "max_length": (8, 8192),
+        "seed": (0, 2**31 - 1),
+    }
+
+    @classmethod
+    def from_dict(cls, raw: dict | None) -> TrainingConfig:
+        """Build from user input, collecting every problem before refusing."""
+        raw = dict(raw or {})
+        known = set(cls.__dataclass_fields__)
+        errors = {k: "unknown setting" for k in raw if k not in known}
+        values: dict = {}
+        for name, spec in cls.__dataclass_fields__.items():
+            if name not in raw:
+                continue
+            value, kind = raw[name], type(spec.default)
+            try:
+                if kind is int and (isinstance(value, bool) or float(value) != int(value)):
+                    raise ValueError
+                values[name] = kind(value)
+            except (TypeError, ValueError):
+                errors[name] = f"must be {kind.__name__}"
+        config = cls(**values) if not errors else None
+        if config is not None:
+            errors.update(config.problems())
+        if errors:
+            raise TrainingConfigInvalid(errors)
+        return config
+
+    def problems(self) -> dict[str, str]:
+        errors = {}
+        for name, (low, high) in self.LIMITS.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                errors[name] = f"must be between {low} and {high}"
+        if not 0.0 <= self.dropout < 1.0:
+            errors["dropout"] = "must be in [0, 1)"
+        if not 0.0 < self.learning_rate <= 1.0:
+            errors["learning_rate"] = "must be in (0, 1]"
+        if self.targets not in TARGET_PRESETS:
+            errors["targets"] = f"must be one of {', '.join(TARGET_PRESETS)}"
+        if self.init not in INIT_METHODS:
+            errors["init"] = f"must be one of {', '.join(INIT_METHODS)}"
+        return errors
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def lora_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules="all-linear" if self.targets == "all-linear" else ATTENTION_MODULES,
+            init_lora_weights=INIT_METHODS[self.init],
+            task_type="CAUSAL_LM",
+        )
+
+
+@dataclass(slots=True)
+class TrainResult:
+    payload: bytes
+    losses: list[float] = field(default_factory=list)
+    trainable_parameters: int = 0
+
+
+def train_adapter(
+    base_model,
+    tokenizer,
+    examples: Sequence[Example],
+    config: TrainingConfig,
+    *,
+    on_step: StepCallback | None = None,
+) -> TrainResult:
+    """Train a LoRA adapter on a freshly loaded `base_model` (it is modified in place)."""
+    import torch
+    from peft import get_peft_model, get_peft_model_state_dict
+
+    from workers.engine.payload import pack
+
+    if not examples:
+        raise ValueError("cannot train on an empty dataset")
+    torch.manual_seed(config.seed)
+    order = random.Random(config.seed)
+    device = next(base_model.parameters()).device
+
+    model = get_peft_model(base_model, config.lora_config())
+    model.train()
+    encoded = [encode_for_training(tokenizer, ex, config.max_length) for ex in examples]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
+
+    losses: list[float] = []
+    queue: list[int] = []
+    for step in range(1, config.steps + 1):
+        batch = []
+        while len(batch) < min(config.batch_size, len(encoded)):
+            if not queue:
+                queue = list(range(len(encoded)))
+                order.shuffle(queue)
+            batch.append(encoded[queue.pop()])
+        input_ids, labels, attention = _collate(batch, tokenizer.pad_token_id, device)
+        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(step, config.steps, losses[-1])
+
+    model.eval()
+    tensors = get_peft_model_state_dict(model)
+    peft_config = peft_config_dict(model.peft_config["default"])
+    return TrainResult(
+        payload=pack(tensors, peft_config),
+        losses=losses,
+        trainable_parameters=sum(p.numel() for p in trainable),
+    )
+
+
+def peft_config_dict(config) -> dict:
+    """PEFT's config as plain JSON (sets become sorted lists), in inference mode."""
+    raw = config.to_dict()
+    clean = {}
+    for key, value in raw.items():
+        if isinstance(value, set):
+            value = sorted(value)
+        clean[key] = value
+    clean["inference_mode"] = True
+    clean["base_model_name_or_path"] = None
+    return clean
+
+
+def _collate(batch, pad_id: int, device):
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (ids, labs) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(labs)] = torch.tensor(labs)
+        attention[row, : len(ids)] = 1
+    return input_ids.to(device), labels.to(device), attention.to(device)

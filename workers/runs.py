@@ -1,0 +1,201 @@
+"""Job runs: the worker-side glue between a Job row and the engine.
+
+`JobRun` owns the state machine, the heartbeat and error capture; each
+subclass writes only `run()`. Per-run state lives on the run object, never on
+the Celery task (Celery reuses task instances).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+
+from adapters_app.lifecycle.actors import Actor
+from adapters_app.lifecycle.datasets import load_examples
+from adapters_app.lifecycle.revisions import create_revision
+from adapters_app.lifecycle.storage import get_store
+from adapters_app.models import Evaluation, Job, Revision
+from workers.engine.examples import Message
+from workers.engine.prompting import render_prompt
+from workers.engine.runtime import AdapterRuntime, SamplingParams
+
+log = logging.getLogger(__name__)
+
+_runtime = AdapterRuntime()
+
+
+def runtime() -> AdapterRuntime:
+    """This worker process's adapter runtime (bases and adapters stay loaded between tasks)."""
+    return _runtime
+
+
+class JobCancelled(Exception):
+    pass
+
+
+class JobLost(Exception):
+    """The job left the running state under us (e.g. the sweeper failed it)."""
+
+
+class Heartbeat:
+    """Beats on the job row from a side thread, so a long step cannot look like a dead worker."""
+
+    def __init__(self, job: Job, interval: float):
+        self.job, self.interval = job, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{job.pk}", daemon=True)
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.wait(self.interval):
+                self.job.beat()
+        finally:
+            connection.close()
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+@dataclass(slots=True)
+class ProgressReporter:
+    """Called after each step; writes to the job at most every `every` seconds."""
+
+    job: Job
+    every: float = 1.0
+    loss_points: list = field(default_factory=list)
+    _last_write: float = 0.0
+
+    def __call__(self, step: int, total: int, loss: float | None = None) -> None:
+        if loss is not None:
+            self.loss_points.append([step, round(loss, 5)])
+        now = time.monotonic()
+        if step < total and now - self._last_write < self.every:
+            return
+        self._last_write = now
+        if not self.job.report_progress(step, total, _thin(self.loss_points)):
+            raise JobCancelled()
+
+
+def _thin(points: list, limit: int = 500) -> list:
+    """Keep loss curves small on the job row: at most `limit` evenly spaced points."""
+    if len(points) <= limit:
+        return list(points)
+    stride = len(points) / limit
+    return [points[int(i * stride)] for i in range(limit)] + [points[-1]]
+
+
+@dataclass(slots=True)
+class JobRun:
+    job_id: int
+    worker: str
+
+    def execute(self) -> None:
+        close_old_connections()
+        job = Job.objects.select_related("adapter__person", "adapter__base", "dataset", "revision").filter(pk=self.job_id).first()
+        if job is None:
+            log.warning("job %s no longer exists; skipping", self.job_id)
+            return
+        if not job.claim(self.worker):
+            log.info("job %s is %s; not running it again", job.pk, job.state)
+            return
+        with Heartbeat(job, settings.MINT_HEARTBEAT_SECONDS):
+            try:
+                self.run(job)
+            except JobCancelled:
+                job.mark_cancelled()
+                log.info("job %s cancelled", job.pk)
+            except JobLost:
+                log.warning("job %s was ended elsewhere while running", job.pk)
+            except Exception as exc:
+                job.fail(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+                log.exception("job %s failed", job.pk)
+
+    def run(self, job: Job) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def succeed_or_lose(job: Job, **changes) -> None:
+        if not job.succeed(**changes):
+            raise JobLost()
+
+
+class TrainRun(JobRun):
+    def run(self, job: Job) -> None:
+        from workers.engine.base_models import load_base
+        from workers.engine.training import TrainingConfig, train_adapter
+
+        adapter = job.adapter
+        config = TrainingConfig.from_dict(job.params["config"])
+        examples = load_examples(job.dataset)
+        base = load_base(adapter.base.path, adapter.base_digest, fresh=True)
+        report = ProgressReporter(job)
+        result = train_adapter(base.model, base.tokenizer, examples, config, on_step=report)
+        parent = Revision.objects.filter(pk=job.params.get("parent_revision_id")).first()
+        summary = {"final_loss": result.losses[-1], "trainable_parameters": result.trainable_parameters}
+
+        def finish(revision: Revision) -> None:
+            self.succeed_or_lose(
+                job, result_revision=revision, result={**summary, "revision": revision.label},
+                step=config.steps, total_steps=config.steps, loss_points=_thin(report.loss_points),
+            )
+
+        with transaction.atomic():
+            create_revision(
+                adapter, result.payload, dataset=job.dataset, training_config=config.as_dict(),
+                parent=parent, job=job, actor=Actor(name=job.created_by, via="worker"),
+                final_loss=result.losses[-1], on_created=finish,
+            )
+
+
+class EvaluateRun(JobRun):
+    def run(self, job: Job) -> None:
+        adapter, revision = job.adapter, job.revision
+        examples = load_examples(job.dataset)
+        ProgressReporter(job)(0, len(examples))
+        metrics = runtime().evaluate(
+            adapter.base.path, adapter.base_digest, revision.sha256 if revision else None,
+            get_store().get, examples,
+        )
+        with transaction.atomic():
+            Evaluation.objects.create(
+                base=adapter.base, revision=revision, dataset=job.dataset,
+                dataset_sha256=job.dataset.sha256, metrics=metrics, job=job,
+            )
+            self.succeed_or_lose(job, result=metrics, step=len(examples), total_steps=len(examples))
+
+
+class InferRun(JobRun):
+    def run(self, job: Job) -> None:
+        adapter, revision = job.adapter, job.revision
+        prompt = render_prompt([Message("user", job.params["prompt"])])
+        [generation] = runtime().generate(
+            adapter.base.path, adapter.base_digest, revision.sha256 if revision else None,
+            get_store().get, prompt, SamplingParams(max_tokens=int(job.params["max_tokens"])),
+        )
+        self.succeed_or_lose(job, result={"text": generation.text}, step=1, total_steps=1)
+
+
+def generate(request: dict) -> list[dict]:
+    """Serve one OpenAI-style request (no job row: inference is not a lifecycle action)."""
+    params = request["params"]
+    params["stop"] = tuple(params.get("stop") or ())
+    generations = runtime().generate(
+        request["base_path"], request["base_digest"], request["revision_sha256"],
+        get_store().get, request["prompt"], SamplingParams(**params), n=request["n"],
+    )
+    return [
+        {"text": g.text, "prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
+         "finish_reason": g.finish_reason}
+        for g in generations
+    ]

@@ -1,0 +1,33 @@
+"""Celery tasks: three lines each; the work is in workers.runs and the engine."""
+
+from celery import shared_task
+
+from workers import runs
+
+
+@shared_task(bind=True, name="workers.tasks.train")
+def train(self, job_id: int) -> None:
+    runs.TrainRun(job_id, worker=self.request.hostname).execute()
+
+
+@shared_task(bind=True, name="workers.tasks.evaluate")
+def evaluate(self, job_id: int) -> None:
+    runs.EvaluateRun(job_id, worker=self.request.hostname).execute()
+
+
+@shared_task(bind=True, name="workers.tasks.infer")
+def infer(self, job_id: int) -> None:
+    runs.InferRun(job_id, worker=self.request.hostname).execute()
+
+
+@shared_task(name="workers.tasks.generate", acks_late=False)
+def generate(**request) -> list[dict]:
+    # Not acks_late: a lost inference request is retried by its client, never replayed later.
+    return runs.generate(request)
+
+
+@shared_task(name="workers.tasks.sweep")
+def sweep() -> dict:
+    from adapters_app.lifecycle.jobs import sweep_orphan_blobs, sweep_stale_jobs
+
+    return {"stale_jobs": sweep_stale_jobs(), "orphan_blobs": len(sweep_orphan_blobs())}
