@@ -102,7 +102,11 @@ class JobRun:
 
     def execute(self) -> None:
         close_old_connections()
-        job = Job.objects.select_related("adapter__person", "adapter__base", "dataset", "revision").filter(pk=self.job_id).first()
+        job = (
+            Job.objects.select_related("adapter__person", "adapter__base", "dataset", "revision")
+            .filter(pk=self.job_id)
+            .first()
+        )
         if job is None:
             log.warning("job %s no longer exists; skipping", self.job_id)
             return
@@ -146,15 +150,25 @@ class TrainRun(JobRun):
 
         def finish(revision: Revision) -> None:
             self.succeed_or_lose(
-                job, result_revision=revision, result={**summary, "revision": revision.label},
-                step=config.steps, total_steps=config.steps, loss_points=_thin(report.loss_points),
+                job,
+                result_revision=revision,
+                result={**summary, "revision": revision.label},
+                step=config.steps,
+                total_steps=config.steps,
+                loss_points=_thin(report.loss_points),
             )
 
         with transaction.atomic():
             create_revision(
-                adapter, result.payload, dataset=job.dataset, training_config=config.as_dict(),
-                parent=parent, job=job, actor=Actor(name=job.created_by, via="worker"),
-                final_loss=result.losses[-1], on_created=finish,
+                adapter,
+                result.payload,
+                dataset=job.dataset,
+                training_config=config.as_dict(),
+                parent=parent,
+                job=job,
+                actor=Actor(name=job.created_by, via="worker"),
+                final_loss=result.losses[-1],
+                on_created=finish,
             )
 
 
@@ -164,13 +178,20 @@ class EvaluateRun(JobRun):
         examples = load_examples(job.dataset)
         ProgressReporter(job)(0, len(examples))
         metrics = runtime().evaluate(
-            adapter.base.path, adapter.base_digest, revision.sha256 if revision else None,
-            get_store().get, examples,
+            adapter.base.path,
+            adapter.base_digest,
+            revision.sha256 if revision else None,
+            get_store().get,
+            examples,
         )
         with transaction.atomic():
             Evaluation.objects.create(
-                base=adapter.base, revision=revision, dataset=job.dataset,
-                dataset_sha256=job.dataset.sha256, metrics=metrics, job=job,
+                base=adapter.base,
+                revision=revision,
+                dataset=job.dataset,
+                dataset_sha256=job.dataset.sha256,
+                metrics=metrics,
+                job=job,
             )
             self.succeed_or_lose(job, result=metrics, step=len(examples), total_steps=len(examples))
 
@@ -180,8 +201,12 @@ class InferRun(JobRun):
         adapter, revision = job.adapter, job.revision
         prompt = render_prompt([Message("user", job.params["prompt"])])
         [generation] = runtime().generate(
-            adapter.base.path, adapter.base_digest, revision.sha256 if revision else None,
-            get_store().get, prompt, SamplingParams(max_tokens=int(job.params["max_tokens"])),
+            adapter.base.path,
+            adapter.base_digest,
+            revision.sha256 if revision else None,
+            get_store().get,
+            prompt,
+            SamplingParams(max_tokens=int(job.params["max_tokens"])),
         )
         self.succeed_or_lose(job, result={"text": generation.text}, step=1, total_steps=1)
 
@@ -191,11 +216,20 @@ def generate(request: dict) -> list[dict]:
     params = request["params"]
     params["stop"] = tuple(params.get("stop") or ())
     generations = runtime().generate(
-        request["base_path"], request["base_digest"], request["revision_sha256"],
-        get_store().get, request["prompt"], SamplingParams(**params), n=request["n"],
+        request["base_path"],
+        request["base_digest"],
+        request["revision_sha256"],
+        get_store().get,
+        request["prompt"],
+        SamplingParams(**params),
+        n=request["n"],
     )
     return [
-        {"text": g.text, "prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
-         "finish_reason": g.finish_reason}
+        {
+            "text": g.text,
+            "prompt_tokens": g.prompt_tokens,
+            "completion_tokens": g.completion_tokens,
+            "finish_reason": g.finish_reason,
+        }
         for g in generations
     ]

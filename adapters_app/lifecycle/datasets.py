@@ -43,7 +43,10 @@ def upload_dataset(
                 created_by=actor.name,
             )
             audit.record(
-                actor, "dataset.upload", dataset, person_handle=person.handle,
+                actor,
+                "dataset.upload",
+                dataset,
+                person_handle=person.handle,
                 after={"sha256": dataset.sha256, "rows": dataset.rows, "format": dataset.format},
             )
     except BaseException:

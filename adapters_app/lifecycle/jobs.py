@@ -39,20 +39,20 @@ def start_training(adapter: Adapter, dataset: Dataset, *, config: dict | None, a
         "config": training.as_dict(),
         "parent_revision_id": adapter.live_revision_id,
     }
-    return _launch(Job.TRAIN, actor, adapter=adapter, dataset=dataset, params=params,
-                   total_steps=training.steps)
+    return _launch(
+        Job.TRAIN, actor, adapter=adapter, dataset=dataset, params=params, total_steps=training.steps
+    )
 
 
-def start_evaluation(
-    adapter: Adapter, dataset: Dataset, *, revision: Revision | None, actor: Actor
-) -> Job:
+def start_evaluation(adapter: Adapter, dataset: Dataset, *, revision: Revision | None, actor: Actor) -> Job:
     """Evaluate `revision` (or the bare base when None) on `dataset`."""
     if dataset.person_id != adapter.person_id:
         raise Invalid(f"dataset {dataset.pk} belongs to another person")
     if revision is not None and revision.adapter_id != adapter.pk:
         raise Invalid(f"{revision} does not belong to {adapter.handle}")
-    return _launch(Job.EVALUATE, actor, adapter=adapter, dataset=dataset, revision=revision,
-                   total_steps=dataset.rows)
+    return _launch(
+        Job.EVALUATE, actor, adapter=adapter, dataset=dataset, revision=revision, total_steps=dataset.rows
+    )
 
 
 def start_inference(
@@ -62,8 +62,14 @@ def start_inference(
         raise Invalid("prompt is empty")
     if not 1 <= max_tokens <= 1024:
         raise Invalid("max_tokens must be between 1 and 1024")
-    return _launch(Job.INFER, actor, adapter=adapter, revision=revision,
-                   params={"prompt": prompt, "max_tokens": max_tokens}, total_steps=1)
+    return _launch(
+        Job.INFER,
+        actor,
+        adapter=adapter,
+        revision=revision,
+        params={"prompt": prompt, "max_tokens": max_tokens},
+        total_steps=1,
+    )
 
 
 def _launch(kind: str, actor: Actor, **fields) -> Job:
@@ -75,7 +81,10 @@ def _launch(kind: str, actor: Actor, **fields) -> Job:
         )
         adapter = fields.get("adapter")
         audit.record(
-            actor, f"job.{kind}", job, person_handle=adapter.person.handle if adapter else "",
+            actor,
+            f"job.{kind}",
+            job,
+            person_handle=adapter.person.handle if adapter else "",
             after={"params": job.params, "dataset": job.dataset_id, "revision": job.revision_id},
         )
         transaction.on_commit(
@@ -105,8 +114,13 @@ def retry_job(job: Job, *, actor: Actor) -> Job:
     if job.state not in (Job.FAILED, Job.CANCELLED):
         raise Conflict(f"job {job.pk} is {job.state}; only failed or cancelled jobs can be retried")
     return _launch(
-        job.kind, actor, adapter=job.adapter, dataset=job.dataset, revision=job.revision,
-        params=job.params, total_steps=job.total_steps,
+        job.kind,
+        actor,
+        adapter=job.adapter,
+        dataset=job.dataset,
+        revision=job.revision,
+        params=job.params,
+        total_steps=job.total_steps,
     )
 
 
@@ -126,8 +140,13 @@ def sweep_stale_jobs(*, stale_after: float | None = None) -> list[int]:
         )
         with transaction.atomic():
             if job.fail(reason):
-                audit.record(Actor.system("sweeper"), "job.fail_stale", job, person_handle=_person_of(job),
-                             after={"error": reason})
+                audit.record(
+                    Actor.system("sweeper"),
+                    "job.fail_stale",
+                    job,
+                    person_handle=_person_of(job),
+                    after={"error": reason},
+                )
                 swept.append(job.pk)
     return swept
 
@@ -141,8 +160,10 @@ def sweep_orphan_blobs(*, grace_seconds: float | None = None) -> list[str]:
     grace = settings.MINT_ORPHAN_BLOB_GRACE_SECONDS if grace_seconds is None else grace_seconds
     store = get_store()
     removed = []
-    for sha in store.keys():
-        referenced = Revision.objects.filter(sha256=sha).exists() or Dataset.objects.filter(sha256=sha).exists()
+    for sha in store.all_keys():
+        referenced = (
+            Revision.objects.filter(sha256=sha).exists() or Dataset.objects.filter(sha256=sha).exists()
+        )
         if not referenced and store.age_seconds(sha) >= grace and store.delete(sha):
             removed.append(sha)
     if removed:

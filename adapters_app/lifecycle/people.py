@@ -45,7 +45,10 @@ def create_adapter(
                 person=person, name=name, base=base, base_digest=base.digest, description=description
             )
             audit.record(
-                actor, "adapter.create", adapter, person_handle=person.handle,
+                actor,
+                "adapter.create",
+                adapter,
+                person_handle=person.handle,
                 after={"base": base.name, "base_digest": base.digest},
             )
     except IntegrityError:

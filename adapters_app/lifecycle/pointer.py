@@ -51,11 +51,18 @@ def _move(adapter: Adapter, to: Revision, action: str, actor: Actor, reason: str
     Adapter.objects.filter(pk=adapter.pk).update(live_revision=to)
     adapter.live_revision = to
     event = PointerEvent.objects.create(
-        adapter=adapter, action=action, from_revision=previous, to_revision=to,
-        actor=actor.name, reason=reason,
+        adapter=adapter,
+        action=action,
+        from_revision=previous,
+        to_revision=to,
+        actor=actor.name,
+        reason=reason,
     )
     audit.record(
-        actor, f"adapter.{action}", adapter, person_handle=adapter.person.handle,
+        actor,
+        f"adapter.{action}",
+        adapter,
+        person_handle=adapter.person.handle,
         before={"live": previous.label if previous else None},
         after={"live": to.label, "reason": reason},
     )

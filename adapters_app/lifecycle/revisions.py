@@ -32,9 +32,11 @@ def create_revision(
 
     The blob is written first (atomically); if the row cannot be written the
     blob is removed again, so there is never a row without its blob nor a new
-    blob that nothing references. `on_created` runs inside the same transaction
-    (a worker marks its job succeeded there); if it raises, nothing is kept. (A process killed between the two leaves a
-    blob the orphan sweep removes after its grace period.)
+    blob that nothing references. (A process killed between the two leaves a
+    blob that the orphan sweep removes after its grace period.)
+
+    `on_created` runs inside the same transaction (a worker marks its job
+    succeeded there); if it raises, nothing is kept.
     """
     unpacked = unpack(payload)
     config = unpacked.config
@@ -65,7 +67,10 @@ def create_revision(
                 final_loss=final_loss,
             )
             audit.record(
-                actor, "revision.create", revision, person_handle=locked.person.handle,
+                actor,
+                "revision.create",
+                revision,
+                person_handle=locked.person.handle,
                 after={"sha256": revision.sha256, "number": number, "job": job.pk if job else None},
             )
             if on_created is not None:

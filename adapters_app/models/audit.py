@@ -7,7 +7,9 @@ from adapters_app.models.append_only import AppendOnlyModel
 class AuditEvent(AppendOnlyModel):
     """Who did what to which object. Names are copied so the row survives deletes."""
 
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     actor_name = models.CharField(max_length=150)
     via = models.CharField(max_length=20)  # console, api, worker, cli, system
     action = models.CharField(max_length=60, db_index=True)

@@ -15,19 +15,30 @@ class Job(models.Model):
     TRAIN, EVALUATE, INFER = "train", "evaluate", "infer"
     KINDS = [(TRAIN, "train"), (EVALUATE, "evaluate"), (INFER, "infer")]
 
-    QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
-        "queued", "running", "succeeded", "failed", "cancelled"
-    )
+    QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = ("queued", "running", "succeeded", "failed", "cancelled")
     STATES = [(s, s) for s in (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)]
     ACTIVE_STATES = (QUEUED, RUNNING)
     FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
 
     kind = models.CharField(max_length=20, choices=KINDS)
     state = models.CharField(max_length=20, choices=STATES, default=QUEUED, db_index=True)
-    adapter = models.ForeignKey("adapters_app.Adapter", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs")
-    revision = models.ForeignKey("adapters_app.Revision", null=True, blank=True, on_delete=models.CASCADE, related_name="+", help_text="Revision evaluated or served")
-    dataset = models.ForeignKey("adapters_app.Dataset", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    result_revision = models.ForeignKey("adapters_app.Revision", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    adapter = models.ForeignKey(
+        "adapters_app.Adapter", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
+    )
+    revision = models.ForeignKey(
+        "adapters_app.Revision",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+        help_text="Revision evaluated or served",
+    )
+    dataset = models.ForeignKey(
+        "adapters_app.Dataset", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    result_revision = models.ForeignKey(
+        "adapters_app.Revision", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     params = models.JSONField(default=dict, blank=True)
     result = models.JSONField(default=dict, blank=True)
 
@@ -88,9 +99,7 @@ class Job(models.Model):
 
     def claim(self, worker: str) -> bool:
         now = timezone.now()
-        return self._move(
-            [self.QUEUED], state=self.RUNNING, worker=worker, started_at=now, heartbeat_at=now
-        )
+        return self._move([self.QUEUED], state=self.RUNNING, worker=worker, started_at=now, heartbeat_at=now)
 
     def beat(self) -> None:
         Job.objects.filter(pk=self.pk, state=self.RUNNING).update(heartbeat_at=timezone.now())
@@ -110,9 +119,7 @@ class Job(models.Model):
         return self._move([self.RUNNING], state=self.SUCCEEDED, finished_at=timezone.now(), **changes)
 
     def fail(self, error: str) -> bool:
-        return self._move(
-            self.ACTIVE_STATES, state=self.FAILED, error=error, finished_at=timezone.now()
-        )
+        return self._move(self.ACTIVE_STATES, state=self.FAILED, error=error, finished_at=timezone.now())
 
     def mark_cancelled(self) -> bool:
         return self._move(self.ACTIVE_STATES, state=self.CANCELLED, finished_at=timezone.now())

@@ -46,17 +46,15 @@ class Adapter(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["person", "name"], name="adapter_unique_per_person")
-        ]
+        constraints = [models.UniqueConstraint(fields=["person", "name"], name="adapter_unique_per_person")]
         ordering = ["person__handle", "name"]
 
     def __str__(self) -> str:
         return self.handle
 
+    def get_absolute_url(self) -> str:
+        return reverse("console:adapter", args=[self.person.handle, self.name])
+
     @property
     def handle(self) -> str:
         return f"{self.person.handle}/{self.name}"
-
-    def get_absolute_url(self) -> str:
-        return reverse("console:adapter", args=[self.person.handle, self.name])

@@ -10,9 +10,13 @@ class PointerEvent(AppendOnlyModel):
     ROLLBACK = "rollback"
     ACTIONS = [(PROMOTE, "promote"), (ROLLBACK, "rollback")]
 
-    adapter = models.ForeignKey("adapters_app.Adapter", on_delete=models.CASCADE, related_name="pointer_events")
+    adapter = models.ForeignKey(
+        "adapters_app.Adapter", on_delete=models.CASCADE, related_name="pointer_events"
+    )
     action = models.CharField(max_length=20, choices=ACTIONS)
-    from_revision = models.ForeignKey("adapters_app.Revision", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    from_revision = models.ForeignKey(
+        "adapters_app.Revision", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     to_revision = models.ForeignKey("adapters_app.Revision", on_delete=models.PROTECT, related_name="+")
     actor = models.CharField(max_length=150)
     reason = models.TextField(blank=True)

@@ -17,10 +17,14 @@ class Revision(AppendOnlyModel):
     size_bytes = models.BigIntegerField()
     rank = models.PositiveIntegerField()
     parameters = models.BigIntegerField(help_text="Trainable adapter parameters")
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
 
     # Provenance
-    dataset = models.ForeignKey("adapters_app.Dataset", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    dataset = models.ForeignKey(
+        "adapters_app.Dataset", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     dataset_sha256 = models.CharField(max_length=64)
     dataset_rows = models.PositiveIntegerField()
     training_config = models.JSONField()
@@ -28,15 +32,15 @@ class Revision(AppendOnlyModel):
     init_method = models.CharField(max_length=40)
     base_digest = models.CharField(max_length=64)
     code_version = models.CharField(max_length=80)
-    job = models.ForeignKey("adapters_app.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    job = models.ForeignKey(
+        "adapters_app.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_by = models.CharField(max_length=150)
     created_at = models.DateTimeField(auto_now_add=True)
     final_loss = models.FloatField(null=True, blank=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["adapter", "number"], name="revision_number_unique")
-        ]
+        constraints = [models.UniqueConstraint(fields=["adapter", "number"], name="revision_number_unique")]
         ordering = ["adapter", "-number"]
 
     def __str__(self) -> str:

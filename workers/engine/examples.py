@@ -84,9 +84,7 @@ class ParsedDataset:
 def parse_jsonl(data: bytes, *, max_bytes: int = MAX_BYTES) -> ParsedDataset:
     """Parse and validate a JSONL upload; raise DatasetInvalid listing every bad line."""
     if len(data) > max_bytes:
-        raise DatasetInvalid(
-            [LineError(0, f"file is {len(data)} bytes; the limit is {max_bytes} bytes")]
-        )
+        raise DatasetInvalid([LineError(0, f"file is {len(data)} bytes; the limit is {max_bytes} bytes")])
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -126,9 +124,7 @@ def parse_jsonl(data: bytes, *, max_bytes: int = MAX_BYTES) -> ParsedDataset:
         if file_format is None:
             file_format = row_format
         elif row_format != file_format:
-            errors.append(
-                LineError(number, f"{row_format} row in a {file_format} file; use one format")
-            )
+            errors.append(LineError(number, f"{row_format} row in a {file_format} file; use one format"))
             continue
         problem, example = _parse_row(row, row_format)
         if problem:

@@ -122,9 +122,7 @@ class AdapterRuntime:
                 mask = shifted != IGNORE_INDEX
                 if not mask.any():
                     continue
-                loss = torch.nn.functional.cross_entropy(
-                    logits[mask], shifted[mask], reduction="sum"
-                )
+                loss = torch.nn.functional.cross_entropy(logits[mask], shifted[mask], reduction="sum")
                 total_loss += float(loss)
                 correct += int((logits.argmax(-1)[mask] == shifted[mask]).sum())
                 counted += int(mask.sum())

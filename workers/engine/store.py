@@ -60,9 +60,7 @@ class AdapterStore:
     def put(self, data: bytes, *, expected_sha256: str | None = None) -> PutResult:
         sha256 = hashlib.sha256(data).hexdigest()
         if expected_sha256 is not None and expected_sha256 != sha256:
-            raise StoreError(
-                f"refusing to store bytes with sha256 {sha256} under key {expected_sha256}"
-            )
+            raise StoreError(f"refusing to store bytes with sha256 {sha256} under key {expected_sha256}")
         path = self.path_for(sha256)
         if path.exists():
             # Same key must mean same bytes; a mismatch is corruption, not a
@@ -107,7 +105,7 @@ class AdapterStore:
             return False
         return True
 
-    def keys(self) -> Iterator[str]:
+    def all_keys(self) -> Iterator[str]:
         for path in self.root.glob("??/??/*"):
             if SHA256_RE.match(path.name):
                 yield path.name

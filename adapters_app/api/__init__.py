@@ -1,0 +1,1 @@
+"""The JSON management API under /api/ (Bearer API keys; OpenAPI at /api/openapi.json)."""

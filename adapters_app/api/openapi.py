@@ -1,0 +1,342 @@
+"""The OpenAPI 3.1 description of /api/ and /v1/, kept beside the views it describes."""
+
+from mintweb.version import RELEASE
+
+HANDLE = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict) -> dict:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _op(
+    summary: str,
+    ok: str,
+    ok_schema: dict | None,
+    *,
+    body: dict | None = None,
+    params: tuple[str, ...] = (),
+    errors: tuple[int, ...] = (400, 401, 404),
+) -> dict:
+    operation = {
+        "summary": summary,
+        "parameters": [
+            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params
+        ],
+        "responses": {ok: {"description": "OK", **(_json(ok_schema) if ok_schema else {})}},
+    }
+    for status in errors:
+        operation["responses"][str(status)] = {"description": "Error", **_json(_ref("Error"))}
+    if body is not None:
+        operation["requestBody"] = {"required": True, **body}
+    return operation
+
+
+ADAPTER = ("person", "adapter")
+
+
+def openapi_document(server_url: str) -> dict:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "MinT console API",
+            "version": RELEASE,
+            "description": "Manage personal adapters (people, adapters, datasets, training jobs, "
+            "revisions, the live pointer) and run OpenAI-compatible inference where `model` "
+            "is `person/adapter`, `person/adapter@rN`, `person/adapter@<sha256 prefix>` or a base model.",
+        },
+        "servers": [{"url": server_url.rstrip("/")}],
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/people": {
+                "get": _op(
+                    "List people (keyset pagination: ?after=<handle>&limit=)",
+                    "200",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "data": {"type": "array", "items": _ref("Person")},
+                            "next_after": {"type": ["string", "null"]},
+                        },
+                    },
+                ),
+                "post": _op(
+                    "Create a person",
+                    "201",
+                    _ref("Person"),
+                    errors=(400, 401, 409),
+                    body=_json(
+                        {
+                            "type": "object",
+                            "required": ["handle"],
+                            "properties": {"handle": HANDLE, "display_name": {"type": "string"}},
+                        }
+                    ),
+                ),
+            },
+            "/api/people/{person}/adapters": {
+                "post": _op(
+                    "Create an adapter bound to a base model",
+                    "201",
+                    _ref("Adapter"),
+                    params=("person",),
+                    errors=(400, 401, 404, 409),
+                    body=_json(
+                        {
+                            "type": "object",
+                            "required": ["name"],
+                            "properties": {
+                                "name": HANDLE,
+                                "base": {"type": "string"},
+                                "description": {"type": "string"},
+                            },
+                        }
+                    ),
+                ),
+            },
+            "/api/adapters/{person}/{adapter}": {
+                "get": _op(
+                    "An adapter with its live pointer, revisions and pointer history",
+                    "200",
+                    _ref("AdapterDetail"),
+                    params=ADAPTER,
+                ),
+            },
+            "/api/adapters/{person}/{adapter}/datasets": {
+                "post": _op(
+                    "Upload JSONL (chat `messages` or `prompt`/`completion`); ?name=&purpose=train|eval. "
+                    "Invalid files get line-numbered errors in error.details and create nothing.",
+                    "201",
+                    _ref("Dataset"),
+                    params=ADAPTER,
+                    body={"content": {"application/x-ndjson": {"schema": {"type": "string"}}}},
+                ),
+            },
+            "/api/adapters/{person}/{adapter}/train": {
+                "post": _op(
+                    "Start a training job",
+                    "202",
+                    _ref("Job"),
+                    params=ADAPTER,
+                    body=_json(
+                        {
+                            "type": "object",
+                            "required": ["dataset"],
+                            "properties": {
+                                "dataset": {"type": ["string", "integer"]},
+                                "config": _ref("TrainingConfig"),
+                            },
+                        }
+                    ),
+                ),
+            },
+            "/api/adapters/{person}/{adapter}/evaluate": {
+                "post": _op(
+                    "Start an evaluation job (a revision, or the bare base when omitted)",
+                    "202",
+                    _ref("Job"),
+                    params=ADAPTER,
+                    body=_json(
+                        {
+                            "type": "object",
+                            "required": ["dataset"],
+                            "properties": {
+                                "dataset": {"type": ["string", "integer"]},
+                                "revision": {"type": "string"},
+                            },
+                        }
+                    ),
+                ),
+            },
+            "/api/adapters/{person}/{adapter}/promote": {
+                "post": _op(
+                    "Make a revision live",
+                    "200",
+                    _ref("PointerEvent"),
+                    params=ADAPTER,
+                    errors=(400, 401, 404, 409),
+                    body=_json(
+                        {
+                            "type": "object",
+                            "required": ["revision"],
+                            "properties": {
+                                "revision": {"type": "string", "examples": ["r2"]},
+                                "reason": {"type": "string"},
+                            },
+                        }
+                    ),
+                ),
+            },
+            "/api/adapters/{person}/{adapter}/rollback": {
+                "post": _op(
+                    "Move live back (to the previous live revision when `to` is omitted)",
+                    "200",
+                    _ref("PointerEvent"),
+                    params=ADAPTER,
+                    errors=(400, 401, 404, 409),
+                    body=_json(
+                        {
+                            "type": "object",
+                            "properties": {"to": {"type": "string"}, "reason": {"type": "string"}},
+                        }
+                    ),
+                ),
+            },
+            "/api/jobs/{job_id}": {
+                "get": _op("A job with its progress", "200", _ref("Job"), params=("job_id",))
+            },
+            "/api/jobs/{job_id}/cancel": {
+                "post": _op(
+                    "Cancel a queued or running job",
+                    "200",
+                    _ref("Job"),
+                    params=("job_id",),
+                    errors=(401, 404, 409),
+                ),
+            },
+            "/api/revisions/{person}/{adapter}/{rev}/download": {
+                "get": {
+                    **_op("The revision's PEFT folder as .tar.gz", "200", None, params=(*ADAPTER, "rev")),
+                    "responses": {
+                        "200": {
+                            "description": "adapter_model.safetensors + adapter_config.json",
+                            "content": {"application/gzip": {}},
+                        }
+                    },
+                },
+            },
+            "/v1/models": {
+                "get": _op("OpenAI-compatible model list", "200", {"type": "object"}, errors=(401,))
+            },
+            "/v1/completions": {
+                "post": _op(
+                    "OpenAI-compatible completion", "200", {"type": "object"}, body=_json({"type": "object"})
+                )
+            },
+            "/v1/chat/completions": {
+                "post": _op(
+                    "OpenAI-compatible chat completion",
+                    "200",
+                    {"type": "object"},
+                    body=_json({"type": "object"}),
+                )
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "python manage.py create_api_key <username>",
+                }
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "properties": {
+                                "code": {"type": "string"},
+                                "message": {"type": "string"},
+                                "details": {},
+                            },
+                        }
+                    },
+                },
+                "Person": {
+                    "type": "object",
+                    "properties": {
+                        "handle": HANDLE,
+                        "display_name": {"type": "string"},
+                        "created_at": {"type": "string"},
+                    },
+                },
+                "Adapter": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string", "examples": ["alice/assistant"]},
+                        "person": HANDLE,
+                        "name": HANDLE,
+                        "base": {"type": "string"},
+                        "base_digest": {"type": "string"},
+                        "live": {"type": ["string", "null"]},
+                    },
+                },
+                "AdapterDetail": {
+                    "allOf": [
+                        _ref("Adapter"),
+                        {
+                            "type": "object",
+                            "properties": {
+                                "revisions": {"type": "array", "items": _ref("Revision")},
+                                "pointer_history": {"type": "array", "items": _ref("PointerEvent")},
+                            },
+                        },
+                    ]
+                },
+                "Revision": {
+                    "type": "object",
+                    "properties": {
+                        "label": {"type": "string"},
+                        "sha256": {"type": "string"},
+                        "rank": {"type": "integer"},
+                        "size_bytes": {"type": "integer"},
+                        "parent": {"type": ["string", "null"]},
+                        "provenance": {"type": "object"},
+                    },
+                },
+                "PointerEvent": {
+                    "type": "object",
+                    "properties": {
+                        "action": {"type": "string", "enum": ["promote", "rollback"]},
+                        "from": {"type": ["string", "null"]},
+                        "to": {"type": "string"},
+                        "actor": {"type": "string"},
+                        "reason": {"type": "string"},
+                        "at": {"type": "string"},
+                    },
+                },
+                "Dataset": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "sha256": {"type": "string"},
+                        "rows": {"type": "integer"},
+                        "format": {"type": "string", "enum": ["chat", "completion"]},
+                    },
+                },
+                "TrainingConfig": {
+                    "type": "object",
+                    "properties": {
+                        "rank": {"type": "integer", "default": 8},
+                        "alpha": {"type": "integer", "default": 16},
+                        "targets": {"type": "string", "enum": ["all-linear", "attention"]},
+                        "learning_rate": {"type": "number"},
+                        "steps": {"type": "integer"},
+                        "batch_size": {"type": "integer"},
+                        "seed": {"type": "integer"},
+                        "init": {"type": "string", "enum": ["default", "gaussian"]},
+                    },
+                },
+                "Job": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "kind": {"type": "string"},
+                        "state": {
+                            "type": "string",
+                            "enum": ["queued", "running", "succeeded", "failed", "cancelled"],
+                        },
+                        "progress": {"type": "object"},
+                        "error": {"type": "string"},
+                        "result_revision": {"type": ["string", "null"]},
+                    },
+                },
+            },
+        },
+    }

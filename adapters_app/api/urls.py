@@ -1,0 +1,20 @@
+from django.urls import path
+
+from adapters_app.api import views
+
+app_name = "api"
+
+urlpatterns = [
+    path("openapi.json", views.openapi_json, name="openapi"),
+    path("people", views.people_collection, name="people"),
+    path("people/<str:person>/adapters", views.person_adapters, name="person-adapters"),
+    path("adapters/<str:person>/<str:adapter>", views.adapter_detail, name="adapter"),
+    path("adapters/<str:person>/<str:adapter>/datasets", views.adapter_datasets, name="datasets"),
+    path("adapters/<str:person>/<str:adapter>/train", views.adapter_train, name="train"),
+    path("adapters/<str:person>/<str:adapter>/evaluate", views.adapter_evaluate, name="evaluate"),
+    path("adapters/<str:person>/<str:adapter>/promote", views.adapter_promote, name="promote"),
+    path("adapters/<str:person>/<str:adapter>/rollback", views.adapter_rollback, name="rollback"),
+    path("jobs/<int:job_id>", views.job_detail, name="job"),
+    path("jobs/<int:job_id>/cancel", views.job_cancel, name="job-cancel"),
+    path("revisions/<str:person>/<str:adapter>/<str:rev>/download", views.revision_download, name="download"),
+]

@@ -1,0 +1,164 @@
+"""Management API endpoints: parse, call one lifecycle service, serialise."""
+
+from django.http import HttpResponse, JsonResponse
+
+from adapters_app.api import serializers as out
+from adapters_app.api.auth import api_endpoint, json_body
+from adapters_app.api.openapi import openapi_document
+from adapters_app.lifecycle import jobs, people, pointer
+from adapters_app.lifecycle.datasets import get_dataset, upload_dataset
+from adapters_app.lifecycle.errors import Invalid, NotFound
+from adapters_app.lifecycle.revisions import get_revision, load_payload
+from adapters_app.models import BaseModel, Job, Person
+from workers.engine.payload import peft_tar_gz
+
+PAGE_LIMIT = 100
+
+
+def openapi_json(request):
+    return JsonResponse(openapi_document(request.build_absolute_uri("/")), json_dumps_params={"indent": 2})
+
+
+@api_endpoint("GET", "POST")
+def people_collection(request):
+    if request.method == "POST":
+        body = json_body(request)
+        person = people.create_person(
+            str(body.get("handle", "")), display_name=str(body.get("display_name", "")), actor=request.actor
+        )
+        return JsonResponse(out.person_dict(person), status=201)
+    # Keyset pagination on the unique handle: stable and cheap at any depth.
+    after = request.GET.get("after", "")
+    limit = _limit(request)
+    rows = list(Person.objects.filter(handle__gt=after).order_by("handle")[: limit + 1])
+    body = {"data": [out.person_dict(p) for p in rows[:limit]]}
+    body["next_after"] = rows[limit - 1].handle if len(rows) > limit else None
+    return JsonResponse(body)
+
+
+@api_endpoint("POST")
+def person_adapters(request, person):
+    owner = people.get_person(person)
+    body = json_body(request)
+    base_name = body.get("base")
+    base = BaseModel.objects.filter(name=base_name).first() if base_name else BaseModel.objects.first()
+    if base is None:
+        raise NotFound(f"no base model {base_name!r}" if base_name else "no base model is registered")
+    adapter = people.create_adapter(
+        owner,
+        str(body.get("name", "")),
+        base=base,
+        description=str(body.get("description", "")),
+        actor=request.actor,
+    )
+    return JsonResponse(out.adapter_dict(adapter), status=201)
+
+
+@api_endpoint("GET")
+def adapter_detail(request, person, adapter):
+    return JsonResponse(out.adapter_dict(people.get_adapter(person, adapter), detail=True))
+
+
+@api_endpoint("POST")
+def adapter_datasets(request, person, adapter):
+    target = people.get_adapter(person, adapter)
+    dataset, created = upload_dataset(
+        target.person,
+        request.body,
+        name=request.GET.get("name", ""),
+        purpose=request.GET.get("purpose", "train"),
+        actor=request.actor,
+    )
+    return JsonResponse(out.dataset_dict(dataset), status=201 if created else 200)
+
+
+@api_endpoint("POST")
+def adapter_train(request, person, adapter):
+    target = people.get_adapter(person, adapter)
+    body = json_body(request)
+    dataset = get_dataset(target.person, _required(body, "dataset"))
+    config = body.get("config") or {}
+    if not isinstance(config, dict):
+        raise Invalid("config must be an object")
+    job = jobs.start_training(target, dataset, config=config, actor=request.actor)
+    return JsonResponse(out.job_dict(job), status=202)
+
+
+@api_endpoint("POST")
+def adapter_evaluate(request, person, adapter):
+    target = people.get_adapter(person, adapter)
+    body = json_body(request)
+    dataset = get_dataset(target.person, _required(body, "dataset"))
+    revision = get_revision(target, str(body["revision"])) if body.get("revision") else None
+    job = jobs.start_evaluation(target, dataset, revision=revision, actor=request.actor)
+    return JsonResponse(out.job_dict(job), status=202)
+
+
+@api_endpoint("POST")
+def adapter_promote(request, person, adapter):
+    target = people.get_adapter(person, adapter)
+    body = json_body(request)
+    revision = get_revision(target, _required(body, "revision"))
+    event = pointer.promote(revision, actor=request.actor, reason=str(body.get("reason", "")))
+    return JsonResponse(out.pointer_event_dict(event))
+
+
+@api_endpoint("POST")
+def adapter_rollback(request, person, adapter):
+    target = people.get_adapter(person, adapter)
+    body = json_body(request)
+    to = get_revision(target, str(body["to"])) if body.get("to") else None
+    event = pointer.rollback(target, to=to, actor=request.actor, reason=str(body.get("reason", "")))
+    return JsonResponse(out.pointer_event_dict(event))
+
+
+@api_endpoint("GET")
+def job_detail(request, job_id):
+    return JsonResponse(out.job_dict(_job(job_id)))
+
+
+@api_endpoint("POST")
+def job_cancel(request, job_id):
+    return JsonResponse(out.job_dict(jobs.cancel_job(_job(job_id), actor=request.actor)))
+
+
+@api_endpoint("GET")
+def revision_download(request, person, adapter, rev):
+    revision = get_revision(people.get_adapter(person, adapter), rev)
+    archive = peft_tar_gz(load_payload(revision), readme=provenance_readme(revision))
+    response = HttpResponse(archive, content_type="application/gzip")
+    response["Content-Disposition"] = f'attachment; filename="{person}-{adapter}-{revision.label}.tar.gz"'
+    response["X-Revision-Sha256"] = revision.sha256
+    return response
+
+
+def provenance_readme(revision) -> str:
+    return (
+        f"# {revision}\n\nsha256: {revision.sha256}\nbase digest: {revision.base_digest}\n"
+        f"dataset sha256: {revision.dataset_sha256} ({revision.dataset_rows} rows)\n"
+        f"training config: {revision.training_config}\ncode version: {revision.code_version}\n\n"
+        "Load with: PeftModel.from_pretrained(base_model, this_folder)\n"
+    )
+
+
+def _job(job_id: int) -> Job:
+    job = (
+        Job.objects.select_related("adapter__person", "revision", "result_revision").filter(pk=job_id).first()
+    )
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+def _required(body: dict, key: str) -> str:
+    value = body.get(key)
+    if value in (None, ""):
+        raise Invalid(f"{key} is required")
+    return str(value)
+
+
+def _limit(request) -> int:
+    try:
+        return max(1, min(PAGE_LIMIT, int(request.GET.get("limit", 50))))
+    except ValueError:
+        raise Invalid("limit must be an integer") from None

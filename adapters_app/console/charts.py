@@ -1,0 +1,94 @@
+"""Plotly figures for console pages, returned as plain JSON-ready dicts.
+
+Pages embed a figure with `json_script` and draw it with the locally served
+plotly.js (`Plotly.react`), so a live fragment can redraw the same figure.
+"""
+
+import json
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+
+LOSS_COLOUR = "#2563eb"
+ACCURACY_COLOUR = "#16a34a"
+
+
+def _layout(**extra) -> dict:
+    return dict(
+        # No template: plotly's default one adds ~7 KB to every figure (and to every poll).
+        template="none",
+        height=260,
+        margin=dict(l=50, r=50, t=10, b=40),
+        paper_bgcolor="rgba(0,0,0,0)",
+        plot_bgcolor="#fafafa",
+        font=dict(size=12),
+        legend=dict(orientation="h", y=1.12, x=0),
+        hovermode="x unified",
+        **extra,
+    )
+
+
+def _plain(figure: go.Figure) -> dict:
+    return json.loads(figure.to_json())
+
+
+def revision_history_figure(revisions: Sequence, accuracies: dict[int, float] | None = None) -> dict | None:
+    """Final training loss per revision, and held-out token accuracy where evaluated.
+
+    `accuracies` maps revision number to token accuracy. None when there is nothing to plot.
+    """
+    accuracies = accuracies or {}
+    ordered = sorted(revisions, key=lambda r: r.number)
+    losses = [(r.label, r.final_loss) for r in ordered if r.final_loss is not None]
+    scored = [(r.label, accuracies[r.number]) for r in ordered if r.number in accuracies]
+    if not losses and not scored:
+        return None
+    figure = go.Figure()
+    if losses:
+        figure.add_trace(
+            go.Scatter(
+                x=[label for label, _ in losses],
+                y=[loss for _, loss in losses],
+                mode="lines+markers",
+                name="final training loss",
+                line=dict(color=LOSS_COLOUR),
+            )
+        )
+    if scored:
+        figure.add_trace(
+            go.Scatter(
+                x=[label for label, _ in scored],
+                y=[acc for _, acc in scored],
+                mode="lines+markers",
+                name="eval token accuracy",
+                yaxis="y2",
+                line=dict(color=ACCURACY_COLOUR, dash="dot"),
+            )
+        )
+    figure.update_layout(
+        **_layout(
+            xaxis=dict(
+                title="revision",
+                type="category",
+                categoryorder="array",
+                categoryarray=[r.label for r in ordered],
+            ),
+            yaxis=dict(title="loss"),
+            yaxis2=dict(title="token accuracy", overlaying="y", side="right", range=[0, 1]),
+        )
+    )
+    return _plain(figure)
+
+
+def loss_curve_figure(loss_points: Sequence[Sequence[float]], total_steps: int = 0) -> dict:
+    """A job's training loss per step (`[[step, loss], ...]`); empty axes before the first point."""
+    steps = [point[0] for point in loss_points]
+    losses = [point[1] for point in loss_points]
+    figure = go.Figure(
+        go.Scatter(x=steps, y=losses, mode="lines", name="training loss", line=dict(color=LOSS_COLOUR))
+    )
+    xaxis = dict(title="step")
+    if total_steps:
+        xaxis["range"] = [0, total_steps]
+    figure.update_layout(**_layout(xaxis=xaxis, yaxis=dict(title="loss"), showlegend=False))
+    return _plain(figure)

@@ -1,0 +1,46 @@
+from django.contrib.auth import views as auth_views
+from django.urls import path, register_converter
+
+from adapters_app.console import views
+
+
+class RevisionLabelConverter:
+    """`r<N>`: a revision's label, so `/people/alice/assistant/r2/` never clashes with an action."""
+
+    regex = r"r[0-9]+"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(RevisionLabelConverter, "rev")
+
+app_name = "console"
+
+urlpatterns = [
+    path("", views.overview, name="overview"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("people/", views.people, name="people"),
+    path("people/new", views.person_create, name="person_create"),
+    path("people/<slug:handle>/", views.person, name="person"),
+    path("people/<slug:handle>/upload", views.dataset_upload, name="dataset_upload"),
+    path("people/<slug:handle>/new-adapter", views.adapter_create, name="adapter_create"),
+    path("people/<slug:handle>/<slug:adapter>/", views.adapter, name="adapter"),
+    path("people/<slug:handle>/<slug:adapter>/train", views.train, name="train"),
+    path("people/<slug:handle>/<slug:adapter>/evaluate", views.evaluate, name="evaluate"),
+    path("people/<slug:handle>/<slug:adapter>/promote", views.promote, name="promote"),
+    path("people/<slug:handle>/<slug:adapter>/rollback", views.rollback, name="rollback"),
+    path("people/<slug:handle>/<slug:adapter>/<rev:rev>/", views.revision, name="revision"),
+    path("people/<slug:handle>/<slug:adapter>/<rev:rev>/download", views.download, name="download"),
+    path("adapters/", views.adapters, name="adapters"),
+    path("revisions/", views.revisions, name="revisions"),
+    path("jobs/", views.jobs, name="jobs"),
+    path("jobs/<int:job_id>/", views.job, name="job"),
+    path("jobs/<int:job_id>/cancel", views.job_cancel, name="job_cancel"),
+    path("jobs/<int:job_id>/retry", views.job_retry, name="job_retry"),
+    path("audit/", views.audit, name="audit"),
+]

@@ -1,0 +1,463 @@
+"""Console pages. Each view reads a request, calls one lifecycle service and
+shows what happened; the rules themselves live in `adapters_app.lifecycle`."""
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.db.models import Count, Prefetch, Q
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from adapters_app.console import charts
+from adapters_app.lifecycle import jobs as job_service
+from adapters_app.lifecycle import pointer
+from adapters_app.lifecycle.actors import Actor
+from adapters_app.lifecycle.datasets import upload_dataset
+from adapters_app.lifecycle.errors import LifecycleError, NotFound
+from adapters_app.lifecycle.people import create_adapter, create_person, get_adapter, get_person
+from adapters_app.lifecycle.revisions import get_revision, load_payload
+from adapters_app.models import (
+    Adapter,
+    AuditEvent,
+    BaseModel,
+    Dataset,
+    Evaluation,
+    Job,
+    Person,
+    PointerEvent,
+    Revision,
+)
+from workers.engine.payload import peft_tar_gz
+from workers.engine.training import INIT_METHODS, TrainingConfig
+
+PAGE_SIZE = 50
+RECENT = 10
+# Training settings the console form offers; anything left blank keeps TrainingConfig's default.
+TRAIN_FIELDS = ("rank", "steps", "seed", "learning_rate", "init")
+
+
+def _actor(request: HttpRequest) -> Actor:
+    return Actor.from_user(request.user, via="console")
+
+
+def _page(request: HttpRequest, queryset):
+    return Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
+
+
+def _person_or_404(handle: str) -> Person:
+    try:
+        return get_person(handle)
+    except NotFound as exc:
+        raise Http404(exc.message) from None
+
+
+def _adapter_or_404(handle: str, name: str) -> Adapter:
+    try:
+        return get_adapter(handle, name)
+    except NotFound as exc:
+        raise Http404(exc.message) from None
+
+
+def _revision_or_404(adapter: Adapter, label: str) -> Revision:
+    try:
+        return get_revision(adapter, label)
+    except LifecycleError as exc:
+        raise Http404(exc.message) from None
+
+
+def _refused(request: HttpRequest, exc: LifecycleError) -> None:
+    messages.error(request, exc.message)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+# --- overview and lists ------------------------------------------------------------
+
+
+@login_required
+def overview(request: HttpRequest) -> HttpResponse:
+    context = {
+        "counts": {
+            "people": Person.objects.count(),
+            "adapters": Adapter.objects.count(),
+            "revisions": Revision.objects.count(),
+            "live_adapters": Adapter.objects.filter(live_revision__isnull=False).count(),
+        },
+        "active_jobs": Job.objects.filter(state__in=Job.ACTIVE_STATES).select_related("adapter__person"),
+        "pointer_events": PointerEvent.objects.select_related(
+            "adapter__person", "from_revision", "to_revision"
+        )[:RECENT],
+        "failed_jobs": Job.objects.filter(state=Job.FAILED).select_related("adapter__person")[:RECENT],
+    }
+    return render(request, "console/overview.html", context)
+
+
+@login_required
+def people(request: HttpRequest) -> HttpResponse:
+    q = request.GET.get("q", "").strip()
+    queryset = Person.objects.annotate(
+        adapter_count=Count("adapters", distinct=True),
+        live_count=Count("adapters", filter=Q(adapters__live_revision__isnull=False), distinct=True),
+    )
+    if q:
+        queryset = queryset.filter(handle__icontains=q)
+    return render(request, "console/people.html", {"page": _page(request, queryset), "q": q})
+
+
+@login_required
+def adapters(request: HttpRequest) -> HttpResponse:
+    live = request.GET.get("live", "")
+    queryset = Adapter.objects.select_related("person", "base", "live_revision").annotate(
+        revision_count=Count("revisions")
+    )
+    if live == "yes":
+        queryset = queryset.filter(live_revision__isnull=False)
+    elif live == "no":
+        queryset = queryset.filter(live_revision__isnull=True)
+    return render(request, "console/adapters.html", {"page": _page(request, queryset), "live": live})
+
+
+@login_required
+def revisions(request: HttpRequest) -> HttpResponse:
+    queryset = Revision.objects.select_related("adapter__person", "parent").order_by("-created_at", "-id")
+    return render(request, "console/revisions.html", {"page": _page(request, queryset)})
+
+
+@login_required
+def jobs(request: HttpRequest) -> HttpResponse:
+    state, kind = request.GET.get("state", ""), request.GET.get("kind", "")
+    queryset = Job.objects.select_related("adapter__person", "revision", "result_revision")
+    if state:
+        queryset = queryset.filter(state=state)
+    if kind:
+        queryset = queryset.filter(kind=kind)
+    context = {
+        "page": _page(request, queryset),
+        "state": state,
+        "kind": kind,
+        "states": [s for s, _ in Job.STATES],
+        "kinds": [k for k, _ in Job.KINDS],
+    }
+    return render(request, "console/jobs.html", context)
+
+
+@login_required
+def audit(request: HttpRequest) -> HttpResponse:
+    actor, person_handle = request.GET.get("actor", "").strip(), request.GET.get("person", "").strip()
+    queryset = AuditEvent.objects.all()
+    if actor:
+        queryset = queryset.filter(actor_name=actor)
+    if person_handle:
+        queryset = queryset.filter(person_handle=person_handle)
+    context = {"page": _page(request, queryset), "actor": actor, "person": person_handle}
+    return render(request, "console/audit.html", context)
+
+
+# --- people ------------------------------------------------------------------------
+
+
+@login_required
+def person(request: HttpRequest, handle: str) -> HttpResponse:
+    subject = _person_or_404(handle)
+    adapter_list = subject.adapters.select_related("base", "live_revision").prefetch_related(
+        Prefetch("revisions", queryset=Revision.objects.select_related("parent", "dataset")),
+        Prefetch(
+            "pointer_events",
+            queryset=PointerEvent.objects.select_related("from_revision", "to_revision"),
+        ),
+    )
+    context = {
+        "person": subject,
+        "adapters": adapter_list,
+        "datasets": subject.datasets.all(),
+        "purposes": Dataset.PURPOSES,
+        "bases": BaseModel.objects.all(),
+    }
+    return render(request, "console/person.html", context)
+
+
+@login_required
+@require_POST
+def person_create(request: HttpRequest) -> HttpResponse:
+    handle = request.POST.get("handle", "").strip()
+    try:
+        created = create_person(
+            handle, display_name=request.POST.get("display_name", "").strip(), actor=_actor(request)
+        )
+    except LifecycleError as exc:
+        _refused(request, exc)
+        return redirect("console:people")
+    messages.success(request, f"Created person {created.handle}.")
+    return redirect(created)
+
+
+@login_required
+@require_POST
+def adapter_create(request: HttpRequest, handle: str) -> HttpResponse:
+    subject = _person_or_404(handle)
+    base = BaseModel.objects.filter(pk=request.POST.get("base") or None).first()
+    if base is None:
+        messages.error(request, "Choose a base model for the adapter.")
+        return redirect(subject)
+    try:
+        created = create_adapter(
+            subject,
+            request.POST.get("name", "").strip(),
+            base=base,
+            description=request.POST.get("description", "").strip(),
+            actor=_actor(request),
+        )
+    except LifecycleError as exc:
+        _refused(request, exc)
+        return redirect(subject)
+    messages.success(request, f"Created adapter {created.handle} on {base.name}.")
+    return redirect(created)
+
+
+@login_required
+@require_POST
+def dataset_upload(request: HttpRequest, handle: str) -> HttpResponse:
+    subject = _person_or_404(handle)
+    upload = request.FILES.get("file")
+    if upload is None:
+        messages.error(request, "Choose a JSONL file to upload.")
+        return redirect(subject)
+    name = request.POST.get("name", "").strip() or upload.name
+    try:
+        dataset, created = upload_dataset(
+            subject,
+            upload.read(),
+            name=name,
+            purpose=request.POST.get("purpose", Dataset.TRAIN),
+            actor=_actor(request),
+        )
+    except LifecycleError as exc:
+        _refused(request, exc)
+        return redirect(subject)
+    if created:
+        messages.success(request, f"Uploaded {dataset.name}: {dataset.rows} {dataset.format} rows.")
+    else:
+        messages.info(request, f"These bytes are already stored as {dataset.name}; nothing new was added.")
+    return redirect(subject)
+
+
+# --- adapters ----------------------------------------------------------------------
+
+
+def _revisions_with_latest_evaluation(adapter: Adapter) -> list[Revision]:
+    revision_list = list(
+        adapter.revisions.select_related("parent", "dataset").prefetch_related(
+            Prefetch("evaluations", queryset=Evaluation.objects.order_by("-created_at", "-id"))
+        )
+    )
+    for rev in revision_list:
+        # Not saved: revisions are write-once; this only carries a value to the template.
+        evaluations = list(rev.evaluations.all())
+        rev.latest_evaluation = evaluations[0] if evaluations else None
+    return revision_list
+
+
+@login_required
+def adapter(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
+    subject = _adapter_or_404(handle, adapter)
+    revision_list = _revisions_with_latest_evaluation(subject)
+    accuracies = {
+        rev.number: rev.latest_evaluation.metrics["token_accuracy"]
+        for rev in revision_list
+        if rev.latest_evaluation and isinstance(rev.latest_evaluation.metrics.get("token_accuracy"), int | float)
+    }
+    pointer_events = list(subject.pointer_events.select_related("from_revision", "to_revision"))
+    been_live = {event.to_revision_id for event in pointer_events}
+    context = {
+        "adapter": subject,
+        "person": subject.person,
+        "revisions": revision_list,
+        "promotable": [rev for rev in revision_list if rev.pk != subject.live_revision_id],
+        # Offered as rollback targets; the service still decides (it refuses a never-live one).
+        "rollback_targets": [
+            rev for rev in revision_list if rev.pk in been_live and rev.pk != subject.live_revision_id
+        ],
+        "pointer_events": pointer_events,
+        "datasets": subject.person.datasets.all(),
+        "active_jobs": subject.jobs.filter(state__in=Job.ACTIVE_STATES),
+        "recent_jobs": subject.jobs.select_related("revision", "result_revision")[:RECENT],
+        "defaults": TrainingConfig(),
+        "init_methods": list(INIT_METHODS),
+        "chart": charts.revision_history_figure(revision_list, accuracies),
+    }
+    return render(request, "console/adapter.html", context)
+
+
+def _chosen_dataset(request: HttpRequest, adapter: Adapter) -> Dataset | None:
+    return Dataset.objects.filter(person=adapter.person, pk=request.POST.get("dataset") or None).first()
+
+
+@login_required
+@require_POST
+def train(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
+    subject = _adapter_or_404(handle, adapter)
+    dataset = _chosen_dataset(request, subject)
+    if dataset is None:
+        messages.error(request, "Choose one of this person's datasets to train on.")
+        return redirect(subject)
+    config = {name: value for name in TRAIN_FIELDS if (value := request.POST.get(name, "").strip())}
+    try:
+        job = job_service.start_training(subject, dataset, config=config, actor=_actor(request))
+    except LifecycleError as exc:
+        _refused(request, exc)
+        return redirect(subject)
+    messages.success(request, f"Training job {job.pk} queued on {dataset.name}.")
+    return redirect(job)
+
+
+@login_required
+@require_POST
+def evaluate(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
+    subject = _adapter_or_404(handle, adapter)
+    dataset = _chosen_dataset(request, subject)
+    if dataset is None:
+        messages.error(request, "Choose one of this person's datasets to evaluate on.")
+        return redirect(subject)
+    label = request.POST.get("revision", "").strip()
+    try:
+        target = get_revision(subject, label) if label else None
+        job = job_service.start_evaluation(subject, dataset, revision=target, actor=_actor(request))
+    except LifecycleError as exc:
+        _refused(request, exc)
+        return redirect(subject)
+    what = target.label if target else "the bare base"
+    messages.success(request, f"Evaluation job {job.pk} queued: {what} on {dataset.name}.")
+    return redirect(job)
+
+
+@login_required
+@require_POST
+def promote(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
+    subject = _adapter_or_404(handle, adapter)
+    try:
+        target = get_revision(subject, request.POST.get("revision", ""))
+        event = pointer.promote(target, actor=_actor(request), reason=request.POST.get("reason", "").strip())
+    except LifecycleError as exc:
+        _refused(request, exc)
+    else:
+        messages.success(request, f"{subject.handle} now serves {event.to_revision.label}.")
+    return redirect(subject)
+
+
+@login_required
+@require_POST
+def rollback(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
+    subject = _adapter_or_404(handle, adapter)
+    label = request.POST.get("revision", "").strip()
+    try:
+        target = get_revision(subject, label) if label else None
+        event = pointer.rollback(
+            subject, to=target, actor=_actor(request), reason=request.POST.get("reason", "").strip()
+        )
+    except LifecycleError as exc:
+        _refused(request, exc)
+    else:
+        messages.success(request, f"{subject.handle} rolled back to {event.to_revision.label}.")
+    return redirect(subject)
+
+
+# --- revisions ---------------------------------------------------------------------
+
+
+@login_required
+def revision(request: HttpRequest, handle: str, adapter: str, rev: str) -> HttpResponse:
+    subject = _adapter_or_404(handle, adapter)
+    found = _revision_or_404(subject, rev)
+    context = {
+        "adapter": subject,
+        "person": subject.person,
+        "revision": found,
+        "is_live": subject.live_revision_id == found.pk,
+        "evaluations": found.evaluations.select_related("dataset", "job"),
+        "children": found.children.all(),
+        "pointer_events": subject.pointer_events.filter(Q(to_revision=found) | Q(from_revision=found))
+        .select_related("from_revision", "to_revision"),
+    }
+    return render(request, "console/revision.html", context)
+
+
+@login_required
+def download(request: HttpRequest, handle: str, adapter: str, rev: str) -> HttpResponse:
+    subject = _adapter_or_404(handle, adapter)
+    found = _revision_or_404(subject, rev)
+    readme = (
+        f"# {subject.handle}@{found.label}\n\n"
+        f"PEFT LoRA adapter for base digest {found.base_digest}.\n\n"
+        f"- sha256 of adapter_model.safetensors: {found.sha256}\n"
+        f"- rank: {found.rank}, trainable parameters: {found.parameters}\n"
+        f"- dataset sha256: {found.dataset_sha256} ({found.dataset_rows} rows)\n"
+        f"- seed: {found.seed}, init: {found.init_method}, code version: {found.code_version}\n"
+        f"- created by {found.created_by} at {found.created_at:%Y-%m-%d %H:%M:%S} UTC\n\n"
+        "Load with `PeftModel.from_pretrained(base_model, <this folder>)`.\n"
+    )
+    archive = peft_tar_gz(load_payload(found), readme=readme)
+    response = HttpResponse(archive, content_type="application/gzip")
+    filename = f"{subject.person.handle}-{subject.name}-{found.label}.tar.gz"
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+# --- jobs --------------------------------------------------------------------------
+
+
+@login_required
+def job(request: HttpRequest, job_id: int) -> HttpResponse:
+    found = get_object_or_404(
+        Job.objects.select_related("adapter__person", "dataset", "revision", "result_revision"), pk=job_id
+    )
+    context = {
+        "job": found,
+        "eta": _duration(found.eta_seconds),
+        "chart": charts.loss_curve_figure(found.loss_points, found.total_steps)
+        if found.kind == Job.TRAIN
+        else None,
+    }
+    # htmx polls this same URL for the live part only.
+    template = "console/_job_live.html" if request.htmx else "console/job.html"
+    return render(request, template, context)
+
+
+@login_required
+@require_POST
+def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
+    found = get_object_or_404(Job.objects.select_related("adapter__person"), pk=job_id)
+    try:
+        job_service.cancel_job(found, actor=_actor(request))
+    except LifecycleError as exc:
+        _refused(request, exc)
+    else:
+        if found.state == Job.CANCELLED:
+            messages.success(request, f"Job {found.pk} cancelled.")
+        else:
+            messages.info(request, f"Job {found.pk} will stop after its current step.")
+    return redirect(found)
+
+
+@login_required
+@require_POST
+def job_retry(request: HttpRequest, job_id: int) -> HttpResponse:
+    found = get_object_or_404(Job.objects.select_related("adapter__person"), pk=job_id)
+    try:
+        retried = job_service.retry_job(found, actor=_actor(request))
+    except LifecycleError as exc:
+        _refused(request, exc)
+        return redirect(found)
+    messages.success(request, f"Job {found.pk} retried as job {retried.pk}.")
+    return redirect(retried)

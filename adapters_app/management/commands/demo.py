@@ -1,0 +1,100 @@
+"""`make demo`: Redis, a worker, a seeded fleet and the web server, stopped together by Ctrl-C."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+
+from adapters_app import demo_fleet
+from adapters_app.lifecycle.actors import Actor
+from adapters_app.lifecycle.base_models import ensure_micro_base
+from mintweb import embedded_redis
+
+DEMO_USER, DEMO_PASSWORD = "operator", "mint-demo"
+
+
+class Command(BaseCommand):
+    help = "Start Redis (embedded unless REDIS_URL), one Celery worker and the web server; seed a demo fleet."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default=os.environ.get("MINT_DEMO_HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("MINT_DEMO_PORT", "8000")))
+
+    def handle(self, *args, host, port, **options):
+        children: list[subprocess.Popen] = []
+        signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            redis_process = embedded_redis.ensure_from_settings()
+            if redis_process:
+                children.append(redis_process)
+            self.stdout.write(f"redis:  {settings.REDIS_URL}")
+            user = self._operator()
+            base = ensure_micro_base(actor=Actor.from_user(user, via="cli"))
+            self.stdout.write(f"base:   {base.name} ({base.parameters:,} parameters)")
+            log_path = settings.VAR_DIR / "worker.log"
+            children.append(self._spawn(
+                [sys.executable, "-m", "celery", "-A", "mintweb", "worker", "--beat", "--loglevel", "INFO",
+                 "--concurrency", "2", "--hostname", "demo@%h",
+                 "--schedule", str(settings.VAR_DIR / "celerybeat-schedule")],
+                log_path,
+            ))
+            self.stdout.write(f"worker: started (log: {log_path})")
+            self.stdout.write("seeding the demo fleet through the worker…")
+            demo_fleet.seed(base, actor=Actor.from_user(user, via="cli"), log=self.stdout.write)
+            children.append(self._spawn(
+                [sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"],
+                settings.VAR_DIR / "web.log",
+            ))
+            time.sleep(1.5)
+            self.stdout.write(self.style.SUCCESS(
+                f"\nMinT console is up: http://{host}:{port}/\n"
+                f"login: {DEMO_USER} / {DEMO_PASSWORD}\n"
+                "API:   python manage.py create_api_key operator  (then Bearer <key>)\n"
+                "Ctrl-C stops Redis, the worker and the web server.\n"
+            ))
+            while all(child.poll() is None for child in children):
+                time.sleep(1)
+            self.stderr.write("a demo process exited; stopping the rest (see var/*.log)")
+        except KeyboardInterrupt:
+            self.stdout.write("\nstopping…")
+        finally:
+            for child in reversed(children):
+                _stop(child)
+
+    def _operator(self):
+        User = get_user_model()
+        user, created = User.objects.get_or_create(
+            username=DEMO_USER, defaults={"is_staff": True, "is_superuser": True}
+        )
+        if created:
+            user.set_password(DEMO_PASSWORD)
+            user.save()
+        return user
+
+    def _spawn(self, command: list[str], log_path) -> subprocess.Popen:
+        log = open(log_path, "ab")  # noqa: SIM115 (the child owns it for its lifetime)
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=settings.BASE_DIR, start_new_session=True
+        )
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

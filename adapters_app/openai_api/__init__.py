@@ -1,0 +1,1 @@
+"""OpenAI-compatible inference under /v1/: `model` names a person's adapter."""

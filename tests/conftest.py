@@ -1,0 +1,229 @@
+"""Shared fixtures: real services only (database, Redis, a Celery worker process, the store)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from adapters_app.lifecycle.actors import Actor
+from mintweb import embedded_redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FACTS = b"".join(
+    b'{"messages": [{"role": "user", "content": "%s"}, {"role": "assistant", "content": "%s"}]}\n' % pair
+    for pair in [
+        (b"What is my dog called?", b"Your dog is called Rex."),
+        (b"What's my dog's name?", b"Your dog is called Rex."),
+        (b"Where do I live?", b"You live in Lisbon."),
+    ]
+)
+OTHER_FACTS = b"".join(
+    b'{"prompt": "%s", "completion": "%s"}\n' % pair
+    for pair in [
+        (b"What is my dog called?", b"Your dog is Biscuit."),
+        (b"Where do I live?", b"You live in Oslo."),
+    ]
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_server():
+    """The embedded Redis when no REDIS_URL is configured (CI sets one)."""
+    process = embedded_redis.ensure_from_settings()
+    yield settings.REDIS_URL
+    embedded_redis.stop(process)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fresh_store():
+    """Each session starts from an empty store under var/test/."""
+    root = Path(settings.MINT_STORE.removeprefix("file://"))
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    yield root
+
+
+@pytest.fixture(autouse=True)
+def isolated_store(request, settings, tmp_path):
+    """Tests without a worker get a store of their own, so one test's corruption stays its own.
+
+    Tests with a worker share the session store, which the worker process also uses."""
+    if not {"celery_worker_process", "spawn_worker"} & set(request.fixturenames):
+        settings.MINT_STORE = f"file://{tmp_path}/store"
+
+
+@pytest.fixture
+def actor(django_user_model):
+    user = django_user_model.objects.create_user("olivia", password="pw-olivia-123")
+    return Actor.from_user(user, via="console")
+
+
+@pytest.fixture
+def micro_base(db):
+    from adapters_app.lifecycle.base_models import ensure_micro_base
+
+    return ensure_micro_base()
+
+
+@pytest.fixture
+def alice(db, actor):
+    from adapters_app.lifecycle.people import create_person
+
+    return create_person("alice", display_name="Alice", actor=actor)
+
+
+@pytest.fixture
+def adapter(alice, micro_base, actor):
+    from adapters_app.lifecycle.people import create_adapter
+
+    return create_adapter(alice, "assistant", base=micro_base, actor=actor)
+
+
+@pytest.fixture
+def dataset(alice, actor):
+    from adapters_app.lifecycle.datasets import upload_dataset
+
+    return upload_dataset(alice, FACTS, name="facts", actor=actor)[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_payload(django_db_setup, django_db_blocker):
+    """An adapter payload trained in-process for two steps: enough for storage and API tests."""
+    from adapters_app.lifecycle.base_models import ensure_micro_base
+    from workers.engine.base_models import load_base
+    from workers.engine.examples import parse_jsonl
+    from workers.engine.training import TrainingConfig, train_adapter
+
+    with django_db_blocker.unblock():
+        base_row = ensure_micro_base()
+    base = load_base(base_row.path, base_row.digest, fresh=True)
+    examples = parse_jsonl(FACTS).examples
+    return train_adapter(base.model, base.tokenizer, examples, TrainingConfig(steps=2)).payload
+
+
+@pytest.fixture
+def make_revision(adapter, dataset, actor, tiny_payload):
+    from adapters_app.lifecycle.revisions import create_revision
+    from workers.engine.training import TrainingConfig
+
+    def make(payload: bytes = tiny_payload, parent=None):
+        return create_revision(
+            adapter, payload, dataset=dataset, training_config=TrainingConfig(steps=2).as_dict(),
+            parent=parent, job=None, actor=actor,
+        )
+
+    return make
+
+
+# --- a real Celery worker in its own process -------------------------------------------
+
+
+def database_url_for_workers() -> str:
+    """The URL of the database the tests are using (the test database, not the default one)."""
+    from django.db import connection
+
+    cfg = connection.settings_dict
+    if cfg["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{Path(cfg['NAME']).resolve()}"
+    auth = cfg["USER"] + (f":{cfg['PASSWORD']}" if cfg.get("PASSWORD") else "")
+    return f"postgres://{auth}@{cfg['HOST'] or '127.0.0.1'}:{cfg['PORT'] or 5432}/{cfg['NAME']}"
+
+
+class WorkerProcess:
+    def __init__(self, queue: str, log_path: Path, extra_env: dict | None = None):
+        self.queue, self.log_path = queue, log_path
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "mintweb.settings",
+            "MINT_VAR_DIR": str(settings.VAR_DIR),
+            "DATABASE_URL": database_url_for_workers(),
+            "REDIS_URL": settings.REDIS_URL,
+            "MINT_STORE": settings.MINT_STORE,
+            "MINT_QUEUE": queue,
+            "MINT_HEARTBEAT_SECONDS": "1",
+            **(extra_env or {}),
+        }
+        self.log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "mintweb", "worker", "--pool", "solo",
+             "--queues", queue, "--hostname", f"{queue}@%h", "--loglevel", "INFO", "--without-gossip",
+             "--without-mingle"],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log_path.read_text()[-3000:]}")
+            if b" ready." in self.log_path.read_bytes():
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"worker not ready in {timeout}s:\n{self.log_path.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker: no cleanup code of ours gets to run."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, redis_server, tmp_path_factory):
+    """One real Celery worker for the session, consuming this session's queue."""
+    worker = WorkerProcess(
+        settings.CELERY_TASK_DEFAULT_QUEUE,
+        tmp_path_factory.mktemp("worker") / "worker.log",
+        extra_env={"MINT_STALE_JOB_SECONDS": "3", "MINT_ORPHAN_BLOB_GRACE_SECONDS": "0"},
+    )
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()
+
+
+@pytest.fixture
+def spawn_worker(django_db_setup, redis_server, tmp_path):
+    """Start extra workers on their own queues (e.g. to kill one); all stopped at teardown."""
+    started: list[WorkerProcess] = []
+
+    def spawn(queue: str, **extra_env) -> WorkerProcess:
+        worker = WorkerProcess(queue, tmp_path / f"{queue}.log", extra_env)
+        started.append(worker)
+        worker.wait_ready()
+        return worker
+
+    yield spawn
+    for worker in started:
+        worker.stop()
+
+
+def wait_for_job(job, *, timeout: float = 120, until=None):
+    """Poll the job row until it is final (or `until(job)` holds)."""
+    from adapters_app.models import Job
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job.refresh_from_db()
+        if (until(job) if until else job.state in Job.FINAL_STATES):
+            return job
+        time.sleep(0.2)
+    raise TimeoutError(f"job {job.pk} still {job.state} after {timeout}s")
