@@ -12,6 +12,7 @@ from django.views.decorators.csrf import csrf_exempt
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.errors import LifecycleError
 from adapters_app.models import ApiKey
+from workers.engine.store import StoreError
 
 ErrorRenderer = Callable[[int, str, str, object], JsonResponse]
 
@@ -68,6 +69,9 @@ def api_endpoint(*methods: str, render_error: ErrorRenderer = management_error):
                 return view(request, *args, **kwargs)
             except LifecycleError as exc:
                 return render_error(exc.status, exc.code, exc.message, exc.details)
+            except StoreError as exc:
+                # A blob failed its sha256 check (or is missing): say so, never serve it.
+                return render_error(500, "integrity_error", str(exc), None)
 
         return wrapper
 

@@ -73,7 +73,7 @@ def _refused(request: HttpRequest, exc: LifecycleError) -> None:
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return ""
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
@@ -88,6 +88,7 @@ def _duration(seconds: float | None) -> str:
 
 @login_required
 def overview(request: HttpRequest) -> HttpResponse:
+    active_jobs = Job.objects.filter(state__in=Job.ACTIVE_STATES).select_related("adapter__person")
     context = {
         "counts": {
             "people": Person.objects.count(),
@@ -95,7 +96,7 @@ def overview(request: HttpRequest) -> HttpResponse:
             "revisions": Revision.objects.count(),
             "live_adapters": Adapter.objects.filter(live_revision__isnull=False).count(),
         },
-        "active_jobs": Job.objects.filter(state__in=Job.ACTIVE_STATES).select_related("adapter__person"),
+        "active_jobs": active_jobs[:PAGE_SIZE],
         "pointer_events": PointerEvent.objects.select_related(
             "adapter__person", "from_revision", "to_revision"
         )[:RECENT],
@@ -110,7 +111,7 @@ def people(request: HttpRequest) -> HttpResponse:
     queryset = Person.objects.annotate(
         adapter_count=Count("adapters", distinct=True),
         live_count=Count("adapters", filter=Q(adapters__live_revision__isnull=False), distinct=True),
-    )
+    ).order_by("handle")
     if q:
         queryset = queryset.filter(handle__icontains=q)
     return render(request, "console/people.html", {"page": _page(request, queryset), "q": q})
@@ -119,8 +120,10 @@ def people(request: HttpRequest) -> HttpResponse:
 @login_required
 def adapters(request: HttpRequest) -> HttpResponse:
     live = request.GET.get("live", "")
-    queryset = Adapter.objects.select_related("person", "base", "live_revision").annotate(
-        revision_count=Count("revisions")
+    queryset = (
+        Adapter.objects.select_related("person", "base", "live_revision")
+        .annotate(revision_count=Count("revisions"))
+        .order_by("person__handle", "name")
     )
     if live == "yes":
         queryset = queryset.filter(live_revision__isnull=False)
@@ -273,11 +276,11 @@ def _revisions_with_latest_evaluation(adapter: Adapter) -> list[Revision]:
 def adapter(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
     subject = _adapter_or_404(handle, adapter)
     revision_list = _revisions_with_latest_evaluation(subject)
-    accuracies = {
-        rev.number: rev.latest_evaluation.metrics["token_accuracy"]
-        for rev in revision_list
-        if rev.latest_evaluation and isinstance(rev.latest_evaluation.metrics.get("token_accuracy"), int | float)
-    }
+    accuracies = {}
+    for rev in revision_list:
+        accuracy = rev.latest_evaluation.metrics.get("token_accuracy") if rev.latest_evaluation else None
+        if isinstance(accuracy, int | float):
+            accuracies[rev.number] = accuracy
     pointer_events = list(subject.pointer_events.select_related("from_revision", "to_revision"))
     been_live = {event.to_revision_id for event in pointer_events}
     context = {
@@ -387,8 +390,9 @@ def revision(request: HttpRequest, handle: str, adapter: str, rev: str) -> HttpR
         "is_live": subject.live_revision_id == found.pk,
         "evaluations": found.evaluations.select_related("dataset", "job"),
         "children": found.children.all(),
-        "pointer_events": subject.pointer_events.filter(Q(to_revision=found) | Q(from_revision=found))
-        .select_related("from_revision", "to_revision"),
+        "pointer_events": subject.pointer_events.filter(
+            Q(to_revision=found) | Q(from_revision=found)
+        ).select_related("from_revision", "to_revision"),
     }
     return render(request, "console/revision.html", context)
 

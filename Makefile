@@ -1,0 +1,39 @@
+# MinT console. Two commands do all the set-up on a fresh machine (Python 3.11):
+#   make demo   install into .venv, migrate, build the micro base, start Redis + a worker
+#               + the web server, seed a demo fleet, print the URL and login
+#   make test   install and run the whole suite (ruff first)
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint migrate clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "MinT needs Python 3.11, found " + sys.version'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch==2.13.0 (CPU) is pinned in pyproject.toml; an unpinned torch would pull a CUDA build.
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+migrate: install
+	$(BIN)/python manage.py migrate --noinput
+
+demo: migrate
+	$(BIN)/python manage.py demo
+
+lint: install
+	$(BIN)/ruff check .
+
+# pytest exits 5 when it collected no tests; that must fail, never pass silently.
+test: lint
+	$(BIN)/python -m pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; \
+	exit $$status
+
+clean:
+	rm -rf var/test .pytest_cache

@@ -1,0 +1,145 @@
+"""The whole lifecycle through the real stack: API → database → Redis → a Celery worker process."""
+
+import json
+
+import pytest
+
+from adapters_app.models import ApiKey, AuditEvent, Job, Revision
+from tests.conftest import FACTS, OTHER_FACTS, wait_for_job
+from workers.engine.examples import Message
+from workers.engine.prompting import render_prompt
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+TRAINING = {"steps": 40, "learning_rate": 0.01, "seed": 3}
+QUESTION = "What is my dog called?"
+
+
+@pytest.fixture
+def api(client, django_user_model, micro_base):
+    user = django_user_model.objects.create_user("ops", password="pw-ops-12345")
+    _, raw = ApiKey.issue(user)
+
+    def call(method: str, path: str, body=None, *, raw_body: bytes | None = None, expect: int = 200):
+        data = raw_body if raw_body is not None else (json.dumps(body) if body is not None else None)
+        response = getattr(client, method)(
+            path, data=data, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {raw}"
+        )
+        assert response.status_code == expect, response.content[:2000]
+        return response.json() if response["Content-Type"].startswith("application/json") else response
+
+    return call
+
+
+def train(api, dataset_id) -> Revision:
+    job = api("post", "/api/adapters/alice/assistant/train", {"dataset": dataset_id, "config": TRAINING}, expect=202)
+    finished = wait_for_job(Job.objects.get(pk=job["id"]))
+    assert finished.state == Job.SUCCEEDED, finished.error
+    assert api("get", f"/api/jobs/{job['id']}")["progress"]["percent"] == 100
+    return finished.result_revision
+
+
+def generate_directly(revision: Revision) -> str:
+    """What this revision generates, computed in the test process by the engine itself."""
+    from adapters_app.lifecycle.storage import get_store
+    from workers.engine.runtime import AdapterRuntime, SamplingParams
+
+    base = revision.adapter.base
+    [generation] = AdapterRuntime().generate(
+        base.path, base.digest, revision.sha256, get_store().get,
+        render_prompt([Message("user", QUESTION)]), SamplingParams(max_tokens=24, temperature=0.0),
+    )
+    return generation.text
+
+
+def chat(api, model: str) -> dict:
+    return api("post", "/v1/chat/completions", {
+        "model": model, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 24, "temperature": 0,
+    })
+
+
+def test_the_personal_adapter_lifecycle_end_to_end(api, celery_worker_process):
+    api("post", "/api/people", {"handle": "alice", "display_name": "Alice"}, expect=201)
+    api("post", "/api/people/alice/adapters", {"name": "assistant"}, expect=201)
+    first = api("post", "/api/adapters/alice/assistant/datasets?name=facts", raw_body=FACTS, expect=201)
+    second = api("post", "/api/adapters/alice/assistant/datasets?name=moved", raw_body=OTHER_FACTS, expect=201)
+
+    r1 = train(api, first["id"])
+    api("post", "/api/adapters/alice/assistant/promote", {"revision": "r1", "reason": "first"})
+    r2 = train(api, second["id"])
+    assert r2.parent == r1  # trained while r1 was live
+    api("post", "/api/adapters/alice/assistant/promote", {"revision": "r2", "reason": "moved to Oslo"})
+    api("post", "/api/adapters/alice/assistant/rollback", {"reason": "r2 regressed"})
+
+    detail = api("get", "/api/adapters/alice/assistant")
+    assert detail["live"] == "r1"
+    assert [(e["action"], e["from"], e["to"]) for e in detail["pointer_history"]] == [
+        ("rollback", "r2", "r1"), ("promote", "r1", "r2"), ("promote", None, "r1"),
+    ]
+    assert [r["label"] for r in detail["revisions"]] == ["r1", "r2"]
+    assert detail["revisions"][1]["provenance"]["dataset_sha256"] == second["sha256"]
+
+    expected_r1, expected_r2 = generate_directly(r1), generate_directly(r2)
+    assert expected_r1 != expected_r2, "the two revisions should have learned different answers"
+    live = chat(api, "alice/assistant")
+    pinned = chat(api, "alice/assistant@r2")
+    assert live["choices"][0]["message"]["content"] == expected_r1
+    assert live["mint"]["revision"] == "r1"
+    assert pinned["choices"][0]["message"]["content"] == expected_r2
+    assert pinned["usage"]["completion_tokens"] > 0
+
+
+def test_every_lifecycle_action_leaves_an_audit_event_with_its_actor(api, celery_worker_process):
+    api("post", "/api/people", {"handle": "alice"}, expect=201)
+    api("post", "/api/people/alice/adapters", {"name": "assistant"}, expect=201)
+    dataset = api("post", "/api/adapters/alice/assistant/datasets", raw_body=FACTS, expect=201)
+    train(api, dataset["id"])
+    api("post", "/api/adapters/alice/assistant/promote", {"revision": "r1"})
+    train(api, dataset["id"])
+    api("post", "/api/adapters/alice/assistant/promote", {"revision": "r2"})
+    api("post", "/api/adapters/alice/assistant/rollback", {"to": "r1", "reason": "check"})
+
+    events = AuditEvent.objects.exclude(action="base_model.register").order_by("id")
+    actions = list(events.values_list("action", "actor_name", "via"))
+    assert actions == [
+        ("person.create", "ops", "api"),
+        ("adapter.create", "ops", "api"),
+        ("dataset.upload", "ops", "api"),
+        ("job.train", "ops", "api"),
+        ("revision.create", "ops", "worker"),
+        ("adapter.promote", "ops", "api"),
+        ("job.train", "ops", "api"),
+        ("revision.create", "ops", "worker"),
+        ("adapter.promote", "ops", "api"),
+        ("adapter.rollback", "ops", "api"),
+    ]
+
+
+def test_evaluation_scores_a_revision_against_the_bare_base(api, celery_worker_process):
+    api("post", "/api/people", {"handle": "alice"}, expect=201)
+    api("post", "/api/people/alice/adapters", {"name": "assistant"}, expect=201)
+    dataset = api("post", "/api/adapters/alice/assistant/datasets", raw_body=FACTS, expect=201)
+    train(api, dataset["id"])
+
+    scores = {}
+    for revision in ("r1", None):
+        job = api("post", "/api/adapters/alice/assistant/evaluate",
+                  {"dataset": dataset["id"], "revision": revision}, expect=202)
+        done = wait_for_job(Job.objects.get(pk=job["id"]))
+        assert done.state == Job.SUCCEEDED, done.error
+        scores[revision] = done.result
+    assert scores["r1"]["token_accuracy"] > scores[None]["token_accuracy"]
+    assert scores["r1"]["loss"] < scores[None]["loss"]
+
+
+def test_a_running_job_can_be_cancelled(api, celery_worker_process):
+    api("post", "/api/people", {"handle": "alice"}, expect=201)
+    api("post", "/api/people/alice/adapters", {"name": "assistant"}, expect=201)
+    dataset = api("post", "/api/adapters/alice/assistant/datasets", raw_body=FACTS, expect=201)
+    job = api("post", "/api/adapters/alice/assistant/train",
+              {"dataset": dataset["id"], "config": {"steps": 100000}}, expect=202)
+    wait_for_job(Job.objects.get(pk=job["id"]), until=lambda j: j.step > 0)
+    api("post", f"/api/jobs/{job['id']}/cancel")
+    done = wait_for_job(Job.objects.get(pk=job["id"]))
+    assert done.state == Job.CANCELLED
+    assert not Revision.objects.exists()
