@@ -34,10 +34,18 @@ FLEET = [
 ]
 
 QUESTIONS = {
-    "dog": (["What is my dog called?", "What's my dog's name?", "Remind me of my dog's name."],
-            "Your dog is called {dog}."),
-    "city": (["Where do I live?", "Which city is my home?", "What city do I live in?"], "You live in {city}."),
-    "colour": (["What is my favourite colour?", "Which colour do I like best?"], "Your favourite colour is {colour}."),
+    "dog": (
+        ["What is my dog called?", "What's my dog's name?", "Remind me of my dog's name."],
+        "Your dog is called {dog}.",
+    ),
+    "city": (
+        ["Where do I live?", "Which city is my home?", "What city do I live in?"],
+        "You live in {city}.",
+    ),
+    "colour": (
+        ["What is my favourite colour?", "Which colour do I like best?"],
+        "Your favourite colour is {colour}.",
+    ),
 }
 
 DEMO_TRAINING = {"rank": 8, "steps": 120, "learning_rate": 0.01, "seed": 0}
@@ -48,7 +56,9 @@ def dataset_for(person: DemoPerson) -> bytes:
     for questions, answer in QUESTIONS.values():
         reply = answer.format(dog=person.dog, city=person.city, colour=person.colour)
         for question in questions:
-            rows.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]})
+            rows.append(
+                {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]}
+            )
     return ("\n".join(json.dumps(r) for r in rows) + "\n").encode()
 
 
@@ -60,8 +70,13 @@ def seed(base: BaseModel, *, actor: Actor, log=print, timeout: float = 600) -> l
             continue
         with transaction.atomic():
             person = people.create_person(demo.handle, display_name=demo.name, actor=actor)
-            adapter = people.create_adapter(person, "assistant", base=base, actor=actor,
-                                            description="Personal assistant: remembers facts about its person")
+            adapter = people.create_adapter(
+                person,
+                "assistant",
+                base=base,
+                actor=actor,
+                description="Personal assistant: remembers facts about its person",
+            )
             dataset, _ = upload_dataset(person, dataset_for(demo), name="personal-facts", actor=actor)
             started.append(jobs.start_training(adapter, dataset, config=DEMO_TRAINING, actor=actor))
         log(f"  training {adapter.handle} (job {started[-1].pk})")

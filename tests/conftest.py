@@ -117,8 +117,13 @@ def make_revision(adapter, dataset, actor, tiny_payload):
 
     def make(payload: bytes = tiny_payload, parent=None):
         return create_revision(
-            adapter, payload, dataset=dataset, training_config=TrainingConfig(steps=2).as_dict(),
-            parent=parent, job=None, actor=actor,
+            adapter,
+            payload,
+            dataset=dataset,
+            training_config=TrainingConfig(steps=2).as_dict(),
+            parent=parent,
+            job=None,
+            actor=actor,
         )
 
     return make
@@ -154,10 +159,29 @@ class WorkerProcess:
         }
         self.log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "mintweb", "worker", "--pool", "solo",
-             "--queues", queue, "--hostname", f"{queue}@%h", "--loglevel", "INFO", "--without-gossip",
-             "--without-mingle"],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "mintweb",
+                "worker",
+                "--pool",
+                "solo",
+                "--queues",
+                queue,
+                "--hostname",
+                f"{queue}@%h",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def wait_ready(self, timeout: float = 90) -> None:
@@ -223,7 +247,7 @@ def wait_for_job(job, *, timeout: float = 120, until=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job.refresh_from_db()
-        if (until(job) if until else job.state in Job.FINAL_STATES):
+        if until(job) if until else job.state in Job.FINAL_STATES:
             return job
         time.sleep(0.2)
     raise TimeoutError(f"job {job.pk} still {job.state} after {timeout}s")

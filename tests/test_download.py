@@ -9,8 +9,8 @@ import torch
 
 from adapters_app.lifecycle.revisions import load_payload
 from adapters_app.models import ApiKey
-from workers.engine.prompting import render_prompt
 from workers.engine.examples import Message
+from workers.engine.prompting import render_prompt
 from workers.engine.runtime import AdapterRuntime
 
 
@@ -40,7 +40,9 @@ def test_a_downloaded_revision_loads_in_peft_with_the_same_logits(client, bearer
     tokens = AutoTokenizer.from_pretrained(base.path)(text, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         theirs = peft_model(input_ids=tokens["input_ids"]).logits
-    ours = AdapterRuntime().logits(base.path, base.digest, revision.sha256, lambda sha: load_payload(revision), text)
+    ours = AdapterRuntime().logits(
+        base.path, base.digest, revision.sha256, lambda sha: load_payload(revision), text
+    )
     assert torch.allclose(theirs, ours, atol=1e-5)
     # and the adapter really changes the base's output
     with torch.no_grad(), peft_model.disable_adapter():

@@ -32,7 +32,9 @@ def api(client, django_user_model, micro_base):
 
 
 def train(api, dataset_id) -> Revision:
-    job = api("post", "/api/adapters/alice/assistant/train", {"dataset": dataset_id, "config": TRAINING}, expect=202)
+    job = api(
+        "post", "/api/adapters/alice/assistant/train", {"dataset": dataset_id, "config": TRAINING}, expect=202
+    )
     finished = wait_for_job(Job.objects.get(pk=job["id"]))
     assert finished.state == Job.SUCCEEDED, finished.error
     assert api("get", f"/api/jobs/{job['id']}")["progress"]["percent"] == 100
@@ -46,23 +48,36 @@ def generate_directly(revision: Revision) -> str:
 
     base = revision.adapter.base
     [generation] = AdapterRuntime().generate(
-        base.path, base.digest, revision.sha256, get_store().get,
-        render_prompt([Message("user", QUESTION)]), SamplingParams(max_tokens=24, temperature=0.0),
+        base.path,
+        base.digest,
+        revision.sha256,
+        get_store().get,
+        render_prompt([Message("user", QUESTION)]),
+        SamplingParams(max_tokens=24, temperature=0.0),
     )
     return generation.text
 
 
 def chat(api, model: str) -> dict:
-    return api("post", "/v1/chat/completions", {
-        "model": model, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 24, "temperature": 0,
-    })
+    return api(
+        "post",
+        "/v1/chat/completions",
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": QUESTION}],
+            "max_tokens": 24,
+            "temperature": 0,
+        },
+    )
 
 
 def test_the_personal_adapter_lifecycle_end_to_end(api, celery_worker_process):
     api("post", "/api/people", {"handle": "alice", "display_name": "Alice"}, expect=201)
     api("post", "/api/people/alice/adapters", {"name": "assistant"}, expect=201)
     first = api("post", "/api/adapters/alice/assistant/datasets?name=facts", raw_body=FACTS, expect=201)
-    second = api("post", "/api/adapters/alice/assistant/datasets?name=moved", raw_body=OTHER_FACTS, expect=201)
+    second = api(
+        "post", "/api/adapters/alice/assistant/datasets?name=moved", raw_body=OTHER_FACTS, expect=201
+    )
 
     r1 = train(api, first["id"])
     api("post", "/api/adapters/alice/assistant/promote", {"revision": "r1", "reason": "first"})
@@ -74,7 +89,9 @@ def test_the_personal_adapter_lifecycle_end_to_end(api, celery_worker_process):
     detail = api("get", "/api/adapters/alice/assistant")
     assert detail["live"] == "r1"
     assert [(e["action"], e["from"], e["to"]) for e in detail["pointer_history"]] == [
-        ("rollback", "r2", "r1"), ("promote", "r1", "r2"), ("promote", None, "r1"),
+        ("rollback", "r2", "r1"),
+        ("promote", "r1", "r2"),
+        ("promote", None, "r1"),
     ]
     assert [r["label"] for r in detail["revisions"]] == ["r1", "r2"]
     assert detail["revisions"][1]["provenance"]["dataset_sha256"] == second["sha256"]
@@ -123,8 +140,12 @@ def test_evaluation_scores_a_revision_against_the_bare_base(api, celery_worker_p
 
     scores = {}
     for revision in ("r1", None):
-        job = api("post", "/api/adapters/alice/assistant/evaluate",
-                  {"dataset": dataset["id"], "revision": revision}, expect=202)
+        job = api(
+            "post",
+            "/api/adapters/alice/assistant/evaluate",
+            {"dataset": dataset["id"], "revision": revision},
+            expect=202,
+        )
         done = wait_for_job(Job.objects.get(pk=job["id"]))
         assert done.state == Job.SUCCEEDED, done.error
         scores[revision] = done.result
@@ -136,8 +157,12 @@ def test_a_running_job_can_be_cancelled(api, celery_worker_process):
     api("post", "/api/people", {"handle": "alice"}, expect=201)
     api("post", "/api/people/alice/adapters", {"name": "assistant"}, expect=201)
     dataset = api("post", "/api/adapters/alice/assistant/datasets", raw_body=FACTS, expect=201)
-    job = api("post", "/api/adapters/alice/assistant/train",
-              {"dataset": dataset["id"], "config": {"steps": 100000}}, expect=202)
+    job = api(
+        "post",
+        "/api/adapters/alice/assistant/train",
+        {"dataset": dataset["id"], "config": {"steps": 100000}},
+        expect=202,
+    )
     wait_for_job(Job.objects.get(pk=job["id"]), until=lambda j: j.step > 0)
     api("post", f"/api/jobs/{job['id']}/cancel")
     done = wait_for_job(Job.objects.get(pk=job["id"]))

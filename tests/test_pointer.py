@@ -25,7 +25,12 @@ def test_promote_moves_live_and_appends_an_event(adapter, r1_r2_r3, actor):
     promote(r1, actor=actor, reason="first")
     event = promote(r2, actor=actor, reason="better recall")
     assert live_of(adapter) == "r2"
-    assert (event.from_revision, event.to_revision, event.actor, event.reason) == (r1, r2, "olivia", "better recall")
+    assert (event.from_revision, event.to_revision, event.actor, event.reason) == (
+        r1,
+        r2,
+        "olivia",
+        "better recall",
+    )
     assert PointerEvent.objects.filter(adapter=adapter).count() == 2
 
 
@@ -37,7 +42,7 @@ def test_promoting_the_live_revision_again_is_refused(r1_r2_r3, actor):
 
 
 def test_rollback_without_target_returns_to_the_previous_live_revision(adapter, r1_r2_r3, actor):
-    r1, r2, r3 = r1_r2_r3
+    r1, _, r3 = r1_r2_r3
     promote(r1, actor=actor)
     promote(r3, actor=actor)
     event = rollback(adapter, actor=actor, reason="regression")

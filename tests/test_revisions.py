@@ -59,8 +59,16 @@ def test_a_failed_row_write_leaves_no_blob_behind(adapter, dataset, actor, tiny_
         raise RuntimeError("database went away")
 
     with pytest.raises(RuntimeError):
-        create_revision(adapter, tiny_payload, dataset=dataset, training_config={}, parent=None,
-                        job=None, actor=actor, on_created=explode)
+        create_revision(
+            adapter,
+            tiny_payload,
+            dataset=dataset,
+            training_config={},
+            parent=None,
+            job=None,
+            actor=actor,
+            on_created=explode,
+        )
     assert not Revision.objects.exists()
     assert list(get_store().all_keys()) == [dataset.sha256]  # the payload blob was removed
 

@@ -67,9 +67,9 @@ class TrainingConfig:
                 values[name] = kind(value)
             except (TypeError, ValueError):
                 errors[name] = f"must be {kind.__name__}"
-        config = cls(**values) if not errors else None
-        if config is not None:
-            errors.update(config.problems())
+        config = cls(**values)
+        for name, problem in config.problems().items():
+            errors.setdefault(name, problem)
         if errors:
             raise TrainingConfigInvalid(errors)
         return config

@@ -8,4 +8,6 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         base = ensure_micro_base()
-        self.stdout.write(f"{base.name}: {base.parameters} parameters, digest {base.digest[:16]}… at {base.path}")
+        self.stdout.write(
+            f"{base.name}: {base.parameters} parameters, digest {base.digest[:16]}… at {base.path}"
+        )

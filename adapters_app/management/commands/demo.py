@@ -1,5 +1,6 @@
 """`make demo`: Redis, a worker, a seeded fleet and the web server, stopped together by Ctrl-C."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -37,26 +38,46 @@ class Command(BaseCommand):
             base = ensure_micro_base(actor=Actor.from_user(user, via="cli"))
             self.stdout.write(f"base:   {base.name} ({base.parameters:,} parameters)")
             log_path = settings.VAR_DIR / "worker.log"
-            children.append(self._spawn(
-                [sys.executable, "-m", "celery", "-A", "mintweb", "worker", "--beat", "--loglevel", "INFO",
-                 "--concurrency", "2", "--hostname", "demo@%h",
-                 "--schedule", str(settings.VAR_DIR / "celerybeat-schedule")],
-                log_path,
-            ))
+            children.append(
+                self._spawn(
+                    [
+                        sys.executable,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "mintweb",
+                        "worker",
+                        "--beat",
+                        "--loglevel",
+                        "INFO",
+                        "--concurrency",
+                        "2",
+                        "--hostname",
+                        "demo@%h",
+                        "--schedule",
+                        str(settings.VAR_DIR / "celerybeat-schedule"),
+                    ],
+                    log_path,
+                )
+            )
             self.stdout.write(f"worker: started (log: {log_path})")
             self.stdout.write("seeding the demo fleet through the worker…")
             demo_fleet.seed(base, actor=Actor.from_user(user, via="cli"), log=self.stdout.write)
-            children.append(self._spawn(
-                [sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"],
-                settings.VAR_DIR / "web.log",
-            ))
+            children.append(
+                self._spawn(
+                    [sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"],
+                    settings.VAR_DIR / "web.log",
+                )
+            )
             time.sleep(1.5)
-            self.stdout.write(self.style.SUCCESS(
-                f"\nMinT console is up: http://{host}:{port}/\n"
-                f"login: {DEMO_USER} / {DEMO_PASSWORD}\n"
-                "API:   python manage.py create_api_key operator  (then Bearer <key>)\n"
-                "Ctrl-C stops Redis, the worker and the web server.\n"
-            ))
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"\nMinT console is up: http://{host}:{port}/\n"
+                    f"login: {DEMO_USER} / {DEMO_PASSWORD}\n"
+                    "API:   python manage.py create_api_key operator  (then Bearer <key>)\n"
+                    "Ctrl-C stops Redis, the worker and the web server.\n"
+                )
+            )
             while all(child.poll() is None for child in children):
                 time.sleep(1)
             self.stderr.write("a demo process exited; stopping the rest (see var/*.log)")
@@ -94,7 +115,5 @@ def _stop(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=10)
     except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
