@@ -8,9 +8,8 @@ from adapters_app.api.openapi import openapi_document
 from adapters_app.lifecycle import jobs, people, pointer
 from adapters_app.lifecycle.datasets import get_dataset, upload_dataset
 from adapters_app.lifecycle.errors import Invalid, NotFound
-from adapters_app.lifecycle.revisions import get_revision, load_payload
+from adapters_app.lifecycle.revisions import export_archive, get_revision
 from adapters_app.models import BaseModel, Job, Person
-from workers.engine.payload import peft_tar_gz
 
 PAGE_LIMIT = 100
 
@@ -125,20 +124,11 @@ def job_cancel(request, job_id):
 @api_endpoint("GET")
 def revision_download(request, person, adapter, rev):
     revision = get_revision(people.get_adapter(person, adapter), rev)
-    archive = peft_tar_gz(load_payload(revision), readme=provenance_readme(revision))
+    filename, archive = export_archive(revision)
     response = HttpResponse(archive, content_type="application/gzip")
-    response["Content-Disposition"] = f'attachment; filename="{person}-{adapter}-{revision.label}.tar.gz"'
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
     response["X-Revision-Sha256"] = revision.sha256
     return response
-
-
-def provenance_readme(revision) -> str:
-    return (
-        f"# {revision}\n\nsha256: {revision.sha256}\nbase digest: {revision.base_digest}\n"
-        f"dataset sha256: {revision.dataset_sha256} ({revision.dataset_rows} rows)\n"
-        f"training config: {revision.training_config}\ncode version: {revision.code_version}\n\n"
-        "Load with: PeftModel.from_pretrained(base_model, this_folder)\n"
-    )
 
 
 def _job(job_id: int) -> Job:

@@ -16,7 +16,7 @@ from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.datasets import upload_dataset
 from adapters_app.lifecycle.errors import LifecycleError, NotFound
 from adapters_app.lifecycle.people import create_adapter, create_person, get_adapter, get_person
-from adapters_app.lifecycle.revisions import get_revision, load_payload
+from adapters_app.lifecycle.revisions import export_archive, get_revision
 from adapters_app.models import (
     Adapter,
     AuditEvent,
@@ -28,7 +28,6 @@ from adapters_app.models import (
     PointerEvent,
     Revision,
 )
-from workers.engine.payload import peft_tar_gz
 from workers.engine.training import INIT_METHODS, TrainingConfig
 
 PAGE_SIZE = 50
@@ -399,21 +398,9 @@ def revision(request: HttpRequest, handle: str, adapter: str, rev: str) -> HttpR
 
 @login_required
 def download(request: HttpRequest, handle: str, adapter: str, rev: str) -> HttpResponse:
-    subject = _adapter_or_404(handle, adapter)
-    found = _revision_or_404(subject, rev)
-    readme = (
-        f"# {subject.handle}@{found.label}\n\n"
-        f"PEFT LoRA adapter for base digest {found.base_digest}.\n\n"
-        f"- sha256 of adapter_model.safetensors: {found.sha256}\n"
-        f"- rank: {found.rank}, trainable parameters: {found.parameters}\n"
-        f"- dataset sha256: {found.dataset_sha256} ({found.dataset_rows} rows)\n"
-        f"- seed: {found.seed}, init: {found.init_method}, code version: {found.code_version}\n"
-        f"- created by {found.created_by} at {found.created_at:%Y-%m-%d %H:%M:%S} UTC\n\n"
-        "Load with `PeftModel.from_pretrained(base_model, <this folder>)`.\n"
-    )
-    archive = peft_tar_gz(load_payload(found), readme=readme)
+    found = _revision_or_404(_adapter_or_404(handle, adapter), rev)
+    filename, archive = export_archive(found)
     response = HttpResponse(archive, content_type="application/gzip")
-    filename = f"{subject.person.handle}-{subject.name}-{found.label}.tar.gz"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
 

@@ -10,7 +10,7 @@ from adapters_app.lifecycle.errors import Invalid, NotFound
 from adapters_app.lifecycle.storage import get_store
 from adapters_app.models import Adapter, BaseModel, Dataset, Job, Revision
 from mintweb.version import code_version
-from workers.engine.payload import unpack
+from workers.engine.payload import peft_tar_gz, unpack
 
 REVISION_REF_RE = re.compile(r"^r?(\d+)$")
 SHA_PREFIX_RE = re.compile(r"^[0-9a-f]{6,64}$")
@@ -103,6 +103,24 @@ def get_revision(adapter: Adapter, ref: str) -> Revision:
 def load_payload(revision: Revision) -> bytes:
     """The revision's payload from the store, refused if its bytes do not match its sha256."""
     return get_store().get(revision.sha256)
+
+
+def export_archive(revision: Revision) -> tuple[str, bytes]:
+    """(file name, .tar.gz bytes) of the revision's PEFT folder, with a provenance README."""
+    adapter = revision.adapter
+    readme = (
+        f"# {adapter.handle}@{revision.label}\n\n"
+        f"PEFT LoRA adapter for base digest {revision.base_digest}.\n\n"
+        f"- sha256 of adapter_model.safetensors: {revision.sha256}\n"
+        f"- rank: {revision.rank}, trainable parameters: {revision.parameters}\n"
+        f"- dataset sha256: {revision.dataset_sha256} ({revision.dataset_rows} rows)\n"
+        f"- training config: {revision.training_config}\n"
+        f"- seed: {revision.seed}, init: {revision.init_method}, code version: {revision.code_version}\n"
+        f"- created by {revision.created_by} at {revision.created_at:%Y-%m-%d %H:%M:%S} UTC\n\n"
+        "Load with `PeftModel.from_pretrained(base_model, <this folder>)`.\n"
+    )
+    filename = f"{adapter.person.handle}-{adapter.name}-{revision.label}.tar.gz"
+    return filename, peft_tar_gz(load_payload(revision), readme=readme)
 
 
 def resolve_model(model: str) -> tuple[BaseModel, Revision | None]:

@@ -82,8 +82,12 @@ class Command(BaseCommand):
                 time.sleep(1)
             self.stderr.write("a demo process exited; stopping the rest (see var/*.log)")
         except KeyboardInterrupt:
-            self.stdout.write("\nstopping…")
+            pass
         finally:
+            # A second Ctrl-C must not cut the clean-up short and leave children running.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            self.stdout.write("\nstopping Redis, the worker and the web server…")
             for child in reversed(children):
                 _stop(child)
 
