@@ -105,7 +105,7 @@ def tiny_payload(django_db_setup, django_db_blocker):
 
     with django_db_blocker.unblock():
         base_row = ensure_micro_base()
-    base = load_base(base_row.path, base_row.digest, fresh=True)
+    base = load_base(base_row.path, base_row.digest)
     examples = parse_jsonl(FACTS).examples
     return train_adapter(base.model, base.tokenizer, examples, TrainingConfig(steps=2)).payload
 

@@ -49,7 +49,7 @@ def trained_payload(base) -> bytes:
         from workers.engine.examples import parse_jsonl
         from workers.engine.training import train_adapter
 
-        loaded = load_base(base.path, base.digest, fresh=True)
+        loaded = load_base(base.path, base.digest)
         examples = parse_jsonl(TRAIN_JSONL).examples
         _payloads[base.digest] = train_adapter(
             loaded.model, loaded.tokenizer, examples, TrainingConfig(steps=2)

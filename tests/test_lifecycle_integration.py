@@ -168,3 +168,18 @@ def test_a_running_job_can_be_cancelled(api, celery_worker_process):
     done = wait_for_job(Job.objects.get(pk=job["id"]))
     assert done.state == Job.CANCELLED
     assert not Revision.objects.exists()
+
+
+def test_an_inference_job_answers_with_the_live_revision(api, celery_worker_process):
+    api("post", "/api/people", {"handle": "alice"}, expect=201)
+    api("post", "/api/people/alice/adapters", {"name": "assistant"}, expect=201)
+    dataset = api("post", "/api/adapters/alice/assistant/datasets", raw_body=FACTS, expect=201)
+    r1 = train(api, dataset["id"])
+    api("post", "/api/adapters/alice/assistant/promote", {"revision": "r1"})
+    job = api(
+        "post", "/api/adapters/alice/assistant/infer", {"prompt": QUESTION, "max_tokens": 24}, expect=202
+    )
+    done = wait_for_job(Job.objects.get(pk=job["id"]))
+    assert done.state == Job.SUCCEEDED, done.error
+    assert done.revision == r1
+    assert done.result["text"] == generate_directly(r1)

@@ -14,7 +14,7 @@ def test_the_micro_base_builds_reproducibly(tmp_path):
 
 def test_its_tokenizer_round_trips_any_text_and_knows_the_chat_template(tmp_path):
     folder = build_micro_base(tmp_path / "m")
-    base = load_base(folder, describe(folder)["digest"], fresh=True)
+    base = load_base(folder, describe(folder)["digest"])
     text = "Olá, Zoë! 日本 🐕 <|end|>"
     ids = base.tokenizer.encode(text, add_special_tokens=False)
     assert base.tokenizer.decode(ids) == text

@@ -142,7 +142,7 @@ class TrainRun(JobRun):
         adapter = job.adapter
         config = TrainingConfig.from_dict(job.params["config"])
         examples = load_examples(job.dataset)
-        base = load_base(adapter.base.path, adapter.base_digest, fresh=True)
+        base = load_base(adapter.base.path, adapter.base_digest)
         report = ProgressReporter(job)
         result = train_adapter(base.model, base.tokenizer, examples, config, on_step=report)
         parent = Revision.objects.filter(pk=job.params.get("parent_revision_id")).first()

@@ -152,6 +152,26 @@ def openapi_document(server_url: str) -> dict:
                     ),
                 ),
             },
+            "/api/adapters/{person}/{adapter}/infer": {
+                "post": _op(
+                    "Generate with a revision (live unless `revision` is given) as a tracked job; "
+                    "the text is in the finished job's result",
+                    "202",
+                    _ref("Job"),
+                    params=ADAPTER,
+                    body=_json(
+                        {
+                            "type": "object",
+                            "required": ["prompt"],
+                            "properties": {
+                                "prompt": {"type": "string"},
+                                "revision": {"type": "string"},
+                                "max_tokens": {"type": "integer", "default": 32},
+                            },
+                        }
+                    ),
+                ),
+            },
             "/api/adapters/{person}/{adapter}/promote": {
                 "post": _op(
                     "Make a revision live",

@@ -94,6 +94,26 @@ def adapter_evaluate(request, person, adapter):
 
 
 @api_endpoint("POST")
+def adapter_infer(request, person, adapter):
+    """Generate with a revision (the live one unless `revision` is given) as a tracked job."""
+    target = people.get_adapter(person, adapter)
+    body = json_body(request)
+    if body.get("revision"):
+        revision = get_revision(target, str(body["revision"]))
+    elif target.live_revision_id:
+        revision = target.live_revision
+    else:
+        raise Invalid(f"{target.handle} has no live revision; name one with `revision`")
+    max_tokens = body.get("max_tokens", 32)
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+        raise Invalid("max_tokens must be an integer")
+    job = jobs.start_inference(
+        target, revision, prompt=str(body.get("prompt", "")), max_tokens=max_tokens, actor=request.actor
+    )
+    return JsonResponse(out.job_dict(job), status=202)
+
+
+@api_endpoint("POST")
 def adapter_promote(request, person, adapter):
     target = people.get_adapter(person, adapter)
     body = json_body(request)

@@ -1,4 +1,4 @@
-"""Foundation models in local HF folders: their digest, size, and a per-process cache.
+"""Foundation models in local HF folders: their digest, size, and loading.
 
 A base is identified by the sha256 digest of its weight files, not its name or
 path: an adapter trained on one digest is refused on another.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,37 +74,28 @@ class LoadedBase:
     device: str
 
 
-_cache: dict[str, LoadedBase] = {}
-_lock = threading.Lock()
-
-
 def pick_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_base(folder: str | os.PathLike, digest: str, *, fresh: bool = False) -> LoadedBase:
-    """Load (or reuse) the base at `folder`, refusing it if its weights are not `digest`.
+def load_base(folder: str | os.PathLike, digest: str) -> LoadedBase:
+    """Load the base at `folder`, refusing it if its weights are not `digest`.
 
-    `fresh=True` returns a new, uncached instance (training modifies modules in place).
+    Each call returns a new instance: training and the serving runtime modify
+    modules in place (PEFT injects LoRA layers), so they never share one.
     """
-    with _lock:
-        if not fresh and digest in _cache:
-            return _cache[digest]
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        actual = weights_digest(folder)
-        if actual != digest:
-            raise BaseModelError(
-                f"base model at {folder} has digest {actual[:12]}…, expected {digest[:12]}…; "
-                "its weights changed since it was registered"
-            )
-        device = pick_device()
-        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
-        model.to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        loaded = LoadedBase(digest=digest, model=model, tokenizer=tokenizer, device=device)
-        if not fresh:
-            _cache[digest] = loaded
-        return loaded
+    actual = weights_digest(folder)
+    if actual != digest:
+        raise BaseModelError(
+            f"base model at {folder} has digest {actual[:12]}…, expected {digest[:12]}…; "
+            "its weights changed since it was registered"
+        )
+    device = pick_device()
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+    model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    return LoadedBase(digest=digest, model=model, tokenizer=tokenizer, device=device)

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from workers.engine.base_models import load_base
+from workers.engine.base_models import LoadedBase, load_base
 from workers.engine.examples import Example
 from workers.engine.payload import unpack
 from workers.engine.prompting import IGNORE_INDEX, encode_for_training
@@ -41,7 +41,8 @@ class Generation:
 class AdapterRuntime:
     def __init__(self, max_adapters: int = 64):
         self.max_adapters = max_adapters
-        self._wrappers: dict[str, object] = {}  # base digest -> PeftModel
+        self._bases: dict[str, LoadedBase] = {}  # base digest -> this runtime's own instance
+        self._wrappers: dict[str, object] = {}  # base digest -> PeftModel around it
         self._attached: dict[str, OrderedDict[str, None]] = {}
         self._lock = threading.RLock()
 
@@ -49,7 +50,9 @@ class AdapterRuntime:
         """The model to run, with the revision's adapter active (or all adapters off)."""
         from peft import LoraConfig, PeftModel, set_peft_model_state_dict
 
-        base = load_base(folder, digest)
+        base = self._bases.get(digest)
+        if base is None:
+            base = self._bases[digest] = load_base(folder, digest)
         wrapper = self._wrappers.get(digest)
         if revision_sha is None:
             return base, wrapper
