@@ -105,6 +105,19 @@ def test_the_personal_adapter_lifecycle_end_to_end(api, celery_worker_process):
     assert pinned["choices"][0]["message"]["content"] == expected_r2
     assert pinned["usage"]["completion_tokens"] > 0
 
+    completion = api(
+        "post",
+        "/v1/completions",
+        {
+            "model": f"alice/assistant@{r2.sha256[:10]}",
+            "prompt": render_prompt([Message("user", QUESTION)]),
+            "max_tokens": 24,
+            "temperature": 0,
+        },
+    )
+    assert completion["object"] == "text_completion"
+    assert completion["choices"][0]["text"] == expected_r2
+
 
 def test_every_lifecycle_action_leaves_an_audit_event_with_its_actor(api, celery_worker_process):
     api("post", "/api/people", {"handle": "alice"}, expect=201)

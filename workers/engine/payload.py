@@ -37,11 +37,42 @@ class AdapterPayload:
 
 
 def pack(tensors: dict, config: dict) -> bytes:
-    from safetensors.torch import save
-
-    contiguous = {k: v.detach().to("cpu").contiguous() for k, v in sorted(tensors.items())}
+    """Serialise to safetensors with a canonical layout: the same tensors and
+    config always give the same bytes, hence the same sha256. (safetensors'
+    own writer does not promise a tensor order.)"""
     metadata = {"format": "pt", CONFIG_KEY: json.dumps(config, sort_keys=True)}
-    return save(contiguous, metadata=metadata)
+    header: dict = {"__metadata__": metadata}
+    chunks: list[bytes] = []
+    offset = 0
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        data = _tensor_bytes(tensor)
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[str(tensor.dtype)],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        chunks.append(data)
+        offset += len(data)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data section starts 8-byte aligned
+    return struct.pack("<Q", len(encoded)) + encoded + b"".join(chunks)
+
+
+SAFETENSORS_DTYPES = {
+    "torch.float32": "F32",
+    "torch.float16": "F16",
+    "torch.bfloat16": "BF16",
+    "torch.float64": "F64",
+}
+
+
+def _tensor_bytes(tensor) -> bytes:
+    import torch
+
+    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: reinterpret the bits
+        tensor = tensor.view(torch.int16)
+    return tensor.numpy().astype(tensor.numpy().dtype.newbyteorder("<"), copy=False).tobytes()
 
 
 def unpack(data: bytes) -> AdapterPayload:
