@@ -174,7 +174,8 @@ def openapi_document(server_url: str) -> dict:
             },
             "/api/adapters/{person}/{adapter}/promote": {
                 "post": _op(
-                    "Make a revision live",
+                    "Make a revision live. A revision failing its gate is refused (409 gate_failed, "
+                    "error.details lists the checks) unless `override_reason` is given (audited).",
                     "200",
                     _ref("PointerEvent"),
                     params=ADAPTER,
@@ -186,6 +187,27 @@ def openapi_document(server_url: str) -> dict:
                             "properties": {
                                 "revision": {"type": "string", "examples": ["r2"]},
                                 "reason": {"type": "string"},
+                                "override_reason": {"type": "string"},
+                            },
+                        }
+                    ),
+                ),
+            },
+            "/api/adapters/{person}/{adapter}/gate": {
+                "get": _op("The promotion gate", "200", _ref("Gate"), params=ADAPTER),
+                "post": _op(
+                    "Configure the gate: evaluation dataset, thresholds (merged over the defaults), "
+                    "auto-promotion after training",
+                    "200",
+                    _ref("Gate"),
+                    params=ADAPTER,
+                    body=_json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "eval_dataset": {"type": ["string", "integer"]},
+                                "thresholds": {"type": "object", "examples": [{"recall": {"min": 0.8}}]},
+                                "auto_promote": {"type": "boolean"},
                             },
                         }
                     ),
@@ -321,13 +343,21 @@ def openapi_document(server_url: str) -> dict:
                         "at": {"type": "string"},
                     },
                 },
+                "Gate": {
+                    "type": "object",
+                    "properties": {
+                        "eval_dataset": {"type": ["integer", "null"]},
+                        "thresholds": {"type": "object"},
+                        "auto_promote": {"type": "boolean"},
+                    },
+                },
                 "Dataset": {
                     "type": "object",
                     "properties": {
                         "id": {"type": "integer"},
                         "sha256": {"type": "string"},
                         "rows": {"type": "integer"},
-                        "format": {"type": "string", "enum": ["chat", "completion"]},
+                        "format": {"type": "string", "enum": ["chat", "completion", "preference"]},
                     },
                 },
                 "TrainingConfig": {

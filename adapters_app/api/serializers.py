@@ -40,6 +40,22 @@ def revision_dict(revision: Revision) -> dict:
     }
 
 
+def revision_detail_dict(revision: Revision) -> dict:
+    from adapters_app.lifecycle.gates import verdict
+
+    return {**revision_dict(revision), "gate": verdict(revision).as_dict()}
+
+
+def gate_dict(adapter: Adapter) -> dict:
+    from adapters_app.lifecycle.gates import gate_of
+
+    return {
+        "eval_dataset": adapter.eval_dataset_id,
+        "thresholds": gate_of(adapter),
+        "auto_promote": adapter.auto_promote,
+    }
+
+
 def pointer_event_dict(event: PointerEvent) -> dict:
     return {
         "action": event.action,
@@ -64,7 +80,8 @@ def adapter_dict(adapter: Adapter, *, detail: bool = False) -> dict:
     if detail:
         revisions = adapter.revisions.select_related("parent").order_by("number")
         events = adapter.pointer_events.select_related("from_revision", "to_revision")
-        body["revisions"] = [revision_dict(r) for r in revisions]
+        body["revisions"] = [revision_detail_dict(r) for r in revisions]
+        body["gate"] = gate_dict(adapter)
         body["pointer_history"] = [pointer_event_dict(e) for e in events]
     return body
 

@@ -13,6 +13,7 @@ urlpatterns = [
     path("adapters/<str:person>/<str:adapter>/train", views.adapter_train, name="train"),
     path("adapters/<str:person>/<str:adapter>/evaluate", views.adapter_evaluate, name="evaluate"),
     path("adapters/<str:person>/<str:adapter>/infer", views.adapter_infer, name="infer"),
+    path("adapters/<str:person>/<str:adapter>/gate", views.adapter_gate, name="gate"),
     path("adapters/<str:person>/<str:adapter>/promote", views.adapter_promote, name="promote"),
     path("adapters/<str:person>/<str:adapter>/rollback", views.adapter_rollback, name="rollback"),
     path("jobs/<int:job_id>", views.job_detail, name="job"),

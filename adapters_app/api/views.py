@@ -5,7 +5,7 @@ from django.http import HttpResponse, JsonResponse
 from adapters_app.api import serializers as out
 from adapters_app.api.auth import api_endpoint, json_body
 from adapters_app.api.openapi import openapi_document
-from adapters_app.lifecycle import jobs, people, pointer
+from adapters_app.lifecycle import gates, jobs, people, pointer
 from adapters_app.lifecycle.datasets import get_dataset, upload_dataset
 from adapters_app.lifecycle.errors import Invalid, NotFound
 from adapters_app.lifecycle.revisions import export_archive, get_revision
@@ -118,8 +118,33 @@ def adapter_promote(request, person, adapter):
     target = people.get_adapter(person, adapter)
     body = json_body(request)
     revision = get_revision(target, _required(body, "revision"))
-    event = pointer.promote(revision, actor=request.actor, reason=str(body.get("reason", "")))
+    event = pointer.promote(
+        revision,
+        actor=request.actor,
+        reason=str(body.get("reason", "")),
+        override_reason=str(body.get("override_reason", "")),
+    )
     return JsonResponse(out.pointer_event_dict(event))
+
+
+@api_endpoint("GET", "POST")
+def adapter_gate(request, person, adapter):
+    """The promotion gate: evaluation dataset, thresholds, auto-promotion."""
+    target = people.get_adapter(person, adapter)
+    if request.method == "POST":
+        body = json_body(request)
+        dataset = get_dataset(target.person, str(body["eval_dataset"])) if body.get("eval_dataset") else None
+        auto = body.get("auto_promote")
+        if auto is not None and not isinstance(auto, bool):
+            raise Invalid("auto_promote must be true or false")
+        gates.configure_gate(
+            target,
+            actor=request.actor,
+            eval_dataset=dataset,
+            thresholds=body.get("thresholds"),
+            auto_promote=auto,
+        )
+    return JsonResponse(out.gate_dict(target))
 
 
 @api_endpoint("POST")

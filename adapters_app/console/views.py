@@ -350,7 +350,12 @@ def promote(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
     subject = _adapter_or_404(handle, adapter)
     try:
         target = get_revision(subject, request.POST.get("revision", ""))
-        event = pointer.promote(target, actor=_actor(request), reason=request.POST.get("reason", "").strip())
+        event = pointer.promote(
+            target,
+            actor=_actor(request),
+            reason=request.POST.get("reason", "").strip(),
+            override_reason=request.POST.get("override_reason", "").strip(),
+        )
     except LifecycleError as exc:
         _refused(request, exc)
     else:

@@ -10,14 +10,37 @@ from django.db import transaction
 from adapters_app.lifecycle import audit
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.errors import Conflict, Invalid
+from adapters_app.lifecycle.gates import GateFailed, verdict
 from adapters_app.models import Adapter, PointerEvent, Revision
 
 
-def promote(revision: Revision, *, actor: Actor, reason: str = "") -> PointerEvent:
+def promote(revision: Revision, *, actor: Actor, reason: str = "", override_reason: str = "") -> PointerEvent:
+    """Make `revision` live. A revision that fails its adapter's gate is refused
+    unless `override_reason` says why it should serve anyway; the override is audited."""
     with transaction.atomic():
         adapter = Adapter.objects.select_for_update().select_related("person").get(pk=revision.adapter_id)
         if adapter.live_revision_id == revision.pk:
             raise Conflict(f"{revision} is already live")
+        gate = verdict(revision)
+        if not gate.passed:
+            if not override_reason.strip():
+                raise GateFailed(
+                    f"{revision} fails its gate: {'; '.join(gate.failures)}. "
+                    "Give an override reason to promote it anyway.",
+                    details=gate.as_dict(),
+                )
+            audit.record(
+                actor,
+                "adapter.gate_override",
+                adapter,
+                person_handle=adapter.person.handle,
+                after={
+                    "revision": revision.label,
+                    "failures": gate.failures,
+                    "override_reason": override_reason,
+                },
+            )
+            reason = f"{reason} [gate overridden: {override_reason}]".strip()
         return _move(adapter, revision, PointerEvent.PROMOTE, actor, reason)
 
 

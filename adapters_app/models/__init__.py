@@ -4,7 +4,7 @@ from adapters_app.models.api_key import ApiKey
 from adapters_app.models.audit import AuditEvent
 from adapters_app.models.base_model import BaseModel
 from adapters_app.models.dataset import Dataset
-from adapters_app.models.evaluation import Evaluation
+from adapters_app.models.evaluation import Evaluation, EvaluationItem
 from adapters_app.models.job import Job
 from adapters_app.models.person import Adapter, Person
 from adapters_app.models.pointer import PointerEvent
@@ -17,6 +17,7 @@ __all__ = [
     "BaseModel",
     "Dataset",
     "Evaluation",
+    "EvaluationItem",
     "Job",
     "Person",
     "PointerEvent",

@@ -23,3 +23,21 @@ class Evaluation(AppendOnlyModel):
 
     class Meta:
         ordering = ["-created_at"]
+
+
+class EvaluationItem(AppendOnlyModel):
+    """One graded item of a suite evaluation: what was asked, expected, answered, and whether it passed."""
+
+    evaluation = models.ForeignKey(Evaluation, on_delete=models.CASCADE, related_name="items")
+    item_id = models.CharField(max_length=200)
+    prompt = models.TextField()
+    expected = models.TextField()
+    got = models.TextField()
+    passed = models.BooleanField()
+    detail = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["evaluation", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.item_id}: {'pass' if self.passed else 'fail'}"

@@ -43,6 +43,15 @@ class Adapter(models.Model):
         "adapters_app.Revision", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     description = models.TextField(blank=True)
+    # The promotion gate: suite thresholds checked against `eval_dataset`
+    # (see adapters_app.lifecycle.gates). No eval dataset, no gate.
+    eval_dataset = models.ForeignKey(
+        "adapters_app.Dataset", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    gate = models.JSONField(default=dict, blank=True)
+    auto_promote = models.BooleanField(
+        default=False, help_text="After training, evaluate on the eval dataset and promote if the gate passes"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -1,14 +1,18 @@
 """Training and evaluation records: the JSONL formats people upload.
 
-Two formats are accepted, one per file:
+Three formats are accepted, one per file:
 
 - chat: ``{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}]}``
   (OpenAI's chat fine-tuning format); the loss is taken on assistant turns.
 - completion: ``{"prompt": "...", "completion": "..."}``; the loss is taken on
   the completion.
+- preference: ``{"prompt": "...", "chosen": "...", "rejected": "..."}``, pairs
+  kept for preference training (DPO). Until that exists, supervised training
+  learns the chosen answer; the rejected one rides along on the Example.
 
 Validation collects every problem with its line number instead of stopping at
-the first, so a person can fix a file in one pass.
+the first, so a person can fix a file in one pass, and a file with any problem
+is refused whole. Line 0 means the file as a whole (its size, its encoding).
 """
 
 from __future__ import annotations
@@ -19,12 +23,24 @@ from dataclasses import dataclass, field
 
 CHAT = "chat"
 COMPLETION = "completion"
-FORMATS = (CHAT, COMPLETION)
+PREFERENCE = "preference"
+FORMATS = (CHAT, COMPLETION, PREFERENCE)
 ROLES = ("system", "user", "assistant")
 
 MAX_BYTES = 32 * 1024 * 1024
+MAX_LINE_BYTES = 1024 * 1024
 MAX_ROWS = 200_000
 MAX_ERRORS_REPORTED = 50
+
+UTF8_BOM = b"\xef\xbb\xbf"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+# UTF-16 text that is mostly ASCII is about half NUL bytes; UTF-8 text has none.
+UTF16_SNIFF_BYTES = 4096
+
+ROW_SHAPES = (
+    '{"messages": [...]}, {"prompt": ..., "completion": ...} '
+    'or {"prompt": ..., "chosen": ..., "rejected": ...}'
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +51,14 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class Example:
-    """One training row, normalised: chat rows keep their turns; completion rows
-    become a user turn and an assistant turn so one code path trains both."""
+    """One training row, normalised: chat rows keep their turns; completion and
+    preference rows become a user turn and an assistant turn so one code path
+    trains them all. A preference row's assistant turn is the chosen answer and
+    ``rejected`` keeps the other one for preference training; it is None for
+    chat and completion rows."""
 
     messages: tuple[Message, ...]
+    rejected: str | None = None
 
     @property
     def prompt_messages(self) -> tuple[Message, ...]:
@@ -81,25 +101,46 @@ class ParsedDataset:
         return len(self.examples)
 
 
-def parse_jsonl(data: bytes, *, max_bytes: int = MAX_BYTES) -> ParsedDataset:
-    """Parse and validate a JSONL upload; raise DatasetInvalid listing every bad line."""
+def parse_jsonl(data: bytes, *, max_bytes: int | None = None) -> ParsedDataset:
+    """Parse and validate a JSONL upload; raise DatasetInvalid listing every bad line.
+
+    ``max_bytes`` defaults to MAX_BYTES, read when called."""
+    max_bytes = MAX_BYTES if max_bytes is None else max_bytes
     if len(data) > max_bytes:
         raise DatasetInvalid([LineError(0, f"file is {len(data)} bytes; the limit is {max_bytes} bytes")])
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise DatasetInvalid(
-            [LineError(line, f"not valid UTF-8 (byte {exc.start}); save the file as UTF-8")]
-        ) from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
+    if _looks_like_utf16(data):
+        raise DatasetInvalid([LineError(0, "file is UTF-16; save it as UTF-8")])
+    data_without_bom = data.removeprefix(UTF8_BOM)
 
     errors: list[LineError] = []
     examples: list[Example] = []
+    first_seen: dict[Example, int] = {}
     file_format: str | None = None
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # Split on "\n" only: str.splitlines() also breaks at U+2028 and friends,
+    # which JSON allows inside strings, and would shift every line number after.
+    for number, raw_line in enumerate(data_without_bom.split(b"\n"), start=1):
+        if len(errors) >= MAX_ERRORS_REPORTED:
+            break
+        raw_line = raw_line.removesuffix(b"\r")
+        if len(raw_line) > MAX_LINE_BYTES:
+            limit = f"the limit is {MAX_LINE_BYTES} bytes a line"
+            errors.append(LineError(number, f"line is {len(raw_line)} bytes; {limit}"))
+            continue
+        try:
+            raw = raw_line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad = raw_line[exc.start]
+            errors.append(
+                LineError(
+                    number,
+                    f"not valid UTF-8 (byte 0x{bad:02x} at column {exc.start + 1}); save the file as UTF-8",
+                )
+            )
+            continue
         if not raw.strip():
+            continue
+        if "\x00" in raw:
+            errors.append(LineError(number, f"contains a NUL character at column {raw.index(chr(0)) + 1}"))
             continue
         if len(examples) >= MAX_ROWS:
             errors.append(LineError(number, f"too many rows; the limit is {MAX_ROWS}"))
@@ -114,12 +155,7 @@ def parse_jsonl(data: bytes, *, max_bytes: int = MAX_BYTES) -> ParsedDataset:
             continue
         row_format = _row_format(row)
         if row_format is None:
-            errors.append(
-                LineError(
-                    number,
-                    'expected {"messages": [...]} or {"prompt": ..., "completion": ...}',
-                )
-            )
+            errors.append(LineError(number, f"expected {ROW_SHAPES}"))
             continue
         if file_format is None:
             file_format = row_format
@@ -129,15 +165,17 @@ def parse_jsonl(data: bytes, *, max_bytes: int = MAX_BYTES) -> ParsedDataset:
         problem, example = _parse_row(row, row_format)
         if problem:
             errors.append(LineError(number, problem))
-        else:
-            examples.append(example)
-        if len(errors) >= MAX_ERRORS_REPORTED:
-            break
+            continue
+        first = first_seen.setdefault(example, number)
+        if first != number:
+            errors.append(LineError(number, f"duplicates line {first}"))
+            continue
+        examples.append(example)
 
     if not errors and not examples:
         errors.append(LineError(0, "the file has no rows"))
     if errors:
-        raise DatasetInvalid(errors)
+        raise DatasetInvalid(errors[:MAX_ERRORS_REPORTED])
     return ParsedDataset(
         format=file_format or CHAT,
         examples=examples,
@@ -146,20 +184,33 @@ def parse_jsonl(data: bytes, *, max_bytes: int = MAX_BYTES) -> ParsedDataset:
     )
 
 
+def _looks_like_utf16(data: bytes) -> bool:
+    if data.startswith(UTF16_BOMS):
+        return True
+    sample = data[:UTF16_SNIFF_BYTES]
+    nuls = sample.count(0)
+    return nuls > 0 and nuls * 4 >= len(sample)
+
+
 def _row_format(row: dict) -> str | None:
     if "messages" in row:
         return CHAT
+    # Before the completion check: a preference row has a "prompt" too.
+    if "chosen" in row or "rejected" in row:
+        return PREFERENCE
     if "prompt" in row or "completion" in row:
         return COMPLETION
     return None
 
 
 def _parse_row(row: dict, row_format: str) -> tuple[str | None, Example | None]:
+    if row_format == PREFERENCE:
+        return _parse_preference_row(row)
     if row_format == COMPLETION:
         prompt, completion = row.get("prompt"), row.get("completion")
-        for key, value in (("prompt", prompt), ("completion", completion)):
-            if not isinstance(value, str) or not value.strip():
-                return f'"{key}" must be a non-empty string', None
+        problem = _non_empty_strings(("prompt", prompt), ("completion", completion))
+        if problem:
+            return problem, None
         return None, Example((Message("user", prompt), Message("assistant", completion)))
 
     messages = row["messages"]
@@ -180,3 +231,22 @@ def _parse_row(row: dict, row_format: str) -> tuple[str | None, Example | None]:
     if not parsed[-1].content.strip():
         return "the last assistant message is empty", None
     return None, Example(tuple(parsed))
+
+
+def _parse_preference_row(row: dict) -> tuple[str | None, Example | None]:
+    if "completion" in row:
+        return 'a preference row has "chosen" and "rejected", not "completion"', None
+    prompt, chosen, rejected = row.get("prompt"), row.get("chosen"), row.get("rejected")
+    problem = _non_empty_strings(("prompt", prompt), ("chosen", chosen), ("rejected", rejected))
+    if problem:
+        return problem, None
+    if chosen.strip() == rejected.strip():
+        return '"chosen" and "rejected" are the same answer; a pair needs two different ones', None
+    return None, Example((Message("user", prompt), Message("assistant", chosen)), rejected=rejected)
+
+
+def _non_empty_strings(*pairs: tuple[str, object]) -> str | None:
+    for key, value in pairs:
+        if not isinstance(value, str) or not value.strip():
+            return f'"{key}" must be a non-empty string'
+    return None
