@@ -148,7 +148,7 @@ def train_adapter(
                 queue = list(range(len(encoded)))
                 order.shuffle(queue)
             batch.append(encoded[queue.pop()])
-        input_ids, labels, attention = _collate(batch, tokenizer.pad_token_id, device)
+        input_ids, labels, attention = collate(batch, tokenizer.pad_token_id, device)
         loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
         loss.backward()
         optimizer.step()
@@ -180,7 +180,7 @@ def peft_config_dict(config) -> dict:
     return clean
 
 
-def _collate(batch, pad_id: int, device):
+def collate(batch, pad_id: int, device):
     import torch
 
     width = max(len(ids) for ids, _ in batch)

@@ -1,0 +1,191 @@
+"""The default base family: small Llama causal LMs pretrained here, offline, reproducibly.
+
+No weights can be downloaded, so MinT builds its own foundation models: the
+same byte-level tokenizer and chat format as the micro base, three sizes
+roughly an order of magnitude apart in parameters, pretrained on the general
+corpus of `persona_world` (general skills plus in-context persona dialogues,
+so a base knows what personal questions mean before any adapter exists).
+Same spec and seed give the same weight bytes, hence the same digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from workers.engine.examples import Example, Message
+from workers.engine.micro_base import build_byte_tokenizer
+from workers.engine.prompting import encode_for_training
+from workers.engine.training import collate
+
+ProgressCallback = Callable[[int, int, float], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BaseSpec:
+    """Architecture and pretraining recipe of one family member."""
+
+    name: str
+    hidden_size: int
+    layers: int
+    heads: int
+    intermediate_size: int
+    steps: int
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    corpus_rows: int = 20_000
+    max_length: int = 192
+    seed: int = 0
+
+    def fingerprint(self) -> str:
+        """Identifies what a build of this spec produces (the cache key)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+FAMILY = {
+    "mint-s": BaseSpec("mint-s", hidden_size=128, layers=4, heads=4, intermediate_size=384, steps=1500),
+    "mint-m": BaseSpec("mint-m", hidden_size=320, layers=6, heads=5, intermediate_size=960, steps=3000),
+    "mint-l": BaseSpec("mint-l", hidden_size=768, layers=8, heads=12, intermediate_size=2048, steps=6000),
+}
+SMALLEST = "mint-s"
+
+
+def build_base(
+    spec: BaseSpec,
+    dest: str | os.PathLike,
+    *,
+    corpus: list[dict] | None = None,
+    on_step: ProgressCallback | None = None,
+) -> Path:
+    """Pretrain `spec` from scratch and save it as a HF folder at `dest` (replaced atomically)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    dest = Path(dest)
+    tokenizer = build_byte_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.heads,
+        max_position_embeddings=1024,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    rng_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(spec.seed)
+        model = LlamaForCausalLM(config)
+        rows = corpus if corpus is not None else default_corpus(spec)
+        encoded = [encode_for_training(tokenizer, _example(row), spec.max_length) for row in rows]
+        _pretrain(model, tokenizer, encoded, spec, on_step)
+    finally:
+        torch.random.set_rng_state(rng_state)
+    model.eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=dest.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / "mint_base.json").write_text(
+            json.dumps({"spec": asdict(spec), "fingerprint": spec.fingerprint()}, indent=2, sort_keys=True)
+        )
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dest
+
+
+def is_built(spec: BaseSpec, dest: str | os.PathLike) -> bool:
+    marker = Path(dest) / "mint_base.json"
+    try:
+        return json.loads(marker.read_text())["fingerprint"] == spec.fingerprint()
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def default_corpus(spec: BaseSpec) -> list[dict]:
+    from workers.engine.persona_world import generate_world
+
+    return generate_world(seed=spec.seed).general_corpus(spec.corpus_rows, seed=spec.seed)
+
+
+def _example(row: dict) -> Example:
+    return Example(tuple(Message(m["role"], m["content"]) for m in row["messages"]))
+
+
+def _pretrain(model, tokenizer, encoded, spec: BaseSpec, on_step: ProgressCallback | None) -> None:
+    import torch
+
+    order = random.Random(spec.seed)
+    model.train()
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=spec.learning_rate, weight_decay=0.01, betas=(0.9, 0.98)
+    )
+    warmup = max(1, spec.steps // 20)
+
+    def schedule(step: int) -> float:  # linear warm-up, cosine decay to 10 %
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, spec.steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    queue: list[int] = []
+    for step in range(1, spec.steps + 1):
+        batch = []
+        while len(batch) < spec.batch_size:
+            if not queue:
+                queue = list(range(len(encoded)))
+                order.shuffle(queue)
+            batch.append(encoded[queue.pop()])
+        input_ids, labels, attention = collate(batch, tokenizer.pad_token_id, "cpu")
+        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if on_step is not None:
+            on_step(step, spec.steps, float(loss.detach()))
+
+
+class ConsoleProgress:
+    """A progress bar on a terminal: step/total, loss, elapsed and ETA."""
+
+    def __init__(self, label: str, write=print, every: float = 0.5):
+        self.label, self.write, self.every = label, write, every
+        self.started = time.monotonic()
+        self._last = 0.0
+
+    def __call__(self, step: int, total: int, loss: float) -> None:
+        now = time.monotonic()
+        if step < total and now - self._last < self.every:
+            return
+        self._last = now
+        elapsed = now - self.started
+        eta = elapsed / step * (total - step)
+        filled = int(30 * step / total)
+        self.write(
+            f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {step}/{total} "
+            f"loss {loss:.3f} elapsed {elapsed:.0f}s eta {eta:.0f}s",
+        )
