@@ -17,13 +17,17 @@ from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 
 from adapters_app.lifecycle.actors import Actor
-from adapters_app.lifecycle.datasets import load_examples
+from adapters_app.lifecycle.datasets import load_eval_items, load_examples
+from adapters_app.lifecycle.evaluations import record_suite_results
+from adapters_app.lifecycle.jobs import start_evaluation
+from adapters_app.lifecycle.pointer import auto_promote
 from adapters_app.lifecycle.revisions import create_revision
 from adapters_app.lifecycle.storage import get_store
 from adapters_app.models import Evaluation, Job, Revision
 from workers.engine.examples import Message
 from workers.engine.prompting import render_prompt
 from workers.engine.runtime import AdapterRuntime, SamplingParams
+from workers.engine.suites import SUITE_FORMAT, run_items
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +163,7 @@ class TrainRun(JobRun):
             )
 
         with transaction.atomic():
-            create_revision(
+            revision = create_revision(
                 adapter,
                 result.payload,
                 dataset=job.dataset,
@@ -170,10 +174,24 @@ class TrainRun(JobRun):
                 final_loss=result.losses[-1],
                 on_created=finish,
             )
+        if job.params.get("auto_promote") and adapter.eval_dataset_id:
+            start_evaluation(
+                adapter,
+                adapter.eval_dataset,
+                revision=revision,
+                actor=Actor(name=job.created_by, via="worker"),
+                then_promote=True,
+            )
 
 
 class EvaluateRun(JobRun):
     def run(self, job: Job) -> None:
+        if job.dataset.format == SUITE_FORMAT:
+            self.run_suites(job)
+        else:
+            self.run_heldout_loss(job)
+
+    def run_heldout_loss(self, job: Job) -> None:
         adapter, revision = job.adapter, job.revision
         examples = load_examples(job.dataset)
         ProgressReporter(job)(0, len(examples))
@@ -194,6 +212,56 @@ class EvaluateRun(JobRun):
                 job=job,
             )
             self.succeed_or_lose(job, result=metrics, step=len(examples), total_steps=len(examples))
+
+    def run_suites(self, job: Job) -> None:
+        """Answer and grade every item; the bare base too, once per evaluation set,
+        since retention and the report compare against it."""
+        adapter, revision, dataset = job.adapter, job.revision, job.dataset
+        items = load_eval_items(dataset)
+        targets = [revision]
+        if (
+            revision is not None
+            and not Evaluation.objects.filter(
+                base=adapter.base, revision=None, dataset_sha256=dataset.sha256
+            ).exists()
+        ):
+            targets.insert(0, None)
+        report = ProgressReporter(job)
+        total = len(items) * len(targets)
+        graded = []
+        for index, target in enumerate(targets):
+            offset = index * len(items)
+            graded.append(
+                run_items(
+                    items,
+                    lambda prompt, max_tokens, target=target: self.generate(
+                        adapter, target, prompt, max_tokens
+                    ),
+                    on_item=lambda done, _, offset=offset: report(offset + done, total),
+                )
+            )
+        with transaction.atomic():
+            for target, results in zip(targets, graded, strict=True):
+                scores = record_suite_results(
+                    base=adapter.base, revision=target, dataset=dataset, results=results, job=job
+                )
+            self.succeed_or_lose(
+                job, result={"scores": scores, "items": len(items)}, step=total, total_steps=total
+            )
+        if job.params.get("then_promote") and revision is not None:
+            auto_promote(revision, actor=Actor(name=job.created_by, via="worker"))
+
+    @staticmethod
+    def generate(adapter, revision, prompt: str, max_tokens: int) -> str:
+        [generation] = runtime().generate(
+            adapter.base.path,
+            adapter.base_digest,
+            revision.sha256 if revision else None,
+            get_store().get,
+            prompt,
+            SamplingParams(max_tokens=max_tokens, temperature=0.0),
+        )
+        return generation.text
 
 
 class InferRun(JobRun):

@@ -79,7 +79,10 @@ def adapter_train(request, person, adapter):
     config = body.get("config") or {}
     if not isinstance(config, dict):
         raise Invalid("config must be an object")
-    job = jobs.start_training(target, dataset, config=config, actor=request.actor)
+    auto = body.get("auto_promote")
+    if auto is not None and not isinstance(auto, bool):
+        raise Invalid("auto_promote must be true or false")
+    job = jobs.start_training(target, dataset, config=config, actor=request.actor, auto_promote=auto)
     return JsonResponse(out.job_dict(job), status=202)
 
 

@@ -1,3 +1,6 @@
+import hashlib
+from dataclasses import dataclass
+
 from django.db import transaction
 
 from adapters_app.lifecycle import audit
@@ -6,6 +9,8 @@ from adapters_app.lifecycle.errors import Invalid, NotFound
 from adapters_app.lifecycle.storage import get_store
 from adapters_app.models import Dataset, Person
 from workers.engine.examples import DatasetInvalid, Example, parse_jsonl
+from workers.engine.persona_world import EvalItem
+from workers.engine.suites import SUITE_FORMAT, looks_like_suite_file, parse_items
 
 
 def upload_dataset(
@@ -19,7 +24,7 @@ def upload_dataset(
     if purpose not in dict(Dataset.PURPOSES):
         raise Invalid(f"purpose must be one of {', '.join(dict(Dataset.PURPOSES))}")
     try:
-        parsed = parse_jsonl(data)
+        parsed = _parse(data, purpose)
     except DatasetInvalid as exc:
         raise Invalid(
             str(exc),
@@ -56,6 +61,23 @@ def upload_dataset(
     return dataset, True
 
 
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    format: str
+    rows: int
+    sha256: str
+    size_bytes: int
+
+
+def _parse(data: bytes, purpose: str) -> _Parsed:
+    """Training formats for any purpose; evaluation sets (items with checks) for eval only."""
+    if purpose == Dataset.EVAL and looks_like_suite_file(data):
+        items = parse_items(data)
+        return _Parsed(SUITE_FORMAT, len(items), hashlib.sha256(data).hexdigest(), len(data))
+    parsed = parse_jsonl(data)
+    return _Parsed(parsed.format, parsed.rows, parsed.sha256, parsed.size_bytes)
+
+
 def get_dataset(person: Person, ref: str) -> Dataset:
     """A dataset by id or sha256 prefix (at least 8 characters)."""
     queryset = Dataset.objects.filter(person=person)
@@ -73,4 +95,10 @@ def get_dataset(person: Person, ref: str) -> Dataset:
 
 def load_examples(dataset: Dataset) -> list[Example]:
     """The dataset's rows, read from the store (hash-verified) and parsed again."""
+    if dataset.format == SUITE_FORMAT:
+        raise Invalid(f"{dataset.name} is an evaluation set, not training rows")
     return parse_jsonl(get_store().get(dataset.sha256)).examples
+
+
+def load_eval_items(dataset: Dataset) -> list[EvalItem]:
+    return parse_items(get_store().get(dataset.sha256))

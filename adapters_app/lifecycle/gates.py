@@ -152,6 +152,8 @@ def configure_gate(
         changes["gate"] = validate_gate(thresholds)
     if auto_promote is not None:
         changes["auto_promote"] = bool(auto_promote)
+        if auto_promote and eval_dataset is None and adapter.eval_dataset_id is None:
+            raise Invalid("auto-promotion needs an evaluation dataset")
     before = {
         "eval_dataset": adapter.eval_dataset_id,
         "gate": adapter.gate,

@@ -17,6 +17,7 @@ from adapters_app.lifecycle.errors import Conflict, Invalid
 from adapters_app.lifecycle.storage import get_store
 from adapters_app.models import Adapter, Dataset, Job, Revision
 from mintweb.celery import app as celery_app
+from workers.engine.suites import SUITE_FORMAT
 from workers.engine.training import TrainingConfig, TrainingConfigInvalid
 
 log = logging.getLogger(__name__)
@@ -28,30 +29,55 @@ TASK_FOR_KIND = {
 }
 
 
-def start_training(adapter: Adapter, dataset: Dataset, *, config: dict | None, actor: Actor) -> Job:
+def start_training(
+    adapter: Adapter, dataset: Dataset, *, config: dict | None, actor: Actor, auto_promote: bool | None = None
+) -> Job:
+    """Train a new revision. With auto-promotion (the adapter's setting unless given
+    here) the new revision is then evaluated on the adapter's evaluation set and
+    promoted if it passes its gate."""
     if dataset.person_id != adapter.person_id:
         raise Invalid(f"dataset {dataset.pk} belongs to another person")
+    if dataset.format == SUITE_FORMAT:
+        raise Invalid(f"{dataset.name} is an evaluation set; train on chat, completion or preference rows")
     try:
         training = TrainingConfig.from_dict(config)
     except TrainingConfigInvalid as exc:
         raise Invalid(f"invalid training config: {exc}", details=exc.errors) from None
+    auto_promote = adapter.auto_promote if auto_promote is None else bool(auto_promote)
+    if auto_promote and adapter.eval_dataset_id is None:
+        raise Invalid(f"auto-promotion needs an evaluation dataset; set one on {adapter.handle}'s gate first")
     params = {
         "config": training.as_dict(),
         "parent_revision_id": adapter.live_revision_id,
+        "auto_promote": auto_promote,
     }
     return _launch(
         Job.TRAIN, actor, adapter=adapter, dataset=dataset, params=params, total_steps=training.steps
     )
 
 
-def start_evaluation(adapter: Adapter, dataset: Dataset, *, revision: Revision | None, actor: Actor) -> Job:
-    """Evaluate `revision` (or the bare base when None) on `dataset`."""
+def start_evaluation(
+    adapter: Adapter, dataset: Dataset, *, revision: Revision | None, actor: Actor, then_promote: bool = False
+) -> Job:
+    """Evaluate `revision` (or the bare base when None) on `dataset`.
+
+    On an evaluation set (suite items) every item is generated and graded; on
+    training-format rows the held-out loss and token accuracy are measured.
+    `then_promote` promotes the revision afterwards if its gate passes."""
     if dataset.person_id != adapter.person_id:
         raise Invalid(f"dataset {dataset.pk} belongs to another person")
     if revision is not None and revision.adapter_id != adapter.pk:
         raise Invalid(f"{revision} does not belong to {adapter.handle}")
+    if then_promote and revision is None:
+        raise Invalid("only a revision can be promoted after its evaluation")
     return _launch(
-        Job.EVALUATE, actor, adapter=adapter, dataset=dataset, revision=revision, total_steps=dataset.rows
+        Job.EVALUATE,
+        actor,
+        adapter=adapter,
+        dataset=dataset,
+        revision=revision,
+        params={"then_promote": then_promote},
+        total_steps=dataset.rows,
     )
 
 

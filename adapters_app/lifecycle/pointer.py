@@ -90,3 +90,20 @@ def _move(adapter: Adapter, to: Revision, action: str, actor: Actor, reason: str
         after={"live": to.label, "reason": reason},
     )
     return event
+
+
+def auto_promote(revision: Revision, *, actor: Actor) -> bool:
+    """Promote after an evaluation when the gate passes; otherwise record why not."""
+    try:
+        promote(revision, actor=actor, reason="auto-promote: gate passed")
+    except Conflict as refused:
+        adapter = revision.adapter
+        audit.record(
+            actor,
+            "adapter.auto_promote_refused",
+            adapter,
+            person_handle=adapter.person.handle,
+            after={"revision": revision.label, "reason": refused.message},
+        )
+        return False
+    return True

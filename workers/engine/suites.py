@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from workers.engine.persona_world import SUITES, EvalItem
@@ -237,3 +237,118 @@ _CHECKS = {
     "starts_with": _starts_with,
     "tool_call": _tool_call,
 }
+
+
+# --- evaluation sets as files ---------------------------------------------------------
+# An evaluation set is uploaded like any dataset (purpose "eval"), one item a line:
+# {"suite": ..., "item_id": ..., "messages": [...], "expected": ..., "check": {...}}
+
+SUITE_FORMAT = "suite"
+
+# New tokens to generate per suite: the tokenizer is byte-level, and a tool call
+# or a "detailed" answer is far longer than a recalled fact (see docs/suites.md).
+MAX_NEW_TOKENS = {"recall": 64, "leakage": 64, "tool": 96, "preference": 160, "retention": 64}
+
+
+def items_jsonl(items: Iterable[EvalItem]) -> bytes:
+    rows = [
+        {
+            "suite": item.suite,
+            "item_id": item.item_id,
+            "messages": [{"role": m.role, "content": m.content} for m in item.messages],
+            "expected": item.expected,
+            "check": item.check,
+        }
+        for item in items
+    ]
+    return "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode()
+
+
+def looks_like_suite_file(data: bytes) -> bool:
+    """True when the first row is an evaluation item (it has a `check`)."""
+    for raw in data.split(b"\n"):
+        if raw.strip():
+            try:
+                row = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                return False
+            return isinstance(row, dict) and "check" in row
+    return False
+
+
+def parse_items(data: bytes) -> list[EvalItem]:
+    """Parse an evaluation set, refusing it with every bad line's number."""
+    from workers.engine.examples import ROLES, DatasetInvalid, LineError, Message
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DatasetInvalid([LineError(line, "not valid UTF-8; save the file as UTF-8")]) from None
+    errors: list[LineError] = []
+    items: list[EvalItem] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(text.split("\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            errors.append(LineError(number, f"not valid JSON: {exc.msg} at column {exc.colno}"))
+            continue
+        problem = _item_problem(row, ROLES)
+        if problem is None and row["item_id"] in seen:
+            problem = f"item_id {row['item_id']!r} duplicates line {seen[row['item_id']]}"
+        if problem:
+            errors.append(LineError(number, problem))
+            continue
+        seen[row["item_id"]] = number
+        messages = tuple(Message(m["role"], m["content"]) for m in row["messages"])
+        items.append(EvalItem(row["suite"], row["item_id"], messages, row["expected"], row["check"]))
+    if not errors and not items:
+        errors.append(LineError(0, "the file has no items"))
+    if errors:
+        raise DatasetInvalid(errors)
+    return items
+
+
+def _item_problem(row, roles) -> str | None:
+    if not isinstance(row, dict):
+        return "each line must be a JSON object"
+    if row.get("suite") not in SUITES:
+        return f"suite must be one of {', '.join(SUITES)}"
+    if not isinstance(row.get("item_id"), str) or not row["item_id"].strip():
+        return "item_id must be a non-empty string"
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "messages must be a non-empty list"
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in roles:
+            return f"messages[{i}].role must be one of {', '.join(roles)}"
+        if not isinstance(message.get("content"), str):
+            return f"messages[{i}].content must be a string"
+    if messages[-1]["role"] == "assistant":
+        return "the last message is the question to answer, not an assistant turn"
+    if not isinstance(row.get("expected"), str):
+        return "expected must be a string"
+    check = row.get("check")
+    if not isinstance(check, dict) or check.get("kind") not in CHECK_KINDS:
+        return f"check must be an object whose kind is one of {', '.join(CHECK_KINDS)}"
+    return None
+
+
+def run_items(
+    items: list[EvalItem],
+    generate: Callable[[str, int], str],
+    on_item: Callable[[int, int], None] | None = None,
+) -> list[ItemResult]:
+    """Answer every item with `generate(prompt_text, max_new_tokens)` and grade it."""
+    from workers.engine.prompting import render_prompt
+
+    results = []
+    for done, item in enumerate(items, start=1):
+        output = generate(render_prompt(item.messages), MAX_NEW_TOKENS[item.suite])
+        results.append(grade(item, output))
+        if on_item is not None:
+            on_item(done, len(items))
+    return results
