@@ -95,6 +95,33 @@ def dataset(alice, actor):
     return upload_dataset(alice, FACTS, name="facts", actor=actor)[0]
 
 
+@pytest.fixture
+def eval_set(alice, actor):
+    """An evaluation set (suite items with checks) for alice."""
+    from adapters_app.lifecycle.datasets import upload_dataset
+    from workers.engine.examples import Message
+    from workers.engine.persona_world import EvalItem
+    from workers.engine.suites import items_jsonl
+
+    items = [
+        EvalItem(
+            "recall",
+            "alice.recall.dog",
+            (Message("user", "What is my dog called?"),),
+            "Your dog is called Rex.",
+            {"kind": "contains", "value": "Rex"},
+        ),
+        EvalItem(
+            "retention",
+            "general.add",
+            (Message("user", "What is 2 + 3?"),),
+            "5.",
+            {"kind": "exact", "value": "5."},
+        ),
+    ]
+    return upload_dataset(alice, items_jsonl(items), name="alice-eval", purpose="eval", actor=actor)[0]
+
+
 @pytest.fixture(scope="session")
 def tiny_payload(django_db_setup, django_db_blocker):
     """An adapter payload trained in-process for two steps: enough for storage and API tests."""

@@ -301,7 +301,7 @@ def test_adapter_page_shows_revisions_evaluations_and_chart(console, r2, eval_da
     assert r2.sha256[:12] in page
     assert "0.625" in page
     assert 'id="revision-chart-data"' in page
-    traces = response.context["chart"]["data"]
+    traces = response.context["loss_chart"]["data"]
     assert [t["name"] for t in traces] == ["final training loss", "eval token accuracy"]
     assert traces[0]["y"] == [2.0, 1.2]
 

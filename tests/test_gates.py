@@ -27,9 +27,9 @@ def graded(suite: str, passed: int, total: int):
 
 
 @pytest.fixture
-def gated(adapter, dataset, actor):
-    """The adapter gated on `dataset` (its default thresholds)."""
-    return configure_gate(adapter, eval_dataset=dataset, actor=actor)
+def gated(adapter, eval_set, actor):
+    """The adapter gated on an evaluation set (its default thresholds)."""
+    return configure_gate(adapter, eval_dataset=eval_set, actor=actor)
 
 
 def evaluate(adapter, dataset, revision, **suites):
@@ -52,18 +52,18 @@ def test_a_revision_never_evaluated_fails_its_gate(gated, make_revision, actor):
     assert not PointerEvent.objects.exists()
 
 
-def test_a_revision_that_meets_every_threshold_is_promoted(gated, dataset, make_revision, actor):
+def test_a_revision_that_meets_every_threshold_is_promoted(gated, eval_set, make_revision, actor):
     revision = make_revision()
-    evaluate(gated, dataset, None, retention=(10, 10))
-    evaluate(gated, dataset, revision, recall=(9, 10), tool=(8, 10), leakage=(10, 10), retention=(10, 10))
+    evaluate(gated, eval_set, None, retention=(10, 10))
+    evaluate(gated, eval_set, revision, recall=(9, 10), tool=(8, 10), leakage=(10, 10), retention=(10, 10))
     assert verdict(revision).passed
     promote(revision, actor=actor)
 
 
-def test_a_failing_revision_is_refused_with_its_failures_named(gated, dataset, make_revision, actor):
+def test_a_failing_revision_is_refused_with_its_failures_named(gated, eval_set, make_revision, actor):
     revision = make_revision()
-    evaluate(gated, dataset, None, retention=(10, 10))
-    evaluate(gated, dataset, revision, recall=(5, 10), retention=(9, 10))
+    evaluate(gated, eval_set, None, retention=(10, 10))
+    evaluate(gated, eval_set, revision, recall=(5, 10), retention=(9, 10))
     with pytest.raises(GateFailed) as refused:
         promote(revision, actor=actor)
     assert "recall 0.500 (needs >= 0.8)" in refused.value.message
@@ -72,9 +72,9 @@ def test_a_failing_revision_is_refused_with_its_failures_named(gated, dataset, m
     assert gated.live_revision is None
 
 
-def test_an_override_promotes_and_is_audited_with_its_reason(gated, dataset, make_revision, actor):
+def test_an_override_promotes_and_is_audited_with_its_reason(gated, eval_set, make_revision, actor):
     revision = make_revision()
-    evaluate(gated, dataset, revision, recall=(1, 10))
+    evaluate(gated, eval_set, revision, recall=(1, 10))
     event = promote(revision, actor=actor, reason="hotfix", override_reason="person asked for it today")
     assert "gate overridden: person asked for it today" in event.reason
     override = AuditEvent.objects.get(action="adapter.gate_override")
@@ -83,17 +83,17 @@ def test_an_override_promotes_and_is_audited_with_its_reason(gated, dataset, mak
     assert override.after["failures"] == ["recall 0.100 (needs >= 0.8)"]
 
 
-def test_a_blank_override_reason_is_not_an_override(gated, dataset, make_revision, actor):
+def test_a_blank_override_reason_is_not_an_override(gated, eval_set, make_revision, actor):
     revision = make_revision()
-    evaluate(gated, dataset, revision, recall=(1, 10))
+    evaluate(gated, eval_set, revision, recall=(1, 10))
     with pytest.raises(GateFailed):
         promote(revision, actor=actor, override_reason="   ")
 
 
-def test_operators_can_set_thresholds(adapter, dataset, make_revision, actor):
-    configure_gate(adapter, eval_dataset=dataset, thresholds={"recall": {"min": 0.4}}, actor=actor)
+def test_operators_can_set_thresholds(adapter, eval_set, make_revision, actor):
+    configure_gate(adapter, eval_dataset=eval_set, thresholds={"recall": {"min": 0.4}}, actor=actor)
     revision = make_revision()
-    evaluate(adapter, dataset, revision, recall=(5, 10))
+    evaluate(adapter, eval_set, revision, recall=(5, 10))
     assert verdict(revision).passed
     assert AuditEvent.objects.filter(action="adapter.configure_gate").count() == 1
 
@@ -102,3 +102,8 @@ def test_nonsense_thresholds_are_refused(adapter, actor):
     with pytest.raises(Invalid) as refused:
         configure_gate(adapter, thresholds={"recall": {"min": 3}, "vibes": {"min": 1}}, actor=actor)
     assert set(refused.value.details) == {"recall", "vibes"}
+
+
+def test_a_training_dataset_cannot_be_the_evaluation_set(adapter, dataset, actor):
+    with pytest.raises(Invalid, match="needs an evaluation set"):
+        configure_gate(adapter, eval_dataset=dataset, actor=actor)

@@ -11,29 +11,104 @@ import plotly.graph_objects as go
 
 LOSS_COLOUR = "#2563eb"
 ACCURACY_COLOUR = "#16a34a"
+# One colour per suite, the same on every page; an unknown suite gets grey.
+SUITE_COLOURS = {
+    "recall": "#2563eb",
+    "preference": "#9333ea",
+    "tool": "#ea580c",
+    "retention": "#16a34a",
+    "leakage": "#dc2626",
+}
+OTHER_SUITE_COLOUR = "#6b7280"
 
 
 def _layout(**extra) -> dict:
-    return dict(
-        # No template: plotly's default one adds ~7 KB to every figure (and to every poll).
-        template="none",
-        height=260,
-        margin=dict(l=50, r=50, t=10, b=40),
-        paper_bgcolor="rgba(0,0,0,0)",
-        plot_bgcolor="#fafafa",
-        font=dict(size=12),
-        legend=dict(orientation="h", y=1.12, x=0),
-        hovermode="x unified",
+    return {
+        **dict(
+            # No template: plotly's default one adds ~7 KB to every figure (and to every poll).
+            template="none",
+            height=260,
+            margin=dict(l=50, r=50, t=10, b=40),
+            paper_bgcolor="rgba(0,0,0,0)",
+            plot_bgcolor="#fafafa",
+            font=dict(size=12),
+            legend=dict(orientation="h", y=1.12, x=0),
+            hovermode="x unified",
+        ),
         **extra,
-    )
+    }
 
 
 def _plain(figure: go.Figure) -> dict:
     return json.loads(figure.to_json())
 
 
+def _revision_axis(ordered: Sequence) -> dict:
+    return dict(
+        title="revision",
+        type="category",
+        categoryorder="array",
+        categoryarray=[r.label for r in ordered],
+    )
+
+
+def suite_scores_figure(
+    revisions: Sequence,
+    scores: dict[int, dict[str, float]],
+    base_scores: dict[str, float] | None = None,
+) -> dict | None:
+    """Every suite's score across revisions: one line per suite.
+
+    `scores` maps revision number to {suite: score}; `base_scores` (the bare base on the
+    same evaluation set) are drawn as dotted reference lines, not traces, so the figure
+    keeps exactly one trace per suite. None when no revision has a suite score.
+    """
+    ordered = sorted(revisions, key=lambda r: r.number)
+    suites = sorted(
+        {suite for by_suite in scores.values() for suite in by_suite},
+        key=lambda s: (list(SUITE_COLOURS).index(s) if s in SUITE_COLOURS else len(SUITE_COLOURS), s),
+    )
+    if not suites:
+        return None
+    figure = go.Figure()
+    for suite in suites:
+        points = [(r.label, scores[r.number][suite]) for r in ordered if suite in scores.get(r.number, {})]
+        figure.add_trace(
+            go.Scatter(
+                x=[label for label, _ in points],
+                y=[score for _, score in points],
+                mode="lines+markers",
+                name=suite,
+                line=dict(color=SUITE_COLOURS.get(suite, OTHER_SUITE_COLOUR)),
+                hovertemplate=f"revision %{{x}}<br>{suite}: %{{y:.3f}}<extra></extra>",
+            )
+        )
+    shapes = [
+        dict(
+            type="line",
+            xref="paper",
+            x0=0,
+            x1=1,
+            y0=score,
+            y1=score,
+            line=dict(color=SUITE_COLOURS.get(suite, OTHER_SUITE_COLOUR), dash="dot", width=1),
+        )
+        for suite, score in (base_scores or {}).items()
+        if suite in suites
+    ]
+    figure.update_layout(
+        **_layout(
+            xaxis=_revision_axis(ordered),
+            yaxis=dict(title="score", range=[0, 1.05]),
+            shapes=shapes,
+            hovermode="closest",
+        )
+    )
+    return _plain(figure)
+
+
 def revision_history_figure(revisions: Sequence, accuracies: dict[int, float] | None = None) -> dict | None:
-    """Final training loss per revision, and held-out token accuracy where evaluated.
+    """Final training loss per revision, and held-out token accuracy where evaluated (a small chart).
 
     `accuracies` maps revision number to token accuracy. None when there is nothing to plot.
     """
@@ -67,12 +142,8 @@ def revision_history_figure(revisions: Sequence, accuracies: dict[int, float] | 
         )
     figure.update_layout(
         **_layout(
-            xaxis=dict(
-                title="revision",
-                type="category",
-                categoryorder="array",
-                categoryarray=[r.label for r in ordered],
-            ),
+            height=200,
+            xaxis=_revision_axis(ordered),
             yaxis=dict(title="loss"),
             yaxis2=dict(title="token accuracy", overlaying="y", side="right", range=[0, 1]),
         )

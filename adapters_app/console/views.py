@@ -1,6 +1,8 @@
 """Console pages. Each view reads a request, calls one lifecycle service and
 shows what happened; the rules themselves live in `adapters_app.lifecycle`."""
 
+from dataclasses import dataclass, field
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -15,6 +17,15 @@ from adapters_app.lifecycle import pointer
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.datasets import upload_dataset
 from adapters_app.lifecycle.errors import LifecycleError, NotFound
+from adapters_app.lifecycle.gates import (
+    DEFAULT_GATE,
+    GATE_SUITES,
+    configure_gate,
+    gate_of,
+    suite_scores,
+    verdict,
+)
+from adapters_app.lifecycle.inference import InferenceUnavailable, complete
 from adapters_app.lifecycle.people import create_adapter, create_person, get_adapter, get_person
 from adapters_app.lifecycle.revisions import export_archive, get_revision
 from adapters_app.models import (
@@ -23,17 +34,29 @@ from adapters_app.models import (
     BaseModel,
     Dataset,
     Evaluation,
+    EvaluationItem,
     Job,
     Person,
     PointerEvent,
     Revision,
 )
+from workers.engine.examples import Message
+from workers.engine.prompting import render_prompt
+from workers.engine.runtime import SamplingParams
+from workers.engine.suites import SUITE_FORMAT
 from workers.engine.training import INIT_METHODS, TrainingConfig
 
 PAGE_SIZE = 50
 RECENT = 10
 # Training settings the console form offers; anything left blank keeps TrainingConfig's default.
 TRAIN_FIELDS = ("rank", "steps", "seed", "learning_rate", "init")
+# The older evaluation: held-out loss and token accuracy on training-format rows.
+HELDOUT = "heldout"
+# A suite's item table starts folded when it has more rows than this.
+OPEN_ITEMS = 10
+GATE_EVENTS = ("adapter.auto_promote_refused", "adapter.gate_override")
+# Greedy and short: the playground compares models, it is not a chat.
+PLAYGROUND_PARAMS = SamplingParams(max_tokens=64, temperature=0.0)
 
 
 def _actor(request: HttpRequest) -> Actor:
@@ -100,8 +123,20 @@ def overview(request: HttpRequest) -> HttpResponse:
             "adapter__person", "from_revision", "to_revision"
         )[:RECENT],
         "failed_jobs": Job.objects.filter(state=Job.FAILED).select_related("adapter__person")[:RECENT],
+        "gate_events": _gate_events(),
     }
     return render(request, "console/overview.html", context)
+
+
+def _gate_events() -> list[AuditEvent]:
+    """Recent refused auto-promotions and gate overrides, each with its adapter when it still exists."""
+    events = list(AuditEvent.objects.filter(action__in=GATE_EVENTS, object_type="Adapter")[:RECENT])
+    ids = [int(e.object_id) for e in events if e.object_id.isdigit()]
+    found = Adapter.objects.select_related("person").in_bulk(ids)
+    for event in events:
+        # Not saved (audit rows are append-only): carries the link target to the template.
+        event.adapter = found.get(int(event.object_id)) if event.object_id.isdigit() else None
+    return events
 
 
 @login_required
@@ -259,30 +294,91 @@ def dataset_upload(request: HttpRequest, handle: str) -> HttpResponse:
 
 
 def _revisions_with_latest_evaluation(adapter: Adapter) -> list[Revision]:
+    """The adapter's revisions, each carrying its latest held-out evaluation, its latest
+    suite scores (`suite_scores`: [(suite, score)]) and its gate verdict (`gate`)."""
     revision_list = list(
         adapter.revisions.select_related("parent", "dataset").prefetch_related(
-            Prefetch("evaluations", queryset=Evaluation.objects.order_by("-created_at", "-id"))
+            Prefetch(
+                "evaluations",
+                queryset=Evaluation.objects.filter(suite=HELDOUT).order_by("-created_at", "-id"),
+                to_attr="heldout_evaluations",
+            )
         )
     )
+    scores = _suite_scores_by_revision(adapter)
     for rev in revision_list:
-        # Not saved: revisions are write-once; this only carries a value to the template.
-        evaluations = list(rev.evaluations.all())
-        rev.latest_evaluation = evaluations[0] if evaluations else None
+        # Not saved: revisions are write-once; these only carry values to the template.
+        rev.latest_evaluation = rev.heldout_evaluations[0] if rev.heldout_evaluations else None
+        by_suite = scores.get(rev.pk, {})
+        rev.suite_scores = [(suite, by_suite[suite]) for suite in GATE_SUITES if suite in by_suite]
+        rev.gate = verdict(rev)
     return revision_list
 
 
-@login_required
-def adapter(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
-    subject = _adapter_or_404(handle, adapter)
+def _suite_scores_by_revision(adapter: Adapter) -> dict[int, dict[str, float]]:
+    """revision id -> {suite: latest score}: on the adapter's evaluation set when it has
+    one (the scores its gate reads), otherwise on whichever set was used last."""
+    rows = Evaluation.objects.filter(revision__adapter=adapter, suite__in=GATE_SUITES)
+    if adapter.eval_dataset is not None:
+        rows = rows.filter(dataset_sha256=adapter.eval_dataset.sha256)
+    scores: dict[int, dict[str, float]] = {}
+    for revision_id, suite, metrics in rows.order_by("-created_at", "-id").values_list(
+        "revision_id", "suite", "metrics"
+    ):
+        scores.setdefault(revision_id, {}).setdefault(suite, metrics["score"])
+    return scores
+
+
+def _gate_thresholds(adapter: Adapter) -> list[dict]:
+    """The adapter's effective thresholds (its own over the defaults), in the gate's order."""
+    rows = []
+    for name, rule in gate_of(adapter).items():
+        key = "max" if name == "retention_drop" else "min"
+        rows.append(
+            {
+                "name": name,
+                "op": "≤" if key == "max" else "≥",
+                "value": rule[key],
+                "default": DEFAULT_GATE[name][key],
+            }
+        )
+    return rows
+
+
+@dataclass(slots=True)
+class PlaygroundAnswer:
+    title: str
+    model: str
+    text: str = ""
+    served_by: str = ""
+    error: str = ""
+
+
+@dataclass(slots=True)
+class Playground:
+    prompt: str
+    revision: str
+    answers: list[PlaygroundAnswer] = field(default_factory=list)
+    error: str = ""
+
+
+def _adapter_context(request: HttpRequest, subject: Adapter, playground: Playground | None = None) -> dict:
     revision_list = _revisions_with_latest_evaluation(subject)
     accuracies = {}
     for rev in revision_list:
         accuracy = rev.latest_evaluation.metrics.get("token_accuracy") if rev.latest_evaluation else None
         if isinstance(accuracy, int | float):
             accuracies[rev.number] = accuracy
+    base_scores = (
+        suite_scores(base_id=subject.base_id, revision=None, dataset_sha256=subject.eval_dataset.sha256)
+        if subject.eval_dataset is not None
+        else {}
+    )
     pointer_events = list(subject.pointer_events.select_related("from_revision", "to_revision"))
     been_live = {event.to_revision_id for event in pointer_events}
-    context = {
+    datasets = list(subject.person.datasets.all())
+    chosen = playground.revision if playground else request.GET.get("revision", "")
+    return {
         "adapter": subject,
         "person": subject.person,
         "revisions": revision_list,
@@ -292,14 +388,28 @@ def adapter(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
             rev for rev in revision_list if rev.pk in been_live and rev.pk != subject.live_revision_id
         ],
         "pointer_events": pointer_events,
-        "datasets": subject.person.datasets.all(),
+        "datasets": datasets,
+        "training_datasets": [d for d in datasets if d.format != SUITE_FORMAT],
+        "suite_datasets": [d for d in datasets if d.format == SUITE_FORMAT],
+        "thresholds": _gate_thresholds(subject),
         "active_jobs": subject.jobs.filter(state__in=Job.ACTIVE_STATES),
         "recent_jobs": subject.jobs.select_related("revision", "result_revision")[:RECENT],
         "defaults": TrainingConfig(),
         "init_methods": list(INIT_METHODS),
-        "chart": charts.revision_history_figure(revision_list, accuracies),
+        "suite_chart": charts.suite_scores_figure(
+            revision_list, {rev.number: dict(rev.suite_scores) for rev in revision_list}, base_scores
+        ),
+        "base_scores": base_scores,
+        "loss_chart": charts.revision_history_figure(revision_list, accuracies),
+        "playground": playground,
+        "playground_revision": chosen or (subject.live_revision.label if subject.live_revision else ""),
     }
-    return render(request, "console/adapter.html", context)
+
+
+@login_required
+def adapter(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
+    subject = _adapter_or_404(handle, adapter)
+    return render(request, "console/adapter.html", _adapter_context(request, subject))
 
 
 def _chosen_dataset(request: HttpRequest, adapter: Adapter) -> Dataset | None:
@@ -316,7 +426,14 @@ def train(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
         return redirect(subject)
     config = {name: value for name in TRAIN_FIELDS if (value := request.POST.get(name, "").strip())}
     try:
-        job = job_service.start_training(subject, dataset, config=config, actor=_actor(request))
+        job = job_service.start_training(
+            subject,
+            dataset,
+            config=config,
+            actor=_actor(request),
+            # An unticked box sends nothing: that is the operator saying no, not "use the default".
+            auto_promote="auto_promote" in request.POST,
+        )
     except LifecycleError as exc:
         _refused(request, exc)
         return redirect(subject)
@@ -380,7 +497,142 @@ def rollback(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
     return redirect(subject)
 
 
+def _threshold(raw: str) -> float | str:
+    """A number when it reads as one; otherwise the text, for the gate's own validation to name."""
+    try:
+        return float(raw)
+    except ValueError:
+        return raw
+
+
+@login_required
+@require_POST
+def gate(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
+    subject = _adapter_or_404(handle, adapter)
+    chosen = request.POST.get("eval_dataset", "").strip()
+    eval_dataset = None
+    if chosen:
+        eval_dataset = Dataset.objects.filter(
+            person=subject.person, format=SUITE_FORMAT, pk=chosen if chosen.isdigit() else None
+        ).first()
+        if eval_dataset is None:
+            messages.error(request, "Choose one of this person's evaluation sets (format suite).")
+            return redirect(subject)
+    thresholds = {}
+    for name in DEFAULT_GATE:
+        raw = request.POST.get(f"gate_{name}", "").strip()
+        if raw:
+            key = "max" if name == "retention_drop" else "min"
+            thresholds[name] = {key: _threshold(raw)}
+    try:
+        configure_gate(
+            subject,
+            actor=_actor(request),
+            eval_dataset=eval_dataset,
+            thresholds=thresholds,
+            auto_promote="auto_promote" in request.POST,
+        )
+    except LifecycleError as exc:
+        _refused(request, exc)
+    else:
+        where = subject.eval_dataset.name if subject.eval_dataset else "no evaluation set"
+        auto = "on" if subject.auto_promote else "off"
+        messages.success(request, f"Gate of {subject.handle} saved: {where}, auto-promotion {auto}.")
+    return redirect(subject)
+
+
+def _play(subject: Adapter, prompt: str, label: str) -> Playground:
+    """Answer one prompt with the live revision, the chosen one and the bare base."""
+    played = Playground(prompt=prompt, revision=label)
+    if not prompt.strip():
+        played.error = "Type a prompt to compare the answers."
+        return played
+    if not label:
+        played.error = "Choose a revision to compare with the live one and the bare base."
+        return played
+    rendered = render_prompt([Message("user", prompt)])
+    columns = [
+        ("live", subject.handle),
+        (f"revision {label}", f"{subject.handle}@{label}"),
+        ("bare base", subject.base.name),
+    ]
+    unavailable = ""
+    for title, model in columns:
+        answer = PlaygroundAnswer(title=title, model=model)
+        played.answers.append(answer)
+        if unavailable:
+            # No worker answered the first call; the others would only wait as long again.
+            answer.error = unavailable
+            continue
+        try:
+            result = complete(model, rendered, PLAYGROUND_PARAMS)
+        except InferenceUnavailable as exc:
+            unavailable = answer.error = exc.message
+        except LifecycleError as exc:
+            answer.error = exc.message
+        else:
+            answer.text = result["generations"][0]["text"]
+            answer.served_by = result["revision"].label if result["revision"] else result["base"].name
+    return played
+
+
+@login_required
+@require_POST
+def playground(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
+    subject = _adapter_or_404(handle, adapter)
+    played = _play(subject, request.POST.get("prompt", ""), request.POST.get("revision", "").strip())
+    if request.htmx:
+        return render(request, "console/_playground_result.html", {"playground": played})
+    return render(request, "console/adapter.html", _adapter_context(request, subject, played))
+
+
 # --- revisions ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SuiteResult:
+    """A revision's latest evaluation on one suite, beside the bare base's on the same set."""
+
+    suite: str
+    evaluation: Evaluation
+    base_score: float | None
+    items: list[EvaluationItem]
+
+    @property
+    def score(self) -> float:
+        return self.evaluation.metrics["score"]
+
+    @property
+    def delta(self) -> str:
+        return "" if self.base_score is None else f"{self.score - self.base_score:+.3f}"
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for item in self.items if not item.passed)
+
+    @property
+    def folded(self) -> bool:
+        return len(self.items) > OPEN_ITEMS
+
+
+def _suite_results(revision: Revision) -> list[SuiteResult]:
+    latest: dict[str, Evaluation] = {}
+    evaluations = revision.evaluations.filter(suite__in=GATE_SUITES).order_by("-created_at", "-id")
+    for evaluation in evaluations.select_related("dataset", "job"):
+        latest.setdefault(evaluation.suite, evaluation)
+    base_scores: dict[str, dict[str, float]] = {}
+    results = []
+    for suite in GATE_SUITES:
+        if suite not in latest:
+            continue
+        evaluation = latest[suite]
+        sha = evaluation.dataset_sha256
+        if sha not in base_scores:
+            base_scores[sha] = suite_scores(base_id=evaluation.base_id, revision=None, dataset_sha256=sha)
+        # Failed items first: they are what the operator came to read.
+        items = list(evaluation.items.order_by("passed", "id"))
+        results.append(SuiteResult(suite, evaluation, base_scores[sha].get(suite), items))
+    return results
 
 
 @login_required
@@ -392,7 +644,11 @@ def revision(request: HttpRequest, handle: str, adapter: str, rev: str) -> HttpR
         "person": subject.person,
         "revision": found,
         "is_live": subject.live_revision_id == found.pk,
-        "evaluations": found.evaluations.select_related("dataset", "job"),
+        "suite_results": _suite_results(found),
+        "gate": verdict(found),
+        "evaluations": found.evaluations.order_by("-created_at", "-id").select_related("dataset", "job"),
+        "revisions": subject.revisions.all(),
+        "playground_revision": found.label,
         "children": found.children.all(),
         "pointer_events": subject.pointer_events.filter(
             Q(to_revision=found) | Q(from_revision=found)

@@ -17,6 +17,7 @@ from adapters_app.lifecycle import audit
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.errors import Conflict, Invalid
 from adapters_app.models import Adapter, Evaluation, Revision
+from workers.engine.suites import SUITE_FORMAT
 
 # Sensible defaults: the person's facts and habits must be learned, nobody else's
 # may leak, and the shared base's competence must survive.
@@ -147,6 +148,11 @@ def configure_gate(
     if eval_dataset is not None:
         if eval_dataset.person_id != adapter.person_id:
             raise Invalid("the evaluation dataset belongs to another person")
+        if eval_dataset.format != SUITE_FORMAT:
+            raise Invalid(
+                f"{eval_dataset.name} is {eval_dataset.format} data; a gate needs an evaluation set "
+                "(items with checks, uploaded with purpose eval)"
+            )
         changes["eval_dataset"] = eval_dataset
     if thresholds is not None:
         changes["gate"] = validate_gate(thresholds)

@@ -36,7 +36,9 @@ def complete(model: str, prompt: str, params: SamplingParams, *, n: int = 1) -> 
         "params": asdict(params),
         "n": n,
     }
-    result = celery_app.send_task("workers.tasks.generate", kwargs=request)
+    result = celery_app.send_task(
+        "workers.tasks.generate", kwargs=request, queue=settings.CELERY_TASK_DEFAULT_QUEUE
+    )
     try:
         generations = result.get(timeout=settings.MINT_INFERENCE_TIMEOUT_SECONDS)
     except CeleryTimeout:
