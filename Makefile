@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint migrate clean
+.PHONY: install demo test lint migrate clean bases eval-report
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "MinT needs Python 3.11, found " + sys.version'
@@ -34,6 +34,14 @@ test: lint
 	$(BIN)/python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; \
 	exit $$status
+
+# Pretrain (or reuse) the default base family: mint-s in minutes, the larger ones take longer.
+bases: migrate
+	$(BIN)/python manage.py build_base_family
+
+# Train adapters for generated people on mint-s and print the suite table.
+eval-report: migrate
+	$(BIN)/python manage.py eval_report
 
 clean:
 	rm -rf var/test .pytest_cache

@@ -74,6 +74,31 @@ class LoadedBase:
     device: str
 
 
+def save_model_folder(
+    model, tokenizer, dest: str | os.PathLike, *, extra: dict[str, str] | None = None
+) -> Path:
+    """Save a HF model folder atomically: written to a staging folder beside
+    `dest`, then renamed over it, so a reader never sees half a base."""
+    import shutil
+    import tempfile
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=dest.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        for name, text in (extra or {}).items():
+            (staging / name).write_text(text)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dest
+
+
 def pick_device() -> str:
     import torch
 

@@ -9,10 +9,9 @@ seed gives the same bytes, hence the same digest.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from workers.engine.base_models import save_model_folder
 from workers.engine.prompting import CHAT_TEMPLATE, END, PAD, SPECIAL_TOKENS
 
 MICRO_CONFIG = dict(
@@ -51,7 +50,6 @@ def build_micro_base(dest: str | os.PathLike, *, seed: int = 0) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    dest = Path(dest)
     tokenizer = build_byte_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -70,15 +68,4 @@ def build_micro_base(dest: str | os.PathLike, *, seed: int = 0) -> Path:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=dest.parent))
-    try:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(staging, dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return dest
+    return save_model_folder(model, tokenizer, dest)

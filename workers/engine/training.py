@@ -9,7 +9,7 @@ to stop the run (cancellation).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 from workers.engine.examples import Example
@@ -140,15 +140,9 @@ def train_adapter(
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
 
     losses: list[float] = []
-    queue: list[int] = []
+    batches = shuffled_batches(encoded, min(config.batch_size, len(encoded)), order)
     for step in range(1, config.steps + 1):
-        batch = []
-        while len(batch) < min(config.batch_size, len(encoded)):
-            if not queue:
-                queue = list(range(len(encoded)))
-                order.shuffle(queue)
-            batch.append(encoded[queue.pop()])
-        input_ids, labels, attention = collate(batch, tokenizer.pad_token_id, device)
+        input_ids, labels, attention = collate(next(batches), tokenizer.pad_token_id, device)
         loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
         loss.backward()
         optimizer.step()
@@ -178,6 +172,19 @@ def peft_config_dict(config) -> dict:
     clean["inference_mode"] = True
     clean["base_model_name_or_path"] = None
     return clean
+
+
+def shuffled_batches(rows: Sequence, size: int, order: random.Random) -> Iterator[list]:
+    """Endless batches of `size`, each epoch in a fresh seeded order."""
+    queue: list[int] = []
+    while True:
+        batch = []
+        while len(batch) < size:
+            if not queue:
+                queue = list(range(len(rows)))
+                order.shuffle(queue)
+            batch.append(rows[queue.pop()])
+        yield batch
 
 
 def collate(batch, pad_id: int, device):
