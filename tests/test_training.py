@@ -65,3 +65,30 @@ def test_settings_are_validated_field_by_field():
 def test_defaults_fill_what_is_not_given():
     config = TrainingConfig.from_dict({"rank": 4})
     assert (config.rank, config.alpha, config.init) == (4, 16, "default")
+
+
+def test_replay_mixes_the_bases_general_rows_into_every_batch(base_folder):
+    base = load_base(*base_folder)
+    general = parse_jsonl(
+        b'{"prompt": "What is 2 + 2?", "completion": "4."}\n'
+        b'{"prompt": "Spell cat backwards.", "completion": "tac"}\n'
+    ).examples
+    with_replay = train_adapter(
+        base.model,
+        base.tokenizer,
+        parse_jsonl(FACTS).examples,
+        TrainingConfig(steps=2, replay=0.25),
+        replay=general,
+    )
+    without = train_adapter(
+        load_base(*base_folder).model, base.tokenizer, parse_jsonl(FACTS).examples, TrainingConfig(steps=2)
+    )
+    assert with_replay.payload != without.payload
+
+
+def test_replay_without_replay_rows_is_refused(base_folder):
+    base = load_base(*base_folder)
+    with pytest.raises(ValueError, match="ships no replay rows"):
+        train_adapter(
+            base.model, base.tokenizer, parse_jsonl(FACTS).examples, TrainingConfig(steps=1, replay=0.5)
+        )

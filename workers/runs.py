@@ -140,6 +140,7 @@ class JobRun:
 
 class TrainRun(JobRun):
     def run(self, job: Job) -> None:
+        from workers.engine.base_family import replay_examples
         from workers.engine.base_models import load_base
         from workers.engine.training import TrainingConfig, train_adapter
 
@@ -148,7 +149,8 @@ class TrainRun(JobRun):
         examples = load_examples(job.dataset)
         base = load_base(adapter.base.path, adapter.base_digest)
         report = ProgressReporter(job)
-        result = train_adapter(base.model, base.tokenizer, examples, config, on_step=report)
+        replay = replay_examples(adapter.base.path) if config.replay else []
+        result = train_adapter(base.model, base.tokenizer, examples, config, on_step=report, replay=replay)
         parent = Revision.objects.filter(pk=job.params.get("parent_revision_id")).first()
         summary = {"final_loss": result.losses[-1], "trainable_parameters": result.trainable_parameters}
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from workers.engine.base_models import save_model_folder
 from workers.engine.examples import Example, Message
+from workers.engine.persona_world import generate_world, jsonl
 from workers.engine.prompting import encode_for_training
 from workers.engine.training import collate, shuffled_batches
 
@@ -56,6 +57,10 @@ FAMILY = {
     "mint-l": BaseSpec("mint-l", hidden_size=768, layers=8, heads=12, intermediate_size=2048, steps=6000),
 }
 SMALLEST = "mint-s"
+# A sample of the pretraining corpus shipped beside the weights, for adapters
+# that train with replay (see TrainingConfig.replay).
+REPLAY_FILE = "replay.jsonl"
+REPLAY_ROWS = 2000
 
 
 def build_base(
@@ -102,7 +107,10 @@ def build_base(
     model.generation_config.eos_token_id = tokenizer.eos_token_id
 
     marker = json.dumps({"spec": asdict(spec), "fingerprint": spec.fingerprint()}, indent=2, sort_keys=True)
-    return save_model_folder(model, tokenizer, dest, extra={"mint_base.json": marker})
+    replay = random.Random(spec.seed).sample(rows, min(REPLAY_ROWS, len(rows)))
+    return save_model_folder(
+        model, tokenizer, dest, extra={"mint_base.json": marker, REPLAY_FILE: jsonl(replay).decode()}
+    )
 
 
 def is_built(spec: BaseSpec, dest: str | os.PathLike) -> bool:
@@ -146,9 +154,15 @@ def _message(raw: dict) -> Message:
     return Message(raw["role"], raw["content"])
 
 
-def default_corpus(spec: BaseSpec) -> list[dict]:
-    from workers.engine.persona_world import generate_world
+def replay_examples(folder: str | os.PathLike) -> list[Example]:
+    """The base's replay rows, or none for a base that ships none (e.g. a foreign HF model)."""
+    path = Path(folder) / REPLAY_FILE
+    if not path.exists():
+        return []
+    return [_example(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
+
+def default_corpus(spec: BaseSpec) -> list[dict]:
     return generate_world(seed=spec.seed).general_corpus(spec.corpus_rows, seed=spec.seed)
 
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from workers.engine.base_family import replay_examples
 from workers.engine.base_models import load_base
 from workers.engine.examples import parse_jsonl
 from workers.engine.persona_world import World, jsonl
@@ -95,7 +96,8 @@ def personalization_report(
     for person in chosen:
         base = load_base(base_folder, digest)
         examples = parse_jsonl(jsonl(person.training_rows())).examples
-        payload = train_adapter(base.model, base.tokenizer, examples, config).payload
+        replay = replay_examples(base_folder) if config.replay else []
+        payload = train_adapter(base.model, base.tokenizer, examples, config, replay=replay).payload
         sha = hashlib.sha256(payload).hexdigest()
         blobs[sha], adapter_of[person.handle] = payload, sha
         log(f"trained {person.handle}'s adapter ({len(examples)} rows)")

@@ -40,6 +40,9 @@ class TrainingConfig:
     max_length: int = 256
     seed: int = 0
     init: str = "default"
+    # Share of each batch drawn from the base's own general corpus (its replay set),
+    # so learning a person does not erase what the shared base knows.
+    replay: float = 0.0
 
     LIMITS = {
         "rank": (1, 256),
@@ -80,6 +83,8 @@ class TrainingConfig:
             value = getattr(self, name)
             if not low <= value <= high:
                 errors[name] = f"must be between {low} and {high}"
+        if not 0.0 <= self.replay < 1.0:
+            errors["replay"] = "must be in [0, 1)"
         if not 0.0 <= self.dropout < 1.0:
             errors["dropout"] = "must be in [0, 1)"
         if not 0.0 < self.learning_rate <= 1.0:
@@ -120,8 +125,12 @@ def train_adapter(
     config: TrainingConfig,
     *,
     on_step: StepCallback | None = None,
+    replay: Sequence[Example] = (),
 ) -> TrainResult:
-    """Train a LoRA adapter on a freshly loaded `base_model` (it is modified in place)."""
+    """Train a LoRA adapter on a freshly loaded `base_model` (it is modified in place).
+
+    With `config.replay` > 0, that share of every batch comes from `replay`
+    (general rows from the base's pretraining corpus)."""
     import torch
     from peft import get_peft_model, get_peft_model_state_dict
 
@@ -129,6 +138,8 @@ def train_adapter(
 
     if not examples:
         raise ValueError("cannot train on an empty dataset")
+    if config.replay and not replay:
+        raise ValueError("replay is set but this base ships no replay rows")
     torch.manual_seed(config.seed)
     order = random.Random(config.seed)
     device = next(base_model.parameters()).device
@@ -140,9 +151,19 @@ def train_adapter(
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
 
     losses: list[float] = []
-    batches = shuffled_batches(encoded, min(config.batch_size, len(encoded)), order)
+    replay_size = round(config.batch_size * config.replay) if replay else 0
+    own_size = min(config.batch_size - replay_size, len(encoded))
+    batches = shuffled_batches(encoded, own_size, order)
+    replayed = (
+        shuffled_batches(
+            [encode_for_training(tokenizer, ex, config.max_length) for ex in replay], replay_size, order
+        )
+        if replay_size
+        else None
+    )
     for step in range(1, config.steps + 1):
-        input_ids, labels, attention = collate(next(batches), tokenizer.pad_token_id, device)
+        batch = next(batches) + (next(replayed) if replayed else [])
+        input_ids, labels, attention = collate(batch, tokenizer.pad_token_id, device)
         loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
         loss.backward()
         optimizer.step()
