@@ -14,7 +14,7 @@ from workers.engine.persona_world import generate_world
 from workers.engine.report import personalization_report
 from workers.engine.training import TrainingConfig, TrainingConfigInvalid
 
-REPORT_TRAINING = {"steps": 150, "learning_rate": 0.005}
+REPORT_TRAINING = {"steps": 150, "learning_rate": 0.005, "batch_size": 16, "replay": 0.25}
 
 
 class Command(BaseCommand):
