@@ -22,11 +22,11 @@ pytestmark = [
 
 
 @pytest.fixture
-def page(live_server, django_user_model):
+def page(live_server, django_user_model, monkeypatch):
     from playwright.sync_api import sync_playwright
 
     # Playwright runs an event loop in this thread; the test's ORM calls are still synchronous.
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     django_user_model.objects.create_user("operator", password="pw-operator-1", is_staff=True)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
