@@ -4,6 +4,7 @@ Every page is checked for console errors and failed requests, and a
 screenshot of each is saved under test-output/screenshots/.
 """
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -22,55 +23,64 @@ pytestmark = [
 
 
 @pytest.fixture
-def page(live_server, django_user_model, monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    # Playwright runs an event loop in this thread; the test's ORM calls are still synchronous.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+def open_console(live_server, django_user_model):
+    """Log an operator in and yield the page. Set up data before opening it: while
+    Playwright's event loop runs, ORM calls in this thread would open a second,
+    never-closed database connection."""
     django_user_model.objects.create_user("operator", password="pw-operator-1", is_staff=True)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-            ],
-        )
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.problems = []
-        page.on("console", lambda m: m.type == "error" and page.problems.append(f"console: {m.text}"))
-        page.on("requestfailed", lambda r: page.problems.append(f"failed: {r.url}"))
-        page.on("response", lambda r: r.status >= 400 and page.problems.append(f"{r.status}: {r.url}"))
-        page.goto(f"{live_server.url}/login/")
-        page.fill("input[name=username]", "operator")
-        page.fill("input[name=password]", "pw-operator-1")
-        page.click("button[type=submit]")
-        page.wait_for_url(f"{live_server.url}/")
-        yield page
-        browser.close()
+
+    @contextlib.contextmanager
+    def session():
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                ],
+            )
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.problems = []
+            page.on("console", lambda m: m.type == "error" and page.problems.append(f"console: {m.text}"))
+            page.on("requestfailed", lambda r: page.problems.append(f"failed: {r.url}"))
+            page.on("response", lambda r: r.status >= 400 and page.problems.append(f"{r.status}: {r.url}"))
+            page.goto(f"{live_server.url}/login/")
+            page.fill("input[name=username]", "operator")
+            page.fill("input[name=password]", "pw-operator-1")
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{live_server.url}/")
+            try:
+                yield page
+            finally:
+                browser.close()
+
+    return session
 
 
-def test_the_console_pages_render_without_errors(page, live_server, make_revision, actor):
+def test_the_console_pages_render_without_errors(open_console, live_server, make_revision, actor):
     from adapters_app.lifecycle.pointer import promote
 
     promote(make_revision(), actor=actor, reason="first")
-    for name, path in [
-        ("overview", "/"),
-        ("people", "/people/"),
-        ("person", "/people/alice/"),
-        ("adapter", "/people/alice/assistant/"),
-        ("revision", "/people/alice/assistant/r1/"),
-        ("jobs", "/jobs/"),
-        ("audit", "/audit/"),
-    ]:
-        page.goto(f"{live_server.url}{path}")
-        page.wait_for_load_state("networkidle")
-        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-    assert page.problems == []
-    page.goto(f"{live_server.url}/people/alice/assistant/")
-    assert page.locator("text=r1").first.is_visible()
-    assert page.evaluate("typeof Plotly") == "object"
-    assert page.evaluate("typeof htmx") == "object"
+    with open_console() as page:
+        for name, path in [
+            ("overview", "/"),
+            ("people", "/people/"),
+            ("person", "/people/alice/"),
+            ("adapter", "/people/alice/assistant/"),
+            ("revision", "/people/alice/assistant/r1/"),
+            ("jobs", "/jobs/"),
+            ("audit", "/audit/"),
+        ]:
+            page.goto(f"{live_server.url}{path}")
+            page.wait_for_load_state("networkidle")
+            page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+        assert page.problems == []
+        page.goto(f"{live_server.url}/people/alice/assistant/")
+        assert page.locator("text=r1").first.is_visible()
+        assert page.evaluate("typeof Plotly") == "object"
+        assert page.evaluate("typeof htmx") == "object"
