@@ -156,6 +156,26 @@ def make_revision(adapter, dataset, actor, tiny_payload):
     return make
 
 
+@pytest.fixture
+def api(client, django_user_model, micro_base):
+    """Call the JSON APIs as an operator with a Bearer key; asserts the status, returns the JSON."""
+    import json
+
+    from adapters_app.models import ApiKey
+
+    _, raw = ApiKey.issue(django_user_model.objects.create_user("ops", password="pw-ops-12345"))
+
+    def call(method: str, path: str, body=None, *, raw_body: bytes | None = None, expect: int = 200):
+        data = raw_body if raw_body is not None else (json.dumps(body) if body is not None else None)
+        response = getattr(client, method)(
+            path, data=data, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {raw}"
+        )
+        assert response.status_code == expect, response.content[:2000]
+        return response.json() if response["Content-Type"].startswith("application/json") else response
+
+    return call
+
+
 # --- a real Celery worker in its own process -------------------------------------------
 
 

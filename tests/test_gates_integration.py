@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from adapters_app.models import ApiKey, AuditEvent, Evaluation, EvaluationItem, Job
+from adapters_app.models import AuditEvent, Evaluation, EvaluationItem, Job
 from tests.conftest import wait_for_job
 from workers.engine.examples import Message
 from workers.engine.persona_world import EvalItem
@@ -31,20 +31,11 @@ def recall_items(questions=FACTS) -> bytes:
 
 
 @pytest.fixture
-def api(client, django_user_model, micro_base):
-    user = django_user_model.objects.create_user("ops")
-    _, raw = ApiKey.issue(user)
-
-    def call(method, path, body=None, *, raw_body=None, expect=200):
-        data = raw_body if raw_body is not None else json.dumps(body or {})
-        kwargs = {} if method == "get" else {"data": data, "content_type": "application/json"}
-        response = getattr(client, method)(path, HTTP_AUTHORIZATION=f"Bearer {raw}", **kwargs)
-        assert response.status_code == expect, response.content[:2000]
-        return response.json()
-
-    call("post", "/api/people", {"handle": "alice"}, expect=201)
-    call("post", "/api/people/alice/adapters", {"name": "assistant"}, expect=201)
-    return call
+def api(api):
+    """The API, with alice and her adapter created."""
+    api("post", "/api/people", {"handle": "alice"}, expect=201)
+    api("post", "/api/people/alice/adapters", {"name": "assistant"}, expect=201)
+    return api
 
 
 def upload(api, data: bytes, purpose: str) -> dict:

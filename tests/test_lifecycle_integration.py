@@ -1,10 +1,8 @@
 """The whole lifecycle through the real stack: API → database → Redis → a Celery worker process."""
 
-import json
-
 import pytest
 
-from adapters_app.models import ApiKey, AuditEvent, Job, Revision
+from adapters_app.models import AuditEvent, Job, Revision
 from tests.conftest import FACTS, OTHER_FACTS, wait_for_job
 from workers.engine.examples import Message
 from workers.engine.prompting import render_prompt
@@ -13,22 +11,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 TRAINING = {"steps": 40, "learning_rate": 0.01, "seed": 3}
 QUESTION = "What is my dog called?"
-
-
-@pytest.fixture
-def api(client, django_user_model, micro_base):
-    user = django_user_model.objects.create_user("ops", password="pw-ops-12345")
-    _, raw = ApiKey.issue(user)
-
-    def call(method: str, path: str, body=None, *, raw_body: bytes | None = None, expect: int = 200):
-        data = raw_body if raw_body is not None else (json.dumps(body) if body is not None else None)
-        response = getattr(client, method)(
-            path, data=data, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {raw}"
-        )
-        assert response.status_code == expect, response.content[:2000]
-        return response.json() if response["Content-Type"].startswith("application/json") else response
-
-    return call
 
 
 def train(api, dataset_id) -> Revision:

@@ -236,9 +236,7 @@ class EvaluateRun(JobRun):
             graded.append(
                 run_items(
                     items,
-                    lambda prompt, max_tokens, target=target: self.generate(
-                        adapter, target, prompt, max_tokens
-                    ),
+                    lambda prompt, max_tokens, target=target: answer(adapter, target, prompt, max_tokens),
                     on_item=lambda done, _, offset=offset: report(offset + done, total),
                 )
             )
@@ -253,32 +251,25 @@ class EvaluateRun(JobRun):
         if job.params.get("then_promote") and revision is not None:
             auto_promote(revision, actor=Actor(name=job.created_by, via="worker"))
 
-    @staticmethod
-    def generate(adapter, revision, prompt: str, max_tokens: int) -> str:
-        [generation] = runtime().generate(
-            adapter.base.path,
-            adapter.base_digest,
-            revision.sha256 if revision else None,
-            get_store().get,
-            prompt,
-            SamplingParams(max_tokens=max_tokens, temperature=0.0),
-        )
-        return generation.text
-
 
 class InferRun(JobRun):
     def run(self, job: Job) -> None:
         adapter, revision = job.adapter, job.revision
         prompt = render_prompt([Message("user", job.params["prompt"])])
-        [generation] = runtime().generate(
-            adapter.base.path,
-            adapter.base_digest,
-            revision.sha256 if revision else None,
-            get_store().get,
-            prompt,
-            SamplingParams(max_tokens=int(job.params["max_tokens"])),
-        )
-        self.succeed_or_lose(job, result={"text": generation.text}, step=1, total_steps=1)
+        text = answer(adapter, revision, prompt, int(job.params["max_tokens"]))
+        self.succeed_or_lose(job, result={"text": text}, step=1, total_steps=1)
+
+
+def answer(adapter, revision: Revision | None, prompt: str, max_tokens: int) -> str:
+    """A greedy answer from `revision` of `adapter` (the bare base when None)."""
+    return runtime().answer(
+        adapter.base.path,
+        adapter.base_digest,
+        revision.sha256 if revision else None,
+        get_store().get,
+        prompt,
+        max_tokens,
+    )
 
 
 def generate(request: dict) -> list[dict]:

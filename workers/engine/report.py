@@ -18,7 +18,7 @@ from workers.engine.base_family import replay_examples
 from workers.engine.base_models import load_base
 from workers.engine.examples import parse_jsonl
 from workers.engine.persona_world import World, jsonl
-from workers.engine.runtime import AdapterRuntime, SamplingParams
+from workers.engine.runtime import AdapterRuntime
 from workers.engine.suites import run_items, scores
 from workers.engine.training import TrainingConfig, train_adapter
 
@@ -80,15 +80,7 @@ def personalization_report(
 
     def answer(sha: str | None):
         def generate(prompt: str, max_tokens: int) -> str:
-            [g] = runtime.generate(
-                base_folder,
-                digest,
-                sha,
-                blobs.__getitem__,
-                prompt,
-                SamplingParams(max_tokens=max_tokens, temperature=0.0),
-            )
-            return g.text
+            return runtime.answer(base_folder, digest, sha, blobs.__getitem__, prompt, max_tokens)
 
         return generate
 

@@ -99,6 +99,21 @@ class AdapterRuntime:
 
         return self._run(folder, digest, revision_sha, load, run)
 
+    def answer(
+        self,
+        folder: str,
+        digest: str,
+        revision_sha: str | None,
+        load: PayloadLoader,
+        prompt: str,
+        max_tokens: int,
+    ) -> str:
+        """One greedy completion's text: what evaluations and tracked jobs need."""
+        [generation] = self.generate(
+            folder, digest, revision_sha, load, prompt, SamplingParams(max_tokens=max_tokens, temperature=0.0)
+        )
+        return generation.text
+
     def logits(self, folder, digest, revision_sha, load, text: str):
         import torch
 
