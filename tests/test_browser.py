@@ -47,7 +47,14 @@ def open_console(live_server, django_user_model):
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.problems = []
             page.on("console", lambda m: m.type == "error" and page.problems.append(f"console: {m.text}"))
-            page.on("requestfailed", lambda r: page.problems.append(f"failed: {r.url}"))
+            # A request the browser itself aborts when the next navigation starts
+            # (a late favicon fetch, say) is not a fault; a missing file shows up
+            # as a 4xx response below.
+            page.on(
+                "requestfailed",
+                lambda r: r.failure != "net::ERR_ABORTED"
+                and page.problems.append(f"failed: {r.url} ({r.failure})"),
+            )
             page.on("response", lambda r: r.status >= 400 and page.problems.append(f"{r.status}: {r.url}"))
             page.goto(f"{live_server.url}/login/")
             page.fill("input[name=username]", "operator")
