@@ -52,8 +52,9 @@ def open_console(live_server, django_user_model):
             # as a 4xx response below.
             page.on(
                 "requestfailed",
-                lambda r: r.failure != "net::ERR_ABORTED"
-                and page.problems.append(f"failed: {r.url} ({r.failure})"),
+                lambda r: (
+                    r.failure != "net::ERR_ABORTED" and page.problems.append(f"failed: {r.url} ({r.failure})")
+                ),
             )
             page.on("response", lambda r: r.status >= 400 and page.problems.append(f"{r.status}: {r.url}"))
             page.goto(f"{live_server.url}/login/")
