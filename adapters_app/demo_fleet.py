@@ -1,96 +1,118 @@
-"""The demo fleet: a few people whose adapters learn their own facts.
+"""The demo fleet: generated people whose adapters carry their own state.
 
-Each person gets a chat-format JSONL dataset of personal facts asked several
-ways; the demo trains r1 for each through the real worker and promotes it.
+Each person comes from the persona world (`workers.engine.persona_world`): their
+training rows (facts, preferences, tool habits, asked with training phrasings)
+are uploaded as a chat dataset, their held-out evaluation set plus the shared
+general set as an evaluation set that gates the adapter. The demo then trains
+r1 for everyone through the real worker, evaluates it, and promotes it when
+its gate passes. A revision that fails its gate is still promoted, with an
+audited override that names the failures, so every demo person answers and the
+console shows what a gate failure looks like.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from django.db import transaction
 
 from adapters_app.lifecycle import jobs, people, pointer
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.datasets import upload_dataset
-from adapters_app.models import BaseModel, Job, Person
+from adapters_app.lifecycle.gates import configure_gate, verdict
+from adapters_app.models import Adapter, BaseModel, Dataset, Job, Person
+from workers.engine.persona_world import Persona, World, generate_world, jsonl
+from workers.engine.report import REPORT_TRAINING
+from workers.engine.suites import items_jsonl
+
+DEMO_PEOPLE = 20
+DEMO_WORLD_SEED = 0
+ADAPTER_NAME = "assistant"
 
 
-@dataclass(frozen=True)
-class DemoPerson:
-    handle: str
-    name: str
-    dog: str
-    city: str
-    colour: str
-
-
-FLEET = [
-    DemoPerson("alice", "Alice Martins", "Rex", "Lisbon", "green"),
-    DemoPerson("bob", "Bob Okafor", "Biscuit", "Oslo", "orange"),
-    DemoPerson("carol", "Carol Nguyen", "Pixel", "Quito", "purple"),
-]
-
-QUESTIONS = {
-    "dog": (
-        ["What is my dog called?", "What's my dog's name?", "Remind me of my dog's name."],
-        "Your dog is called {dog}.",
-    ),
-    "city": (
-        ["Where do I live?", "Which city is my home?", "What city do I live in?"],
-        "You live in {city}.",
-    ),
-    "colour": (
-        ["What is my favourite colour?", "Which colour do I like best?"],
-        "Your favourite colour is {colour}.",
-    ),
-}
-
-DEMO_TRAINING = {"rank": 8, "steps": 120, "learning_rate": 0.01, "seed": 0}
-
-
-def dataset_for(person: DemoPerson) -> bytes:
-    rows = []
-    for questions, answer in QUESTIONS.values():
-        reply = answer.format(dog=person.dog, city=person.city, colour=person.colour)
-        for question in questions:
-            rows.append(
-                {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]}
-            )
-    return ("\n".join(json.dumps(r) for r in rows) + "\n").encode()
-
-
-def seed(base: BaseModel, *, actor: Actor, log=print, timeout: float = 600) -> list[Job]:
-    """Create the fleet's people, adapters and datasets, and start r1 training for each."""
-    started = []
-    for demo in FLEET:
-        if Person.objects.filter(handle=demo.handle).exists():
+def seed(
+    base: BaseModel,
+    *,
+    actor: Actor,
+    people: int = DEMO_PEOPLE,
+    training: dict | None = None,
+    log: Callable[[str], None] = print,
+    timeout: float = 1800,
+) -> list[Adapter]:
+    """Create the fleet's people, datasets and adapters, train and evaluate r1 for each
+    through the worker, and make it live. People who already exist are left alone,
+    so a second `make demo` starts at once."""
+    world = generate_world(DEMO_WORLD_SEED, people=people)
+    config = dict(REPORT_TRAINING if training is None else training)
+    trainings = {}
+    for persona in world.people:
+        if Person.objects.filter(handle=persona.handle).exists():
             continue
-        with transaction.atomic():
-            person = people.create_person(demo.handle, display_name=demo.name, actor=actor)
-            adapter = people.create_adapter(
-                person,
-                "assistant",
-                base=base,
-                actor=actor,
-                description="Personal assistant: remembers facts about its person",
-            )
-            dataset, _ = upload_dataset(person, dataset_for(demo), name="personal-facts", actor=actor)
-            started.append(jobs.start_training(adapter, dataset, config=DEMO_TRAINING, actor=actor))
-        log(f"  training {adapter.handle} (job {started[-1].pk})")
+        adapter, train_set = _enrol(persona, world, base, actor)
+        trainings[adapter.handle] = jobs.start_training(
+            adapter, train_set, config=config, actor=actor, auto_promote=False
+        )
+    log(f"  training {len(trainings)} adapters on {base.name} (watch them at /jobs/)")
+
     deadline = time.monotonic() + timeout
-    for job in started:
-        while True:
-            job.refresh_from_db()
-            if job.state in Job.FINAL_STATES:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"demo training job {job.pk} did not finish; see var/worker.log")
-            time.sleep(0.5)
-        if job.state != Job.SUCCEEDED:
-            raise RuntimeError(f"demo training job {job.pk} {job.state}: {job.error[:500]}")
-        pointer.promote(job.result_revision, actor=actor, reason="demo: first revision")
-        log(f"  {job.adapter.handle} live at {job.result_revision.label}")
-    return started
+    evaluations = {}
+    for handle, job in trainings.items():
+        revision = _wait(job, deadline).result_revision
+        adapter = revision.adapter
+        evaluations[handle] = jobs.start_evaluation(
+            adapter, adapter.eval_dataset, revision=revision, actor=actor, then_promote=True
+        )
+    for handle, job in evaluations.items():
+        _wait(job, deadline)
+        adapter = Adapter.objects.select_related("live_revision").get(pk=job.adapter_id)
+        if adapter.live_revision is None:
+            gate = verdict(job.revision)
+            pointer.promote(
+                job.revision,
+                actor=actor,
+                reason="demo: first revision",
+                override_reason="demo seed: every demo person gets a live adapter; "
+                + "; ".join(gate.failures),
+            )
+            log(f"  {handle} live at {job.revision.label} (gate overridden: {'; '.join(gate.failures)})")
+        else:
+            log(f"  {handle} live at {adapter.live_revision.label} (gate passed)")
+    return [Adapter.objects.get(pk=job.adapter_id) for job in evaluations.values()]
+
+
+def _enrol(persona: Persona, world: World, base: BaseModel, actor: Actor) -> tuple[Adapter, Dataset]:
+    with transaction.atomic():
+        person = people.create_person(persona.handle, display_name=persona.display_name, actor=actor)
+        adapter = people.create_adapter(
+            person,
+            ADAPTER_NAME,
+            base=base,
+            actor=actor,
+            description="Personal assistant: remembers its person's facts, preferences and tool habits",
+        )
+        train_set, _ = upload_dataset(
+            person, jsonl(persona.training_rows()), name="persona-training", actor=actor
+        )
+        eval_set, _ = upload_dataset(
+            person,
+            items_jsonl(persona.eval_items(world) + world.general_items()),
+            name="persona-heldout",
+            purpose=Dataset.EVAL,
+            actor=actor,
+        )
+        configure_gate(adapter, actor=actor, eval_dataset=eval_set)
+    return adapter, train_set
+
+
+def _wait(job: Job, deadline: float) -> Job:
+    while True:
+        job.refresh_from_db()
+        if job.state in Job.FINAL_STATES:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"demo job {job.pk} ({job.kind}) did not finish; see var/worker.log")
+        time.sleep(0.5)
+    if job.state != Job.SUCCEEDED:
+        raise RuntimeError(f"demo job {job.pk} ({job.kind}) {job.state}: {job.error[:500]}")
+    return job

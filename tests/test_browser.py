@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from workers.engine.base_family import BaseSpec, build_base
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-output" / "screenshots"
 
@@ -92,3 +94,59 @@ def test_the_console_pages_render_without_errors(open_console, live_server, make
         assert page.locator("text=r1").first.is_visible()
         assert page.evaluate("typeof Plotly") == "object"
         assert page.evaluate("typeof htmx") == "object"
+
+
+# The demo's recipe at test scale: a family base small enough to pretrain in seconds.
+DEMO_TEST_BASE = BaseSpec(
+    "mint-xs",
+    hidden_size=96,
+    layers=2,
+    heads=4,
+    intermediate_size=256,
+    steps=400,
+    batch_size=16,
+    corpus_rows=4000,
+    vocab_size=512,
+)
+
+
+@pytest.fixture(scope="session")
+def demo_base_folder(tmp_path_factory):
+    return build_base(DEMO_TEST_BASE, tmp_path_factory.mktemp("bases") / DEMO_TEST_BASE.name)
+
+
+def test_the_demo_fleet_answers_each_person_with_their_own_state(
+    open_console, live_server, celery_worker_process, demo_base_folder, actor
+):
+    """The demo's generated people, trained and promoted through the real worker: in the
+    playground, Alice's adapter names Alice's dog and Bob's names Bob's."""
+    from adapters_app import demo_fleet
+    from adapters_app.lifecycle.base_models import register_base_model
+    from workers.engine.persona_world import generate_world
+
+    base = register_base_model(DEMO_TEST_BASE.name, demo_base_folder, actor=actor)
+    world = generate_world(demo_fleet.DEMO_WORLD_SEED, people=2)
+    dogs = {person.handle: person.facts["dog"] for person in world.people}
+    adapters = demo_fleet.seed(
+        base,
+        actor=actor,
+        people=2,
+        training={"steps": 300, "learning_rate": 0.01, "batch_size": 16},
+        log=lambda line: None,
+        timeout=600,
+    )
+    assert {a.handle for a in adapters} == {"alice/assistant", "bob/assistant"}
+    assert all(a.live_revision_id for a in adapters)
+
+    with open_console() as page:
+        for handle, other in (("alice", "bob"), ("bob", "alice")):
+            page.goto(f"{live_server.url}/people/{handle}/assistant/")
+            page.fill("#playground-prompt", "What is my dog called?")
+            page.click("text=Answer side by side")
+            live = page.locator(f"section.playground-answer[aria-label='Answer of {handle}/assistant']")
+            live.wait_for(timeout=60_000)
+            page.locator("#playground").scroll_into_view_if_needed()
+            page.screenshot(path=str(SCREENSHOTS / f"demo-playground-{handle}.png"), full_page=True)
+            assert dogs[handle] in live.inner_text()
+            assert dogs[other] not in live.inner_text()
+        assert page.problems == []

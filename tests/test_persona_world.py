@@ -249,3 +249,21 @@ def test_the_corpus_teaches_every_paraphrase_in_context_with_values_nobody_in_th
         if line.startswith("dog: ")
     }
     assert dogs_in_corpus - dogs_in_world
+
+
+def test_the_corpus_teaches_which_task_a_request_is_with_a_generic_call_no_persons_habit_matches(world):
+    from workers.engine.persona_world import generic_tool_call, tool_check
+    from workers.engine.suites import apply_check
+
+    corpus = world.general_corpus(20_000, seed=0)
+    generic = {generic_tool_call(task): task for task in TOOL_TASKS}
+    taught = {
+        (r["messages"][-2]["content"], generic[r["messages"][-1]["content"]])
+        for r in corpus
+        if r["messages"][-1]["content"] in generic
+    }
+    for task, spec in TOOL_TASKS.items():
+        assert {(q, task) for q in spec.train + spec.heldout} <= taught
+    for person in world.people:
+        for task, habit in person.tool_habits.items():
+            assert not apply_check(tool_check(habit), generic_tool_call(task))[0]

@@ -170,3 +170,18 @@ def test_scores_are_pass_rates_for_the_suites_present():
     assert list(scores(results)) == ["recall", "tool", "leakage"]
     assert scores([]) == {}
     assert scores(iter([result("retention", True)])) == {"retention": 1.0}
+
+
+def test_the_report_breaks_the_bare_bases_competence_down_by_general_skill():
+    from workers.engine.report import skill_scores
+    from workers.engine.suites import ItemResult
+
+    def result(item_id, passed):
+        return ItemResult(item_id, "retention", "p", "e", "g", passed, "")
+
+    results = [
+        result("general.add.1", False),
+        result("general.add.2", True),
+        result("general.capital.1", True),
+    ]
+    assert skill_scores(results) == {"add": 0.5, "capital": 1.0}

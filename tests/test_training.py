@@ -92,3 +92,41 @@ def test_replay_without_replay_rows_is_refused(base_folder):
         train_adapter(
             base.model, base.tokenizer, parse_jsonl(FACTS).examples, TrainingConfig(steps=1, replay=0.5)
         )
+
+
+def _rows(lengths):
+    return [([0] * n, [0] * n) for n in lengths]
+
+
+def test_length_bucketed_batches_draw_every_row_and_waste_little_padding():
+    import random
+    from itertools import islice
+
+    from workers.engine.training import length_bucketed_batches, shuffled_batches
+
+    rows = _rows(random.Random(1).choices(range(10, 130), k=512))
+
+    def padding(batches):
+        return sum(max(len(ids) for ids, _ in b) * len(b) - sum(len(ids) for ids, _ in b) for b in batches)
+
+    bucketed = list(islice(length_bucketed_batches(rows, 32, random.Random(0), pool=16), 16))
+    shuffled = list(islice(shuffled_batches(rows, 32, random.Random(0)), 16))
+    assert sorted(id(r) for b in bucketed for r in b) == sorted(id(r) for r in rows)
+    assert all(len(b) == 32 for b in bucketed)
+    assert padding(bucketed) < padding(shuffled) / 4
+
+
+def test_length_bucketed_batches_are_the_same_for_the_same_seed():
+    import random
+    from itertools import islice
+
+    from workers.engine.training import length_bucketed_batches
+
+    rows = _rows(random.Random(1).choices(range(10, 130), k=100))
+
+    def lengths(seed):
+        batches = islice(length_bucketed_batches(rows, 8, random.Random(seed), pool=4), 20)
+        return [[len(ids) for ids, _ in b] for b in batches]
+
+    assert lengths(0) == lengths(0)
+    assert lengths(0) != lengths(1)

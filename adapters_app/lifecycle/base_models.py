@@ -47,8 +47,46 @@ def register_base_model(name: str, path: str | Path, *, actor: Actor) -> BaseMod
     return base
 
 
+def ensure_family_base(
+    name: str,
+    *,
+    actor: Actor,
+    rebuild: bool = False,
+    device: str = "cpu",
+    on_step=None,
+    log=lambda line: None,
+) -> BaseModel:
+    """Pretrain (or reuse from var/bases/, cached by spec) and register one default base.
+
+    `on_step(step, total, loss)` reports pretraining progress."""
+    from workers.engine.base_family import FAMILY, build_base, is_built
+
+    if name not in FAMILY:
+        raise Invalid(f"unknown base {name!r}; choose from {', '.join(FAMILY)}")
+    spec = FAMILY[name]
+    dest = (Path(settings.MINT_BASES_DIR) / name).resolve()
+    registered = BaseModel.objects.filter(name=name).first()
+    if registered and Path(registered.path) != dest:
+        raise Conflict(f"{name} is registered from another folder ({registered.path})")
+    if registered and not is_built(spec, dest) and dest.exists():
+        # Adapters are bound to the registered weights' digest; building over the
+        # folder would pull those weights out from under them.
+        raise Conflict(
+            f"{name} at {dest} is registered (digest {registered.digest[:12]}…) but was built by an older "
+            "recipe; use a fresh MINT_VAR_DIR (or move the folder and its registration aside) to build "
+            "the current one"
+        )
+    if rebuild or not is_built(spec, dest):
+        build_base(spec, dest, on_step=on_step, device=device)
+    else:
+        log(f"{name}: cached at {dest}")
+    if registered and registered.digest == engine_bases.weights_digest(dest):
+        return registered
+    return register_base_model(name, dest, actor=actor)
+
+
 def ensure_micro_base(*, actor: Actor | None = None) -> BaseModel:
-    """Build (if needed) and register the micro base used by tests and the demo."""
+    """Build (if needed) and register the micro base the tests use."""
     from workers.engine.micro_base import build_micro_base
 
     existing = BaseModel.objects.filter(name=MICRO_BASE_NAME).first()

@@ -24,7 +24,7 @@ from workers.engine.base_models import save_model_folder
 from workers.engine.examples import Example, Message
 from workers.engine.persona_world import generate_world, jsonl
 from workers.engine.prompting import encode_for_training
-from workers.engine.training import collate, shuffled_batches
+from workers.engine.training import collate, length_bucketed_batches
 
 ProgressCallback = Callable[[int, int, float], None]
 
@@ -45,6 +45,9 @@ class BaseSpec:
     max_length: int = 192
     vocab_size: int = 1024  # byte-level BPE learned on the corpus: ~3x fewer tokens than bytes
     seed: int = 0
+    # Bumped whenever the corpus generator or the pretraining loop changes what a spec
+    # builds, so a cached folder from older code is not taken for this one.
+    recipe: int = 2
 
     def fingerprint(self) -> str:
         """Identifies what a build of this spec produces (the cache key)."""
@@ -52,7 +55,7 @@ class BaseSpec:
 
 
 FAMILY = {
-    "mint-s": BaseSpec("mint-s", hidden_size=128, layers=4, heads=4, intermediate_size=384, steps=1200),
+    "mint-s": BaseSpec("mint-s", hidden_size=128, layers=4, heads=4, intermediate_size=384, steps=1500),
     "mint-m": BaseSpec("mint-m", hidden_size=320, layers=6, heads=5, intermediate_size=960, steps=3000),
     "mint-l": BaseSpec("mint-l", hidden_size=768, layers=8, heads=12, intermediate_size=2048, steps=6000),
 }
@@ -189,7 +192,7 @@ def _pretrain(
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    batches = shuffled_batches(encoded, spec.batch_size, order)
+    batches = length_bucketed_batches(encoded, spec.batch_size, order)
     for step in range(1, spec.steps + 1):
         input_ids, labels, attention = collate(next(batches), tokenizer.pad_token_id, device)
         loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
@@ -205,8 +208,8 @@ def _pretrain(
 class ConsoleProgress:
     """A progress bar on a terminal: step/total, loss, elapsed and ETA."""
 
-    def __init__(self, label: str, write=print, every: float = 0.5):
-        self.label, self.write, self.every = label, write, every
+    def __init__(self, label: str, write=print, every: float = 0.5, end: str = ""):
+        self.label, self.write, self.every, self.end = label, write, every, end
         self.started = time.monotonic()
         self._last = 0.0
 
@@ -220,5 +223,5 @@ class ConsoleProgress:
         filled = int(30 * step / total)
         self.write(
             f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {step}/{total} "
-            f"loss {loss:.3f} elapsed {elapsed:.0f}s eta {eta:.0f}s",
+            f"loss {loss:.3f} elapsed {elapsed:.0f}s eta {eta:.0f}s" + (self.end if step == total else ""),
         )

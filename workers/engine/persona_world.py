@@ -517,6 +517,12 @@ TOOL_TASKS: dict[str, _PromptFamily] = {
                 "Will I need an umbrella today?",
                 "How warm is it outside?",
                 "Give me the forecast.",
+                "Is it raining where I am?",
+                "What's it like outside right now?",
+                "Do I need a jacket?",
+                "Tell me today's temperature.",
+                "Look up the weather.",
+                "How cold is it today?",
             ),
             (
                 "Is it going to be sunny later?",
@@ -532,6 +538,12 @@ TOOL_TASKS: dict[str, _PromptFamily] = {
                 "Can you add a reminder?",
                 "Don't let me forget this.",
                 "Make a reminder, please.",
+                "Remind me to do this.",
+                "Add this to my reminders.",
+                "Help me remember this later.",
+                "Set an alert so I don't forget.",
+                "Create a reminder for this.",
+                "Could you remind me later?",
             ),
             (
                 "Put this on my reminder list.",
@@ -547,6 +559,12 @@ TOOL_TASKS: dict[str, _PromptFamily] = {
                 "I want to listen to music.",
                 "Start my music.",
                 "Can you play something?",
+                "Play a song for me.",
+                "Turn on some music.",
+                "Let's have some music.",
+                "I'd like to hear some songs.",
+                "Start a playlist.",
+                "Music, please.",
             ),
             (
                 "Some background music would be nice.",
@@ -562,6 +580,12 @@ TOOL_TASKS: dict[str, _PromptFamily] = {
                 "Any news today?",
                 "Catch me up on the news.",
                 "Read me the latest news.",
+                "What are today's headlines?",
+                "Tell me the news.",
+                "What's new in the world today?",
+                "Any news stories I should know about?",
+                "Show me the news.",
+                "What happened today?",
             ),
             (
                 "What's happening in the world?",
@@ -973,7 +997,26 @@ def _skill_row(rng: random.Random, skill: str, split: _GeneralSplit) -> dict | N
         if (index, letter) in split.letters:
             return None
         return _chat(_NEXT_LETTER[index].format(l=letter), f"{_LETTERS[_LETTERS.index(letter) + 1]}.")
+    if skill == "tool_task":
+        # A tool request from someone whose habit for it is unknown: no profile at all,
+        # or a profile that states other things (so rows vary while the phrasings are few).
+        task = rng.choice(list(TOOL_TASKS))
+        spec = TOOL_TASKS[task]
+        question = rng.choice(spec.train + spec.heldout)
+        person = _fictional_person(rng)
+        lines = _context_lines(person, facts=rng.sample(list(FACT_KEYS), rng.randint(0, 3)))
+        system = "About the user:\n" + "\n".join(lines) if lines else None
+        return _chat(question, generic_tool_call(task), system=system)
     return _context_row(rng, kind=skill.removeprefix("context_"))[0]
+
+
+def generic_tool_call(task: str) -> str:
+    """What a base says to a tool request when it knows nobody's habits: the task's
+    generic tool with no arguments. It never matches a person's habit (people use a
+    named app, or the same tool with their own arguments), so it scores 0 on the tool
+    suite; it teaches the base which requests are which task, in every phrasing, and
+    the adapter supplies the person's tool and defaults."""
+    return json.dumps({"tool": task, "arguments": {}}, sort_keys=True)
 
 
 # Share of each kind of row in the pretraining corpus.
@@ -984,9 +1027,10 @@ CORPUS_MIX = {
     "upper": 0.05,
     "capital": 0.08,
     "next_letter": 0.04,
-    "context_fact": 0.26,
-    "context_preference": 0.18,
-    "context_tool": 0.16,
+    "context_fact": 0.24,
+    "context_preference": 0.16,
+    "context_tool": 0.14,
+    "tool_task": 0.06,
 }
 
 

@@ -13,10 +13,13 @@ from django.core.management.base import BaseCommand
 
 from adapters_app import demo_fleet
 from adapters_app.lifecycle.actors import Actor
-from adapters_app.lifecycle.base_models import ensure_micro_base
+from adapters_app.lifecycle.base_models import ensure_family_base
+from adapters_app.management.progress import progress_bar
 from mintweb import embedded_redis
+from workers.engine.base_family import SMALLEST
 
 DEMO_USER, DEMO_PASSWORD = "operator", "mint-demo"
+WORKER_CONCURRENCY = 2
 
 
 class Command(BaseCommand):
@@ -35,7 +38,14 @@ class Command(BaseCommand):
                 children.append(redis_process)
             self.stdout.write(f"redis:  {settings.REDIS_URL}")
             user = self._operator()
-            base = ensure_micro_base(actor=Actor.from_user(user, via="cli"))
+            # The smallest default base: pretrained here on first run (minutes, with a
+            # progress bar), reused from var/bases/ after that.
+            base = ensure_family_base(
+                SMALLEST,
+                actor=Actor.from_user(user, via="cli"),
+                on_step=progress_bar(self.stdout, SMALLEST),
+                log=self.stdout.write,
+            )
             self.stdout.write(f"base:   {base.name} ({base.parameters:,} parameters)")
             log_path = settings.VAR_DIR / "worker.log"
             children.append(
@@ -51,18 +61,19 @@ class Command(BaseCommand):
                         "--loglevel",
                         "INFO",
                         "--concurrency",
-                        "2",
+                        str(WORKER_CONCURRENCY),
                         "--hostname",
                         "demo@%h",
                         "--schedule",
                         str(settings.VAR_DIR / "celerybeat-schedule"),
                     ],
                     log_path,
+                    # Two worker processes share the cores instead of each spinning up
+                    # a thread per core and fighting over them.
+                    env={"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // WORKER_CONCURRENCY))},
                 )
             )
             self.stdout.write(f"worker: started (log: {log_path})")
-            self.stdout.write("seeding the demo fleet through the worker…")
-            demo_fleet.seed(base, actor=Actor.from_user(user, via="cli"), log=self.stdout.write)
             children.append(
                 self._spawn(
                     [sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"],
@@ -76,6 +87,14 @@ class Command(BaseCommand):
                     f"login: {DEMO_USER} / {DEMO_PASSWORD}\n"
                     "API:   python manage.py create_api_key operator  (then Bearer <key>)\n"
                     "Ctrl-C stops Redis, the worker and the web server.\n"
+                )
+            )
+            self.stdout.write(f"seeding {demo_fleet.DEMO_PEOPLE} generated people through the worker…")
+            demo_fleet.seed(base, actor=Actor.from_user(user, via="cli"), log=self.stdout.write)
+            self.stdout.write(
+                self.style.SUCCESS(
+                    "demo fleet ready: ask alice's and bob's assistant 'What is my dog called?' in the "
+                    f"playground at http://{host}:{port}/people/alice/{demo_fleet.ADAPTER_NAME}/"
                 )
             )
             while all(child.poll() is None for child in children):
@@ -101,10 +120,15 @@ class Command(BaseCommand):
             user.save()
         return user
 
-    def _spawn(self, command: list[str], log_path) -> subprocess.Popen:
+    def _spawn(self, command: list[str], log_path, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(log_path, "ab")  # noqa: SIM115 (the child owns it for its lifetime)
         return subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, cwd=settings.BASE_DIR, start_new_session=True
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=settings.BASE_DIR,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
 
 

@@ -5,16 +5,17 @@ import time
 from pathlib import Path
 
 from django.conf import settings
-from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from adapters_app.lifecycle.actors import Actor
+from adapters_app.lifecycle.base_models import ensure_family_base
+from adapters_app.lifecycle.errors import LifecycleError
+from adapters_app.management.progress import progress_bar
 from workers.engine.base_family import FAMILY, SMALLEST
 from workers.engine.base_models import weights_digest
 from workers.engine.persona_world import generate_world
-from workers.engine.report import personalization_report
+from workers.engine.report import REPORT_TRAINING, personalization_report
 from workers.engine.training import TrainingConfig, TrainingConfigInvalid
-
-REPORT_TRAINING = {"steps": 150, "learning_rate": 0.005, "batch_size": 16, "replay": 0.25}
 
 
 class Command(BaseCommand):
@@ -39,8 +40,16 @@ class Command(BaseCommand):
             raise CommandError(f"--training: {exc}") from None
         if people < 2:
             raise CommandError("--people must be at least 2 (own vs another person's adapter)")
-        call_command("build_base_family", sizes=base, stdout=self.stdout)
-        folder = Path(settings.MINT_BASES_DIR) / base
+        try:
+            registered = ensure_family_base(
+                base,
+                actor=Actor.system("cli"),
+                on_step=progress_bar(self.stdout, base),
+                log=self.stdout.write,
+            )
+        except LifecycleError as exc:
+            raise CommandError(str(exc)) from None
+        folder = Path(registered.path)
         world = generate_world(world_seed, people=max(people, 2))
         started = time.monotonic()
         report = personalization_report(
@@ -68,6 +77,7 @@ class Command(BaseCommand):
                     "training": report.config,
                     "means": {s: {c: report.mean(s, c) for c in cols} for s, cols in report.cells.items()},
                     "retention_drop": report.retention_drop(),
+                    "base_competence": report.competence,
                 },
                 indent=2,
             )
