@@ -67,3 +67,25 @@ def test_the_family_spans_orders_of_magnitude():
     assert len(sizes) >= 3
     assert all(later / earlier >= 5 for earlier, later in pairwise(sizes))
     assert parameters(FAMILY[SMALLEST]) == sizes[0]
+
+
+def test_a_family_base_is_registered_once_and_never_rebuilt_over_by_a_newer_recipe(
+    db, settings, tmp_path, monkeypatch, actor
+):
+    from dataclasses import replace
+
+    import pytest
+
+    from adapters_app.lifecycle.base_models import ensure_family_base
+    from adapters_app.lifecycle.errors import Conflict
+    from workers.engine.base_models import weights_digest
+
+    settings.MINT_BASES_DIR = tmp_path
+    monkeypatch.setitem(FAMILY, MICRO.name, MICRO)
+    base = ensure_family_base(MICRO.name, actor=actor)
+    assert ensure_family_base(MICRO.name, actor=actor) == base
+
+    monkeypatch.setitem(FAMILY, MICRO.name, replace(MICRO, recipe=MICRO.recipe + 1))
+    with pytest.raises(Conflict, match="older recipe"):
+        ensure_family_base(MICRO.name, actor=actor)
+    assert weights_digest(base.path) == base.digest
