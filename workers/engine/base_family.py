@@ -56,7 +56,7 @@ class BaseSpec:
 
 FAMILY = {
     "mint-s": BaseSpec("mint-s", hidden_size=128, layers=4, heads=4, intermediate_size=384, steps=1500),
-    "mint-m": BaseSpec("mint-m", hidden_size=320, layers=6, heads=5, intermediate_size=960, steps=3000),
+    "mint-m": BaseSpec("mint-m", hidden_size=320, layers=6, heads=5, intermediate_size=960, steps=2000),
     "mint-l": BaseSpec("mint-l", hidden_size=768, layers=8, heads=12, intermediate_size=2048, steps=6000),
 }
 SMALLEST = "mint-s"
