@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint migrate clean bases eval-report
+.PHONY: install demo test lint migrate clean bases eval-report bench-console
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "MinT needs Python 3.11, found " + sys.version'
@@ -42,6 +42,12 @@ bases: migrate
 # Train adapters for generated people on mint-s and print the suite table.
 eval-report: migrate
 	$(BIN)/python manage.py eval_report
+
+# Load a million adapters (3 million revisions) once, then time the console's main pages.
+# Point DATABASE_URL at PostgreSQL for the real figure (SQLite works, slowly).
+bench-console: migrate
+	$(BIN)/python manage.py bulk_seed --if-empty
+	$(BIN)/python manage.py bench_console
 
 clean:
 	rm -rf var/test .pytest_cache

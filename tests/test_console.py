@@ -214,13 +214,40 @@ def test_people_search_filters_by_handle(console, person):
     assert [p.handle for p in response.context["page"].object_list] == ["alice"]
 
 
-def test_people_list_paginates_by_fifty(console):
-    Person.objects.bulk_create(Person(handle=f"p{i:03d}") for i in range(60))
-    first = console.get(reverse("console:people"))
-    second = console.get(reverse("console:people"), {"page": 2})
-    assert len(first.context["page"].object_list) == 50
-    assert len(second.context["page"].object_list) == 10
-    assert "page=2" in first.content.decode()
+def test_people_list_pages_by_fifty_with_cursors_that_keep_the_search(console):
+    Person.objects.bulk_create(Person(handle=f"p{i:03d}") for i in range(120))
+    Person.objects.create(handle="zed")
+    first = console.get(reverse("console:people"), {"q": "p"})
+    handles = [p.handle for p in first.context["page"].object_list]
+    assert handles == [f"p{i:03d}" for i in range(50)]
+    page = first.context["page"]
+    assert not page.has_previous and page.has_next and "q=p" in page.next_query
+
+    second = console.get(reverse("console:people") + "?" + page.next_query)
+    assert second.context["page"].object_list[0].handle == "p050"
+    third = console.get(reverse("console:people") + "?" + second.context["page"].next_query)
+    assert [p.handle for p in third.context["page"].object_list] == [f"p{i:03d}" for i in range(100, 120)]
+    assert not third.context["page"].has_next
+
+    back = console.get(reverse("console:people") + "?" + third.context["page"].previous_query)
+    assert [p.handle for p in back.context["page"].object_list] == [f"p{i:03d}" for i in range(50, 100)]
+    assert back.context["page"].has_previous and back.context["page"].has_next
+
+
+def test_people_list_counts_each_persons_adapters_and_live_ones(console, r2):
+    promote(r2, actor=SYSTEM, reason="first")
+    create_person("bob", actor=SYSTEM)
+    rows = {
+        p.handle: (p.adapter_count, p.live_count)
+        for p in console.get(reverse("console:people")).context["page"].object_list
+    }
+    assert rows == {"alice": (1, 1), "bob": (0, 0)}
+
+
+def test_a_damaged_page_link_gets_a_clear_answer(console):
+    response = console.get(reverse("console:people"), {"after": "not-a-cursor!"})
+    assert response.status_code == 400
+    assert "damaged" in response.content.decode()
 
 
 def test_person_page_shows_adapters_datasets_and_history(console, r2):

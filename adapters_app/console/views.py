@@ -12,6 +12,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from adapters_app.console import charts
+from adapters_app.console.counts import fleet_counts
+from adapters_app.console.keyset import BadCursor, keyset_page
 from adapters_app.lifecycle import jobs as job_service
 from adapters_app.lifecycle import pointer
 from adapters_app.lifecycle.actors import Actor
@@ -111,13 +113,10 @@ def _duration(seconds: float | None) -> str:
 @login_required
 def overview(request: HttpRequest) -> HttpResponse:
     active_jobs = Job.objects.filter(state__in=Job.ACTIVE_STATES).select_related("adapter__person")
+    counts, estimated = fleet_counts()
     context = {
-        "counts": {
-            "people": Person.objects.count(),
-            "adapters": Adapter.objects.count(),
-            "revisions": Revision.objects.count(),
-            "live_adapters": Adapter.objects.filter(live_revision__isnull=False).count(),
-        },
+        "counts": counts,
+        "estimated": estimated,
         "active_jobs": active_jobs[:PAGE_SIZE],
         "pointer_events": PointerEvent.objects.select_related(
             "adapter__person", "from_revision", "to_revision"
@@ -141,14 +140,27 @@ def _gate_events() -> list[AuditEvent]:
 
 @login_required
 def people(request: HttpRequest) -> HttpResponse:
-    q = request.GET.get("q", "").strip()
-    queryset = Person.objects.annotate(
-        adapter_count=Count("adapters", distinct=True),
-        live_count=Count("adapters", filter=Q(adapters__live_revision__isnull=False), distinct=True),
-    ).order_by("handle")
+    # Handles are lowercase; a prefix search walks the handle index, where a
+    # substring search would scan every person.
+    q = request.GET.get("q", "").strip().lower()
+    queryset = Person.objects.all()
     if q:
-        queryset = queryset.filter(handle__icontains=q)
-    return render(request, "console/people.html", {"page": _page(request, queryset), "q": q})
+        queryset = queryset.filter(handle__startswith=q)
+    try:
+        page = keyset_page(queryset, ("handle",), request.GET)
+    except BadCursor as exc:
+        return render(request, "console/people.html", {"page": None, "q": q, "error": str(exc)}, status=400)
+    # Counted for the page's people only, not joined into the paged query.
+    counts = {
+        row["person_id"]: row
+        for row in Adapter.objects.filter(person__in=page.object_list)
+        .values("person_id")
+        .annotate(adapters=Count("id"), live=Count("id", filter=Q(live_revision__isnull=False)))
+    }
+    for person in page.object_list:
+        person.adapter_count = counts.get(person.pk, {}).get("adapters", 0)
+        person.live_count = counts.get(person.pk, {}).get("live", 0)
+    return render(request, "console/people.html", {"page": page, "q": q})
 
 
 @login_required
