@@ -244,10 +244,26 @@ def test_people_list_counts_each_persons_adapters_and_live_ones(console, r2):
     assert rows == {"alice": (1, 1), "bob": (0, 0)}
 
 
-def test_a_damaged_page_link_gets_a_clear_answer(console):
-    response = console.get(reverse("console:people"), {"after": "not-a-cursor!"})
-    assert response.status_code == 400
+def test_a_damaged_page_link_goes_back_to_the_first_page_with_the_same_search_and_says_why(console, person):
+    response = console.get(reverse("console:people"), {"q": "ali", "after": "not-a-cursor!"}, follow=True)
+    assert response.redirect_chain == [(reverse("console:people") + "?q=ali", 302)]
+    assert [p.handle for p in response.context["page"].object_list] == ["alice"]
     assert "damaged" in response.content.decode()
+
+
+def test_every_list_pages_by_cursor_newest_first(console, adapter, dataset):
+    for _ in range(55):
+        Job.objects.create(kind=Job.EVALUATE, adapter=adapter, dataset=dataset, created_by="ops")
+    first = console.get(reverse("console:jobs")).context["page"]
+    second = console.get(reverse("console:jobs") + "?" + first.next_query).context["page"]
+    ids = [job.pk for job in first.object_list + second.object_list]
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 55
+
+
+def test_the_adapters_list_filters_by_base_model(console, adapter):
+    shown = console.get(reverse("console:adapters"), {"base": adapter.base.name}).context["page"].object_list
+    assert [a.handle for a in shown] == ["alice/assistant"]
+    assert console.get(reverse("console:adapters"), {"base": "other"}).context["page"].object_list == []
 
 
 def test_person_page_shows_adapters_datasets_and_history(console, r2):

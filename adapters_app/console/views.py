@@ -2,10 +2,10 @@
 shows what happened; the rules themselves live in `adapters_app.lifecycle`."""
 
 from dataclasses import dataclass, field
+from functools import wraps
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
 from django.db.models import Count, Prefetch, Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -13,7 +13,7 @@ from django.views.decorators.http import require_POST
 
 from adapters_app.console import charts
 from adapters_app.console.counts import fleet_counts
-from adapters_app.console.keyset import BadCursor, keyset_page
+from adapters_app.console.keyset import BadCursor, KeysetPage, keyset_page
 from adapters_app.lifecycle import jobs as job_service
 from adapters_app.lifecycle import pointer
 from adapters_app.lifecycle.actors import Actor
@@ -49,6 +49,8 @@ from workers.engine.suites import SUITE_FORMAT
 from workers.engine.training import INIT_METHODS, TrainingConfig
 
 PAGE_SIZE = 50
+# Lists of events and jobs read newest first; the id breaks ties in a timestamp.
+NEWEST_FIRST = ("-created_at", "-id")
 RECENT = 10
 # Training settings the console form offers; anything left blank keeps TrainingConfig's default.
 TRAIN_FIELDS = ("rank", "steps", "seed", "learning_rate", "init")
@@ -65,8 +67,35 @@ def _actor(request: HttpRequest) -> Actor:
     return Actor.from_user(request.user, via="console")
 
 
-def _page(request: HttpRequest, queryset):
-    return Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
+class _DamagedPageLink(Exception):
+    def __init__(self, response: HttpResponse):
+        self.response = response
+
+
+def _page(request: HttpRequest, queryset, order: tuple[str, ...]) -> KeysetPage:
+    """The requested keyset page of a list. A damaged cursor sends the operator back
+    to the first page (same search and filters) with a message, rather than an error page."""
+    try:
+        return keyset_page(queryset, order, request.GET)
+    except BadCursor as exc:
+        query = request.GET.copy()
+        query.pop("after", None)
+        query.pop("before", None)
+        messages.error(request, str(exc))
+        raise _DamagedPageLink(redirect(f"{request.path}?{query.urlencode()}")) from None
+
+
+def _listing(view):
+    """Lets a list view answer a damaged page link with the redirect `_page` prepared."""
+
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        try:
+            return view(request, *args, **kwargs)
+        except _DamagedPageLink as damaged:
+            return damaged.response
+
+    return wrapper
 
 
 def _person_or_404(handle: str) -> Person:
@@ -139,6 +168,7 @@ def _gate_events() -> list[AuditEvent]:
 
 
 @login_required
+@_listing
 def people(request: HttpRequest) -> HttpResponse:
     # Handles are lowercase; a prefix search walks the handle index, where a
     # substring search would scan every person.
@@ -146,10 +176,7 @@ def people(request: HttpRequest) -> HttpResponse:
     queryset = Person.objects.all()
     if q:
         queryset = queryset.filter(handle__startswith=q)
-    try:
-        page = keyset_page(queryset, ("handle",), request.GET)
-    except BadCursor as exc:
-        return render(request, "console/people.html", {"page": None, "q": q, "error": str(exc)}, status=400)
+    page = _page(request, queryset, ("handle",))
     # Counted for the page's people only, not joined into the paged query.
     counts = {
         row["person_id"]: row
@@ -164,27 +191,43 @@ def people(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
+@_listing
 def adapters(request: HttpRequest) -> HttpResponse:
-    live = request.GET.get("live", "")
-    queryset = (
-        Adapter.objects.select_related("person", "base", "live_revision")
-        .annotate(revision_count=Count("revisions"))
-        .order_by("person__handle", "name")
-    )
+    live, base = request.GET.get("live", ""), request.GET.get("base", "")
+    queryset = Adapter.objects.select_related("person", "base", "live_revision")
     if live == "yes":
         queryset = queryset.filter(live_revision__isnull=False)
     elif live == "no":
         queryset = queryset.filter(live_revision__isnull=True)
-    return render(request, "console/adapters.html", {"page": _page(request, queryset), "live": live})
+    if base:
+        queryset = queryset.filter(base__name=base)
+    page = _page(request, queryset, ("person__handle", "name"))
+    counts = dict(
+        Revision.objects.filter(adapter__in=page.object_list)
+        .values("adapter_id")
+        .annotate(n=Count("id"))
+        .values_list("adapter_id", "n")
+    )
+    for adapter in page.object_list:
+        adapter.revision_count = counts.get(adapter.pk, 0)
+    context = {
+        "page": page,
+        "live": live,
+        "base": base,
+        "bases": BaseModel.objects.values_list("name", flat=True),
+    }
+    return render(request, "console/adapters.html", context)
 
 
 @login_required
+@_listing
 def revisions(request: HttpRequest) -> HttpResponse:
-    queryset = Revision.objects.select_related("adapter__person", "parent").order_by("-created_at", "-id")
-    return render(request, "console/revisions.html", {"page": _page(request, queryset)})
+    queryset = Revision.objects.select_related("adapter__person", "parent")
+    return render(request, "console/revisions.html", {"page": _page(request, queryset, NEWEST_FIRST)})
 
 
 @login_required
+@_listing
 def jobs(request: HttpRequest) -> HttpResponse:
     state, kind = request.GET.get("state", ""), request.GET.get("kind", "")
     queryset = Job.objects.select_related("adapter__person", "revision", "result_revision")
@@ -193,7 +236,7 @@ def jobs(request: HttpRequest) -> HttpResponse:
     if kind:
         queryset = queryset.filter(kind=kind)
     context = {
-        "page": _page(request, queryset),
+        "page": _page(request, queryset, NEWEST_FIRST),
         "state": state,
         "kind": kind,
         "states": [s for s, _ in Job.STATES],
@@ -203,6 +246,7 @@ def jobs(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
+@_listing
 def audit(request: HttpRequest) -> HttpResponse:
     actor, person_handle = request.GET.get("actor", "").strip(), request.GET.get("person", "").strip()
     queryset = AuditEvent.objects.all()
@@ -210,7 +254,7 @@ def audit(request: HttpRequest) -> HttpResponse:
         queryset = queryset.filter(actor_name=actor)
     if person_handle:
         queryset = queryset.filter(person_handle=person_handle)
-    context = {"page": _page(request, queryset), "actor": actor, "person": person_handle}
+    context = {"page": _page(request, queryset, NEWEST_FIRST), "actor": actor, "person": person_handle}
     return render(request, "console/audit.html", context)
 
 
