@@ -53,7 +53,10 @@ def seed(
         trainings[adapter.handle] = jobs.start_training(
             adapter, train_set, config=config, actor=actor, auto_promote=False
         )
-    log(f"  training {len(trainings)} adapters on {base.name} (watch them at /jobs/)")
+    if trainings:
+        log(f"  training {len(trainings)} adapters on {base.name} (watch them at /jobs/)")
+    else:
+        log(f"  all {people} people exist already")
 
     deadline = time.monotonic() + timeout
     evaluations = {}
