@@ -590,3 +590,25 @@ def test_adapters_and_revisions_lists_back_the_overview_counts(console, r2):
     assert not console.get(reverse("console:adapters"), {"live": "no"}).context["page"].object_list
     revisions = console.get(reverse("console:revisions")).context["page"].object_list
     assert [r.label for r in revisions] == ["r2", "r1"]
+
+
+def test_a_retrain_starts_from_the_live_revisions_recipe(console, adapter, dataset, tiny_payload):
+    from adapters_app.lifecycle.revisions import create_revision
+    from workers.engine.training import TrainingConfig
+
+    recipe = TrainingConfig(steps=150, batch_size=16, replay=0.5, targets="attention").as_dict()
+    live = create_revision(
+        adapter, tiny_payload, dataset=dataset, training_config=recipe, parent=None, job=None, actor=SYSTEM
+    )
+    promote(live, actor=SYSTEM, reason="first")
+    form = console.get(adapter_url("adapter")).content.decode()
+    assert 'name="steps" type="number" min="1" max="100000" value="150"' in form
+
+    console.post(adapter_url("train"), {"dataset": dataset.pk, "steps": "200"})
+    config = Job.objects.get().params["config"]
+    assert (config["steps"], config["replay"], config["targets"], config["batch_size"]) == (
+        200,
+        0.5,
+        "attention",
+        16,
+    )

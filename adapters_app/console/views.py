@@ -46,13 +46,14 @@ from workers.engine.examples import Message
 from workers.engine.prompting import render_prompt
 from workers.engine.runtime import SamplingParams
 from workers.engine.suites import SUITE_FORMAT
-from workers.engine.training import INIT_METHODS, TrainingConfig
+from workers.engine.training import INIT_METHODS
 
 PAGE_SIZE = 50
 # Lists of events and jobs read newest first; the id breaks ties in a timestamp.
 NEWEST_FIRST = ("-created_at", "-id")
 RECENT = 10
-# Training settings the console form offers; anything left blank keeps TrainingConfig's default.
+# Training settings the console form offers; the rest (and any left blank) keep the live
+# revision's recipe, or TrainingConfig's defaults when nothing is live.
 TRAIN_FIELDS = ("rank", "steps", "seed", "learning_rate", "init")
 # The older evaluation: held-out loss and token accuracy on training-format rows.
 HELDOUT = "heldout"
@@ -450,7 +451,7 @@ def _adapter_context(request: HttpRequest, subject: Adapter, playground: Playgro
         "thresholds": _gate_thresholds(subject),
         "active_jobs": subject.jobs.filter(state__in=Job.ACTIVE_STATES),
         "recent_jobs": subject.jobs.select_related("revision", "result_revision")[:RECENT],
-        "defaults": TrainingConfig(),
+        "defaults": job_service.retrain_config(subject),
         "init_methods": list(INIT_METHODS),
         "suite_chart": charts.suite_scores_figure(
             revision_list, {rev.number: dict(rev.suite_scores) for rev in revision_list}, base_scores
@@ -480,7 +481,9 @@ def train(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
     if dataset is None:
         messages.error(request, "Choose one of this person's datasets to train on.")
         return redirect(subject)
-    config = {name: value for name in TRAIN_FIELDS if (value := request.POST.get(name, "").strip())}
+    # The form shows the live revision's recipe; settings it does not show carry over too.
+    config = job_service.retrain_config(subject).as_dict()
+    config.update({name: value for name in TRAIN_FIELDS if (value := request.POST.get(name, "").strip())})
     try:
         job = job_service.start_training(
             subject,

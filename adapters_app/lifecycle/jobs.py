@@ -56,6 +56,18 @@ def start_training(
     )
 
 
+def retrain_config(adapter: Adapter) -> TrainingConfig:
+    """What a retrain starts from: the live revision's recipe (rank, steps, replay, targets…),
+    so an operator changes what they mean to and keeps the rest; defaults with nothing live."""
+    live = adapter.live_revision
+    if live is None:
+        return TrainingConfig()
+    try:
+        return TrainingConfig.from_dict(live.training_config)
+    except TrainingConfigInvalid:  # a recipe from an older code version
+        return TrainingConfig()
+
+
 def start_evaluation(
     adapter: Adapter, dataset: Dataset, *, revision: Revision | None, actor: Actor, then_promote: bool = False
 ) -> Job:
