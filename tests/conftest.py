@@ -61,9 +61,18 @@ def isolated_store(request, settings, tmp_path):
         settings.MINT_STORE = f"file://{tmp_path}/store"
 
 
+def with_role(user, role: str):
+    """Put `user` in the console role's group (created here too: a transactional test's
+    flush removes the groups the migration made)."""
+    from django.contrib.auth.models import Group
+
+    Group.objects.get_or_create(name=role)[0].user_set.add(user)
+    return user
+
+
 @pytest.fixture
 def actor(django_user_model):
-    user = django_user_model.objects.create_user("olivia", password="pw-olivia-123")
+    user = with_role(django_user_model.objects.create_user("olivia", password="pw-olivia-123"), "admin")
     return Actor.from_user(user, via="console")
 
 
@@ -163,7 +172,9 @@ def api(client, django_user_model, micro_base):
 
     from adapters_app.models import ApiKey
 
-    _, raw = ApiKey.issue(django_user_model.objects.create_user("ops", password="pw-ops-12345"))
+    _, raw = ApiKey.issue(
+        with_role(django_user_model.objects.create_user("ops", password="pw-ops-12345"), "admin")
+    )
 
     def call(method: str, path: str, body=None, *, raw_body: bytes | None = None, expect: int = 200):
         data = raw_body if raw_body is not None else (json.dumps(body) if body is not None else None)

@@ -5,14 +5,14 @@ import json
 import pytest
 
 from adapters_app.models import ApiKey, AuditEvent, Dataset, Job
-from tests.conftest import FACTS
+from tests.conftest import FACTS, with_role
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def key(django_user_model, micro_base):
-    _, raw = ApiKey.issue(django_user_model.objects.create_user("ops"))
+    _, raw = ApiKey.issue(with_role(django_user_model.objects.create_user("ops"), "admin"))
     return raw
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import with_role
 from workers.engine.base_family import BaseSpec, build_base
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -29,7 +30,7 @@ def open_console(live_server, django_user_model):
     """Log an operator in and yield the page. Set up data before opening it: while
     Playwright's event loop runs, ORM calls in this thread would open a second,
     never-closed database connection."""
-    django_user_model.objects.create_user("operator", password="pw-operator-1", is_staff=True)
+    with_role(django_user_model.objects.create_user("operator", password="pw-operator-1"), "operator")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
     @contextlib.contextmanager

@@ -19,6 +19,7 @@ from adapters_app.lifecycle.people import create_adapter, create_person
 from adapters_app.lifecycle.pointer import promote
 from adapters_app.lifecycle.revisions import create_revision
 from adapters_app.models import AuditEvent, Evaluation, Job, Person, PointerEvent
+from tests.conftest import with_role
 from workers.engine.training import TrainingConfig
 
 pytestmark = pytest.mark.django_db
@@ -64,7 +65,9 @@ def store(settings, tmp_path):
 
 @pytest.fixture
 def operator(django_user_model):
-    return django_user_model.objects.create_user("ops", password="secret-pass", is_staff=True)
+    return with_role(
+        django_user_model.objects.create_user("ops", password="secret-pass", is_staff=True), "admin"
+    )
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from adapters_app.lifecycle.errors import Invalid
 from adapters_app.lifecycle.people import create_adapter
 from adapters_app.lifecycle.storage import get_store
 from adapters_app.models import ApiKey, AuditEvent, Dataset
-from tests.conftest import FACTS, OTHER_FACTS
+from tests.conftest import FACTS, OTHER_FACTS, with_role
 from workers.engine import examples
 
 pytestmark = pytest.mark.django_db
@@ -67,7 +67,7 @@ def small_file_limit(monkeypatch):
 
 @pytest.fixture
 def api_key(django_user_model):
-    _, raw = ApiKey.issue(django_user_model.objects.create_user("ops"))
+    _, raw = ApiKey.issue(with_role(django_user_model.objects.create_user("ops"), "admin"))
     return raw
 
 

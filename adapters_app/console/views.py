@@ -6,6 +6,7 @@ from functools import wraps
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Prefetch, Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -15,7 +16,7 @@ from adapters_app.console import charts
 from adapters_app.console.counts import fleet_counts
 from adapters_app.console.keyset import BadCursor, KeysetPage, keyset_page
 from adapters_app.lifecycle import jobs as job_service
-from adapters_app.lifecycle import pointer
+from adapters_app.lifecycle import pointer, roles
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.datasets import upload_dataset
 from adapters_app.lifecycle.errors import LifecycleError, NotFound
@@ -62,6 +63,22 @@ OPEN_ITEMS = 10
 GATE_EVENTS = ("adapter.auto_promote_refused", "adapter.gate_override")
 # Greedy and short: the playground compares models, it is not a chat.
 PLAYGROUND_PARAMS = SamplingParams(max_tokens=64, temperature=0.0)
+
+
+def requires(action: str):
+    """Refuse, with a 403, a console action the user's role does not allow: buttons are
+    hidden from such users, so a request for one is forged or stale."""
+
+    def decorate(view):
+        @wraps(view)
+        def wrapper(request, *args, **kwargs):
+            if not roles.allows(roles.role_of(request.user), action):
+                raise PermissionDenied(f"{action} needs the {roles.REQUIRED[action]} role")
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 def _actor(request: HttpRequest) -> Actor:
@@ -284,6 +301,7 @@ def person(request: HttpRequest, handle: str) -> HttpResponse:
 
 @login_required
 @require_POST
+@requires("person.create")
 def person_create(request: HttpRequest) -> HttpResponse:
     handle = request.POST.get("handle", "").strip()
     try:
@@ -299,6 +317,7 @@ def person_create(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
+@requires("adapter.create")
 def adapter_create(request: HttpRequest, handle: str) -> HttpResponse:
     subject = _person_or_404(handle)
     base = BaseModel.objects.filter(pk=request.POST.get("base") or None).first()
@@ -322,6 +341,7 @@ def adapter_create(request: HttpRequest, handle: str) -> HttpResponse:
 
 @login_required
 @require_POST
+@requires("dataset.upload")
 def dataset_upload(request: HttpRequest, handle: str) -> HttpResponse:
     subject = _person_or_404(handle)
     upload = request.FILES.get("file")
@@ -475,6 +495,7 @@ def _chosen_dataset(request: HttpRequest, adapter: Adapter) -> Dataset | None:
 
 @login_required
 @require_POST
+@requires("train")
 def train(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
     subject = _adapter_or_404(handle, adapter)
     dataset = _chosen_dataset(request, subject)
@@ -502,6 +523,7 @@ def train(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
 
 @login_required
 @require_POST
+@requires("evaluate")
 def evaluate(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
     subject = _adapter_or_404(handle, adapter)
     dataset = _chosen_dataset(request, subject)
@@ -522,6 +544,7 @@ def evaluate(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
 
 @login_required
 @require_POST
+@requires("promote")
 def promote(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
     subject = _adapter_or_404(handle, adapter)
     try:
@@ -541,6 +564,7 @@ def promote(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
 
 @login_required
 @require_POST
+@requires("rollback")
 def rollback(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
     subject = _adapter_or_404(handle, adapter)
     label = request.POST.get("revision", "").strip()
@@ -566,6 +590,7 @@ def _threshold(raw: str) -> float | str:
 
 @login_required
 @require_POST
+@requires("gate.configure")
 def gate(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
     subject = _adapter_or_404(handle, adapter)
     chosen = request.POST.get("eval_dataset", "").strip()
@@ -637,6 +662,7 @@ def _play(subject: Adapter, prompt: str, label: str) -> Playground:
 
 @login_required
 @require_POST
+@requires("infer")
 def playground(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
     subject = _adapter_or_404(handle, adapter)
     played = _play(subject, request.POST.get("prompt", ""), request.POST.get("revision", "").strip())
@@ -747,6 +773,7 @@ def job(request: HttpRequest, job_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
+@requires("job.cancel")
 def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
     found = get_object_or_404(Job.objects.select_related("adapter__person"), pk=job_id)
     try:
@@ -763,6 +790,7 @@ def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
+@requires("job.retry")
 def job_retry(request: HttpRequest, job_id: int) -> HttpResponse:
     found = get_object_or_404(Job.objects.select_related("adapter__person"), pk=job_id)
     try:

@@ -8,10 +8,14 @@ class Actor:
     name: str
     via: str
     user_id: int | None = None
+    # What the actor may do (see lifecycle.roles); workers and commands act as the system.
+    role: str = "system"
 
     @classmethod
     def from_user(cls, user, via: str) -> "Actor":
-        return cls(name=user.get_username(), via=via, user_id=user.pk)
+        from adapters_app.lifecycle.roles import role_of
+
+        return cls(name=user.get_username(), via=via, user_id=user.pk, role=role_of(user))
 
     @classmethod
     def system(cls, via: str = "system") -> "Actor":

@@ -6,6 +6,7 @@ from django.db import transaction
 from adapters_app.lifecycle import audit
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.errors import Conflict, Invalid
+from adapters_app.lifecycle.roles import authorize
 from adapters_app.models import BaseModel
 from adapters_app.models.person import validate_handle
 from workers.engine import base_models as engine_bases
@@ -15,6 +16,7 @@ MICRO_BASE_NAME = "mint-micro"
 
 def register_base_model(name: str, path: str | Path, *, actor: Actor) -> BaseModel:
     """Register a local HF causal-LM folder; the same weights register once."""
+    authorize(actor, "base_model.register")
     from django.core.exceptions import ValidationError
 
     try:

@@ -6,6 +6,7 @@ from django.db import transaction
 from adapters_app.lifecycle import audit
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.errors import Invalid, NotFound
+from adapters_app.lifecycle.roles import authorize
 from adapters_app.lifecycle.storage import get_store
 from adapters_app.models import Dataset, Person
 from workers.engine.examples import DatasetInvalid, Example, parse_jsonl
@@ -21,6 +22,7 @@ def upload_dataset(
     A bad file raises Invalid with line-numbered errors and writes nothing.
     The same bytes uploaded twice for a person return the existing dataset.
     """
+    authorize(actor, "dataset.upload")
     if purpose not in dict(Dataset.PURPOSES):
         raise Invalid(f"purpose must be one of {', '.join(dict(Dataset.PURPOSES))}")
     try:

@@ -16,6 +16,7 @@ from django.db import transaction
 from adapters_app.lifecycle import audit
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.errors import Conflict, Invalid
+from adapters_app.lifecycle.roles import authorize
 from adapters_app.models import Adapter, Evaluation, Revision
 from workers.engine.suites import SUITE_FORMAT
 
@@ -144,6 +145,7 @@ def configure_gate(
     auto_promote: bool | None = None,
 ) -> Adapter:
     """Set the adapter's evaluation dataset, thresholds and auto-promotion (audited)."""
+    authorize(actor, "gate.configure")
     changes: dict = {}
     if eval_dataset is not None:
         if eval_dataset.person_id != adapter.person_id:

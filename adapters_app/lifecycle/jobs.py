@@ -14,6 +14,7 @@ from django.db import transaction
 from adapters_app.lifecycle import audit
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.errors import Conflict, Invalid
+from adapters_app.lifecycle.roles import authorize
 from adapters_app.lifecycle.storage import get_store
 from adapters_app.models import Adapter, Dataset, Job, Revision
 from mintweb.celery import app as celery_app
@@ -35,6 +36,7 @@ def start_training(
     """Train a new revision. With auto-promotion (the adapter's setting unless given
     here) the new revision is then evaluated on the adapter's evaluation set and
     promoted if it passes its gate."""
+    authorize(actor, "train")
     if dataset.person_id != adapter.person_id:
         raise Invalid(f"dataset {dataset.pk} belongs to another person")
     if dataset.format == SUITE_FORMAT:
@@ -76,6 +78,7 @@ def start_evaluation(
     On an evaluation set (suite items) every item is generated and graded; on
     training-format rows the held-out loss and token accuracy are measured.
     `then_promote` promotes the revision afterwards if its gate passes."""
+    authorize(actor, "evaluate")
     if dataset.person_id != adapter.person_id:
         raise Invalid(f"dataset {dataset.pk} belongs to another person")
     if revision is not None and revision.adapter_id != adapter.pk:
@@ -96,6 +99,7 @@ def start_evaluation(
 def start_inference(
     adapter: Adapter, revision: Revision | None, *, prompt: str, max_tokens: int, actor: Actor
 ) -> Job:
+    authorize(actor, "infer")
     if not prompt.strip():
         raise Invalid("prompt is empty")
     if not 1 <= max_tokens <= 1024:
@@ -133,6 +137,7 @@ def _launch(kind: str, actor: Actor, **fields) -> Job:
 
 def cancel_job(job: Job, *, actor: Actor) -> Job:
     """A queued job is cancelled at once; a running one stops at its next step."""
+    authorize(actor, "job.cancel")
     before = job.state
     with transaction.atomic():
         if job.state == Job.QUEUED and job.mark_cancelled():
@@ -149,6 +154,7 @@ def cancel_job(job: Job, *, actor: Actor) -> Job:
 
 
 def retry_job(job: Job, *, actor: Actor) -> Job:
+    authorize(actor, "job.retry")
     if job.state not in (Job.FAILED, Job.CANCELLED):
         raise Conflict(f"job {job.pk} is {job.state}; only failed or cancelled jobs can be retried")
     return _launch(

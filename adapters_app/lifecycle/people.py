@@ -4,6 +4,7 @@ from django.db import IntegrityError, transaction
 from adapters_app.lifecycle import audit
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.errors import Conflict, Invalid, NotFound
+from adapters_app.lifecycle.roles import authorize
 from adapters_app.lifecycle.storage import get_store
 from adapters_app.models import Adapter, BaseModel, Dataset, Person, Revision
 from adapters_app.models.person import validate_handle
@@ -18,6 +19,7 @@ def _valid_handle(value: str, what: str) -> str:
 
 
 def create_person(handle: str, *, display_name: str = "", actor: Actor) -> Person:
+    authorize(actor, "person.create")
     _valid_handle(handle, "person")
     try:
         with transaction.atomic():
@@ -38,6 +40,7 @@ def get_person(handle: str) -> Person:
 def create_adapter(
     person: Person, name: str, *, base: BaseModel, description: str = "", actor: Actor
 ) -> Adapter:
+    authorize(actor, "adapter.create")
     _valid_handle(name, "adapter")
     try:
         with transaction.atomic():

@@ -11,12 +11,14 @@ from adapters_app.lifecycle import audit
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.errors import Conflict, Invalid
 from adapters_app.lifecycle.gates import GateFailed, verdict
+from adapters_app.lifecycle.roles import authorize
 from adapters_app.models import Adapter, PointerEvent, Revision
 
 
 def promote(revision: Revision, *, actor: Actor, reason: str = "", override_reason: str = "") -> PointerEvent:
     """Make `revision` live. A revision that fails its adapter's gate is refused
     unless `override_reason` says why it should serve anyway; the override is audited."""
+    authorize(actor, "promote")
     with transaction.atomic():
         adapter = Adapter.objects.select_for_update().select_related("person").get(pk=revision.adapter_id)
         if adapter.live_revision_id == revision.pk:
@@ -50,6 +52,7 @@ def rollback(adapter: Adapter, *, to: Revision | None = None, actor: Actor, reas
     A target must belong to the adapter and have been live before: rollback
     returns to known state; a revision never served is promoted, not rolled back to.
     """
+    authorize(actor, "rollback")
     with transaction.atomic():
         adapter = Adapter.objects.select_for_update().select_related("person").get(pk=adapter.pk)
         if adapter.live_revision_id is None:
