@@ -12,7 +12,6 @@ from adapters_app.lifecycle.base_models import ensure_family_base
 from adapters_app.lifecycle.errors import LifecycleError
 from adapters_app.management.progress import progress_bar
 from workers.engine.base_family import FAMILY, SMALLEST
-from workers.engine.base_models import weights_digest
 from workers.engine.persona_world import generate_world
 from workers.engine.report import REPORT_TRAINING, personalization_report
 from workers.engine.training import TrainingConfig, TrainingConfigInvalid
@@ -54,7 +53,7 @@ class Command(BaseCommand):
         started = time.monotonic()
         report = personalization_report(
             str(folder),
-            weights_digest(folder),
+            registered.digest,
             world,
             base_name=base,
             people=people,
