@@ -7,7 +7,8 @@ from collections.abc import Iterable
 
 from django.db import transaction
 
-from adapters_app.models import BaseModel, Dataset, Evaluation, EvaluationItem, Job, Revision
+from adapters_app.lifecycle.gates import refresh_gate_status
+from adapters_app.models import Adapter, BaseModel, Dataset, Evaluation, EvaluationItem, Job, Revision
 
 
 def record_suite_results(
@@ -49,4 +50,12 @@ def record_suite_results(
                 )
                 for r in items
             )
+        # A revision's scores judge it; the bare base's scores move the retention
+        # drop of every adapter gated on this set.
+        if revision is not None:
+            judged = [revision.adapter]
+        else:
+            judged = Adapter.objects.filter(base=base, eval_dataset__sha256=dataset.sha256)
+        for adapter in judged:
+            refresh_gate_status(adapter)
     return scores

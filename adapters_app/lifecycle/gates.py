@@ -184,4 +184,30 @@ def configure_gate(
             before=before,
             after=after,
         )
+        refresh_gate_status(adapter)
     return adapter
+
+
+def gate_status(adapter: Adapter) -> str:
+    """The gate verdict of the adapter's newest revision, as one of Adapter.GATE_STATUSES."""
+    newest = adapter.revisions.order_by("-number").first()
+    if newest is None:
+        return Adapter.UNTRAINED
+    newest.adapter = adapter
+    judged = verdict(newest)
+    if not judged.configured:
+        return Adapter.UNGATED
+    if not judged.evaluated:
+        return Adapter.UNEVALUATED
+    return Adapter.PASSED if judged.passed else Adapter.FAILED
+
+
+def refresh_gate_status(adapter: Adapter) -> str:
+    """Store `gate_status` (and when the adapter was last trained) on the adapter row, for
+    the lists to filter on. Called wherever a verdict can change: a new revision, a suite
+    evaluation, a gate change."""
+    status = gate_status(adapter)
+    newest = adapter.revisions.order_by("-created_at").values_list("created_at", flat=True).first()
+    Adapter.objects.filter(pk=adapter.pk).update(gate_status=status, last_trained_at=newest)
+    adapter.gate_status, adapter.last_trained_at = status, newest
+    return status

@@ -7,6 +7,7 @@ from django.db.models import Max
 from adapters_app.lifecycle import audit
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.errors import Invalid, NotFound
+from adapters_app.lifecycle.gates import refresh_gate_status
 from adapters_app.lifecycle.storage import get_store
 from adapters_app.models import Adapter, BaseModel, Dataset, Job, Revision
 from mintweb.version import code_version
@@ -73,6 +74,7 @@ def create_revision(
                 person_handle=locked.person.handle,
                 after={"sha256": revision.sha256, "number": number, "job": job.pk if job else None},
             )
+            refresh_gate_status(locked)
             if on_created is not None:
                 on_created(revision)
     except BaseException:

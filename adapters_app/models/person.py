@@ -24,6 +24,8 @@ class Person(models.Model):
 
     class Meta:
         ordering = ["handle"]
+        # The people list's "newest first" sort walks this index (keyset pages).
+        indexes = [models.Index(fields=["created_at", "id"], name="person_created")]
 
     def __str__(self) -> str:
         return self.handle
@@ -54,9 +56,34 @@ class Adapter(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
+    # Kept by the lifecycle services so the adapters list can filter and sort a
+    # million rows on an index instead of joining revisions and evaluations per page.
+    last_trained_at = models.DateTimeField(null=True, blank=True, editable=False)
+    UNTRAINED, UNGATED, UNEVALUATED = "untrained", "ungated", "unevaluated"
+    PASSED, FAILED = "passed", "failed"
+    GATE_STATUSES = [
+        (UNTRAINED, "no revisions"),
+        (UNGATED, "no gate"),
+        (UNEVALUATED, "not evaluated"),
+        (PASSED, "passed"),
+        (FAILED, "failed"),
+    ]
+    gate_status = models.CharField(
+        max_length=12,
+        choices=GATE_STATUSES,
+        default=UNTRAINED,
+        editable=False,
+        help_text="The gate verdict of the newest revision (lifecycle.gates.refresh_gate_status)",
+    )
+
     class Meta:
         constraints = [models.UniqueConstraint(fields=["person", "name"], name="adapter_unique_per_person")]
         ordering = ["person__handle", "name"]
+        indexes = [
+            models.Index(fields=["last_trained_at", "id"], name="adapter_last_trained"),
+            models.Index(fields=["created_at", "id"], name="adapter_created"),
+            models.Index(fields=["gate_status", "last_trained_at", "id"], name="adapter_gate_trained"),
+        ]
 
     def __str__(self) -> str:
         return self.handle

@@ -98,6 +98,9 @@ def load(command: BaseCommand, base: BaseModel, adapters: int, per_adapter: int,
                     "gate": "{}",
                     "auto_promote": False,
                     "created_at": created,
+                    # No evaluation set, so no gate: what refresh_gate_status would store.
+                    "last_trained_at": created + timedelta(seconds=per_adapter - 1),
+                    "gate_status": Adapter.UNGATED,
                 }
             )
             for n in range(per_adapter):
