@@ -269,6 +269,52 @@ def test_the_adapters_list_filters_by_base_model(console, adapter):
     assert console.get(reverse("console:adapters"), {"base": "other"}).context["page"].object_list == []
 
 
+def test_the_adapters_list_filters_by_gate_status_and_when_last_trained(console, r1, base):
+    create_adapter(Person.objects.get(handle="alice"), "drafts", base=base, actor=SYSTEM)
+
+    def shown(**params):
+        return [
+            a.handle for a in console.get(reverse("console:adapters"), params).context["page"].object_list
+        ]
+
+    assert shown(gate="ungated") == ["alice/assistant"]
+    assert shown(gate="untrained") == ["alice/drafts"]
+    assert shown(trained="1d") == ["alice/assistant"]
+    assert shown(trained="never") == ["alice/drafts"]
+    assert shown(trained="older") == []
+    # A value no form offers is ignored rather than failing the page.
+    assert shown(gate="bogus", trained="bogus") == ["alice/assistant", "alice/drafts"]
+
+
+def test_the_adapters_list_sorts_by_training_recency_leaving_out_untrained_ones(
+    console, adapter, dataset, base
+):
+    bob = create_person("bob", actor=SYSTEM)
+    later = create_adapter(bob, "assistant", base=base, actor=SYSTEM)
+    make_revision(adapter, dataset)
+    make_revision(later, upload_dataset(bob, TRAIN_JSONL, name="b.jsonl", actor=SYSTEM)[0])
+    create_adapter(bob, "untrained", base=base, actor=SYSTEM)
+
+    def shown(sort):
+        response = console.get(reverse("console:adapters"), {"sort": sort})
+        return [a.handle for a in response.context["page"].object_list], response.content.decode()
+
+    assert shown("trained")[0] == ["bob/assistant", "alice/assistant"]
+    assert "leaves out adapters with no revision yet" in shown("trained")[1]
+    assert shown("stalest")[0] == ["alice/assistant", "bob/assistant"]
+    assert shown("newest")[0] == ["bob/untrained", "bob/assistant", "alice/assistant"]
+    assert shown("handle")[0] == ["alice/assistant", "bob/assistant", "bob/untrained"]
+
+
+def test_the_people_list_sorts_newest_first_on_request(console, person):
+    create_person("aaron", actor=SYSTEM)
+    handles = [
+        p.handle
+        for p in console.get(reverse("console:people"), {"sort": "newest"}).context["page"].object_list
+    ]
+    assert handles == ["aaron", "alice"]
+
+
 def test_person_page_shows_adapters_datasets_and_history(console, r2):
     promote(r2, actor=SYSTEM, reason="better recall")
     page = console.get(reverse("console:person", args=["alice"])).content.decode()

@@ -107,3 +107,27 @@ def test_nonsense_thresholds_are_refused(adapter, actor):
 def test_a_training_dataset_cannot_be_the_evaluation_set(adapter, dataset, actor):
     with pytest.raises(Invalid, match="needs an evaluation set"):
         configure_gate(adapter, eval_dataset=dataset, actor=actor)
+
+
+def test_the_adapter_row_keeps_its_newest_revisions_gate_status_for_the_lists(
+    adapter, eval_set, make_revision, actor
+):
+    assert adapter.gate_status == "untrained" and adapter.last_trained_at is None
+    first = make_revision()
+    adapter.refresh_from_db()
+    assert adapter.gate_status == "ungated" and adapter.last_trained_at == first.created_at
+    configure_gate(adapter, eval_dataset=eval_set, actor=actor)
+    adapter.refresh_from_db()
+    assert adapter.gate_status == "unevaluated"
+    evaluate(adapter, eval_set, first, recall=(9, 10), tool=(9, 10), leakage=(10, 10), retention=(10, 10))
+    adapter.refresh_from_db()
+    assert adapter.gate_status == "failed"  # the retention drop needs the bare base's score
+    evaluate(adapter, eval_set, None, retention=(10, 10))
+    adapter.refresh_from_db()
+    assert adapter.gate_status == "passed"
+    evaluate(adapter, eval_set, first, recall=(9, 10), retention=(8, 10))
+    adapter.refresh_from_db()
+    assert adapter.gate_status == "failed"
+    second = make_revision()
+    adapter.refresh_from_db()
+    assert adapter.gate_status == "unevaluated" and adapter.last_trained_at == second.created_at

@@ -12,7 +12,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from adapters_app.console import charts
+from adapters_app.console import charts, filters
 from adapters_app.console.counts import fleet_counts
 from adapters_app.console.keyset import BadCursor, KeysetPage, keyset_page
 from adapters_app.lifecycle import jobs as job_service
@@ -194,7 +194,8 @@ def people(request: HttpRequest) -> HttpResponse:
     queryset = Person.objects.all()
     if q:
         queryset = queryset.filter(handle__startswith=q)
-    page = _page(request, queryset, ("handle",))
+    sort_key, sort = filters.sort_of(request.GET, filters.PEOPLE_SORTS)
+    page = _page(request, queryset, sort.order)
     # Counted for the page's people only, not joined into the paged query.
     counts = {
         row["person_id"]: row
@@ -205,21 +206,20 @@ def people(request: HttpRequest) -> HttpResponse:
     for person in page.object_list:
         person.adapter_count = counts.get(person.pk, {}).get("adapters", 0)
         person.live_count = counts.get(person.pk, {}).get("live", 0)
-    return render(request, "console/people.html", {"page": page, "q": q})
+    context = {"page": page, "q": q, "sort": sort_key, "sorts": filters.PEOPLE_SORTS}
+    return render(request, "console/people.html", context)
 
 
 @login_required
 @_listing
 def adapters(request: HttpRequest) -> HttpResponse:
-    live, base = request.GET.get("live", ""), request.GET.get("base", "")
-    queryset = Adapter.objects.select_related("person", "base", "live_revision")
-    if live == "yes":
-        queryset = queryset.filter(live_revision__isnull=False)
-    elif live == "no":
-        queryset = queryset.filter(live_revision__isnull=True)
-    if base:
-        queryset = queryset.filter(base__name=base)
-    page = _page(request, queryset, ("person__handle", "name"))
+    queryset = filters.filter_adapters(
+        Adapter.objects.select_related("person", "base", "live_revision"), request.GET
+    )
+    sort_key, sort = filters.sort_of(request.GET, filters.ADAPTER_SORTS)
+    if sort.requires is not None:
+        queryset = queryset.filter(sort.requires)
+    page = _page(request, queryset, sort.order)
     counts = dict(
         Revision.objects.filter(adapter__in=page.object_list)
         .values("adapter_id")
@@ -230,9 +230,17 @@ def adapters(request: HttpRequest) -> HttpResponse:
         adapter.revision_count = counts.get(adapter.pk, 0)
     context = {
         "page": page,
-        "live": live,
-        "base": base,
+        "live": request.GET.get("live", ""),
+        "base": request.GET.get("base", ""),
+        "gate": filters.chosen(request.GET, "gate", dict(Adapter.GATE_STATUSES)),
+        "trained": filters.chosen(request.GET, "trained", filters.TRAINED_WINDOWS),
+        "sort": sort_key,
+        "sort_leaves_out": sort.leaves_out,
+        "filtered": any(request.GET.get(name) for name in ("live", "base", "gate", "trained")),
         "bases": BaseModel.objects.values_list("name", flat=True),
+        "gate_statuses": Adapter.GATE_STATUSES,
+        "trained_windows": filters.TRAINED_WINDOWS,
+        "sorts": filters.ADAPTER_SORTS,
     }
     return render(request, "console/adapters.html", context)
 

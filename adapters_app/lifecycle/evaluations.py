@@ -52,8 +52,9 @@ def record_suite_results(
             )
         # A revision's scores judge it; the bare base's scores move the retention
         # drop of every adapter gated on this set.
+        # (Read afresh: the caller's adapter object may predate a gate change.)
         if revision is not None:
-            judged = [revision.adapter]
+            judged = Adapter.objects.filter(pk=revision.adapter_id)
         else:
             judged = Adapter.objects.filter(base=base, eval_dataset__sha256=dataset.sha256)
         for adapter in judged:
