@@ -134,6 +134,8 @@ MINT_BASES_DIR = Path(os.environ.get("MINT_BASES_DIR", VAR_DIR / "bases"))
 # declares the worker dead and fails the job.
 MINT_HEARTBEAT_SECONDS = envint("MINT_HEARTBEAT_SECONDS", "2")
 MINT_STALE_JOB_SECONDS = envint("MINT_STALE_JOB_SECONDS", "60")
+# Each worker upserts its Worker row this often; three missed beats make it "stale".
+MINT_WORKER_HEARTBEAT_SECONDS = envint("MINT_WORKER_HEARTBEAT_SECONDS", "10")
 # Blobs no revision or dataset references, older than this, are removed by the sweep.
 MINT_ORPHAN_BLOB_GRACE_SECONDS = envint("MINT_ORPHAN_BLOB_GRACE_SECONDS", "3600")
 MINT_INFERENCE_TIMEOUT_SECONDS = envint("MINT_INFERENCE_TIMEOUT_SECONDS", "120")
@@ -142,6 +144,20 @@ MINT_INFERENCE_TIMEOUT_SECONDS = envint("MINT_INFERENCE_TIMEOUT_SECONDS", "120")
 EMBEDDED_REDIS_SOCKET = VAR_DIR / "redis.sock"
 REDIS_URL = os.environ.get("REDIS_URL") or f"redis+socket://{EMBEDDED_REDIS_SOCKET}"
 USES_EMBEDDED_REDIS = not os.environ.get("REDIS_URL")
+
+# The cache (login throttling) lives in the same Redis, so every web process counts
+# the same failed sign-ins. redis-py names a unix socket "unix://".
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL.replace("redis+socket://", "unix://", 1),
+        "KEY_PREFIX": f"mint:{os.environ.get('MINT_QUEUE', 'mint')}",
+    }
+}
+# Failed sign-ins allowed per account, and per client address, in one window.
+MINT_LOGIN_FAILURES_PER_ACCOUNT = envint("MINT_LOGIN_FAILURES_PER_ACCOUNT", "5")
+MINT_LOGIN_FAILURES_PER_ADDRESS = envint("MINT_LOGIN_FAILURES_PER_ADDRESS", "20")
+MINT_LOGIN_WINDOW_SECONDS = envint("MINT_LOGIN_WINDOW_SECONDS", "900")
 
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL

@@ -632,6 +632,40 @@ def test_audit_log_lists_newest_first_and_filters_by_actor_and_person(console, r
     assert [e.object_repr for e in about_bob] == ["bob"]
 
 
+def test_audit_log_filters_by_action_prefix(console, r1):
+    console.post(adapter_url("promote"), {"revision": "r1", "reason": "go"})
+    adapter_events = console.get(reverse("console:audit"), {"action": "adapter."}).context["page"].object_list
+    assert {e.action for e in adapter_events} == {"adapter.create", "adapter.promote"}
+
+
+def test_audit_log_exports_the_filtered_events_as_csv(console, r1):
+    import csv
+
+    console.post(adapter_url("promote"), {"revision": "r1", "reason": "=HYPERLINK(evil)"})
+    response = console.get(reverse("console:audit_export"), {"actor": "ops"})
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    assert response["Content-Disposition"].startswith('attachment; filename="mint-audit-')
+    table = list(csv.DictReader(b"".join(response.streaming_content).decode().splitlines()))
+    assert [row["action"] for row in table] == ["adapter.promote"]
+    [promotion] = table
+    assert promotion["actor"] == "ops" and promotion["person"] == "alice"
+    assert '"reason":"=HYPERLINK(evil)"' in promotion["after"]
+    # Exported everything: one row per event, newest first.
+    everything = list(
+        csv.DictReader(
+            b"".join(console.get(reverse("console:audit_export")).streaming_content).decode().splitlines()
+        )
+    )
+    assert len(everything) == AuditEvent.objects.count()
+    assert everything[0]["action"] == "adapter.promote"
+
+
+def test_an_exported_cell_that_a_spreadsheet_would_run_as_a_formula_is_quoted():
+    from adapters_app.console.audit_csv import _cell
+
+    assert _cell("=1+1") == "'=1+1" and _cell("@home") == "'@home" and _cell("alice") == "alice"
+
+
 def test_adapters_and_revisions_lists_back_the_overview_counts(console, r2):
     promote(r2, actor=SYSTEM)
     live = console.get(reverse("console:adapters"), {"live": "yes"}).context["page"].object_list

@@ -87,3 +87,22 @@ def filter_adapters(queryset: QuerySet, params: QueryDict) -> QuerySet:
     elif trained:
         queryset = queryset.filter(last_trained_at__gte=timezone.now() - TRAINED_WINDOWS[trained][1])
     return queryset
+
+
+AUDIT_FILTERS = ("actor", "person", "action")
+
+
+def audit_filters(params: QueryDict) -> dict[str, str]:
+    return {name: params.get(name, "").strip() for name in AUDIT_FILTERS}
+
+
+def filter_audit(queryset: QuerySet, chosen_filters: dict[str, str]) -> QuerySet:
+    """Actor and person match exactly (they are names copied onto each row); action
+    matches as a prefix, so "adapter." finds every adapter event."""
+    if chosen_filters["actor"]:
+        queryset = queryset.filter(actor_name=chosen_filters["actor"])
+    if chosen_filters["person"]:
+        queryset = queryset.filter(person_handle=chosen_filters["person"])
+    if chosen_filters["action"]:
+        queryset = queryset.filter(action__startswith=chosen_filters["action"])
+    return queryset

@@ -3,16 +3,17 @@ shows what happened; the rules themselves live in `adapters_app.lifecycle`."""
 
 from dataclasses import dataclass, field
 from functools import wraps
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Prefetch, Q
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from adapters_app.console import charts, filters
+from adapters_app.console import audit_csv, charts, filters
 from adapters_app.console.counts import fleet_counts
 from adapters_app.console.keyset import BadCursor, KeysetPage, keyset_page
 from adapters_app.lifecycle import jobs as job_service
@@ -274,14 +275,26 @@ def jobs(request: HttpRequest) -> HttpResponse:
 @login_required
 @_listing
 def audit(request: HttpRequest) -> HttpResponse:
-    actor, person_handle = request.GET.get("actor", "").strip(), request.GET.get("person", "").strip()
-    queryset = AuditEvent.objects.all()
-    if actor:
-        queryset = queryset.filter(actor_name=actor)
-    if person_handle:
-        queryset = queryset.filter(person_handle=person_handle)
-    context = {"page": _page(request, queryset, NEWEST_FIRST), "actor": actor, "person": person_handle}
+    chosen_filters = filters.audit_filters(request.GET)
+    queryset = filters.filter_audit(AuditEvent.objects.all(), chosen_filters)
+    context = {
+        "page": _page(request, queryset, NEWEST_FIRST),
+        **chosen_filters,
+        "filtered": any(chosen_filters.values()),
+        "export_query": urlencode({k: v for k, v in chosen_filters.items() if v}),
+    }
     return render(request, "console/audit.html", context)
+
+
+@login_required
+def audit_export(request: HttpRequest) -> StreamingHttpResponse:
+    """The filtered audit log as CSV, streamed: an export of a long history never
+    sits in memory whole."""
+    queryset = filters.filter_audit(AuditEvent.objects.all(), filters.audit_filters(request.GET))
+    rows = audit_csv.rows(queryset.order_by(*NEWEST_FIRST))
+    response = StreamingHttpResponse(rows, content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{audit_csv.filename()}"'
+    return response
 
 
 # --- people ------------------------------------------------------------------------
