@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint migrate clean bases eval-report bench-console
+.PHONY: install demo test lint migrate clean bases eval-report bench-console screenshots
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "MinT needs Python 3.11, found " + sys.version'
@@ -48,6 +48,12 @@ eval-report: migrate
 bench-console: migrate
 	$(BIN)/python manage.py bulk_seed --if-empty
 	$(BIN)/python manage.py bench_console
+
+# The README's console screenshot, as the browser test of the operator's flow saves it.
+screenshots: install
+	$(BIN)/pytest -q -p no:cacheprovider tests/test_browser.py -k "retrains_compares_and_rolls_back"
+	mkdir -p docs/screenshots
+	cp test-output/screenshots/flow-6-adapter-after-rollback.png docs/screenshots/adapter-page.png
 
 clean:
 	rm -rf var/test .pytest_cache

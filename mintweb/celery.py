@@ -9,3 +9,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mintweb.settings")
 app = Celery("mintweb")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(lambda: ["workers"])
+
+# Connects the worker_ready / worker_shutdown handlers that keep each worker's Worker row.
+import workers.heartbeat  # noqa: E402, F401

@@ -27,14 +27,14 @@ pytestmark = [
 
 @pytest.fixture
 def open_console(live_server, django_user_model):
-    """Log an operator in and yield the page. Set up data before opening it: while
-    Playwright's event loop runs, ORM calls in this thread would open a second,
-    never-closed database connection."""
+    """Log a user in (the operator unless told otherwise) and yield the page. Set up data
+    before opening it: while Playwright's event loop runs, ORM calls in this thread would
+    open a second, never-closed database connection."""
     with_role(django_user_model.objects.create_user("operator", password="pw-operator-1"), "operator")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
     @contextlib.contextmanager
-    def session():
+    def session(username: str = "operator", password: str = "pw-operator-1"):
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as playwright:
@@ -61,8 +61,8 @@ def open_console(live_server, django_user_model):
             )
             page.on("response", lambda r: r.status >= 400 and page.problems.append(f"{r.status}: {r.url}"))
             page.goto(f"{live_server.url}/login/")
-            page.fill("input[name=username]", "operator")
-            page.fill("input[name=password]", "pw-operator-1")
+            page.fill("input[name=username]", username)
+            page.fill("input[name=password]", password)
             page.click("button[type=submit]")
             page.wait_for_url(f"{live_server.url}/")
             try:
@@ -95,6 +95,103 @@ def test_the_console_pages_render_without_errors(open_console, live_server, make
         assert page.locator("text=r1").first.is_visible()
         assert page.evaluate("typeof Plotly") == "object"
         assert page.evaluate("typeof htmx") == "object"
+
+
+def test_an_operator_retrains_compares_and_rolls_back_and_a_viewer_cannot(
+    open_console, live_server, celery_worker_process, make_revision, actor, django_user_model
+):
+    """The operator's day in one flow, through the real worker: find a person, retrain
+    their adapter and watch it finish without reloading, compare the new revision with
+    the old, promote it, roll it back with a reason. Then a viewer sees no actions and
+    a forged POST is refused."""
+    from adapters_app.lifecycle.pointer import promote
+
+    promote(make_revision(), actor=actor, reason="first revision")
+    with_role(django_user_model.objects.create_user("viewer", password="pw-viewer-1"), "viewer")
+
+    def shot(page, name):
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(SCREENSHOTS / f"flow-{name}.png"), full_page=True)
+
+    with open_console() as page:
+        page.on("dialog", lambda dialog: dialog.accept())  # the "are you sure?" confirmations
+
+        # Find the person by search.
+        page.get_by_role("navigation", name="Main").get_by_role("link", name="People").click()
+        page.fill("#q", "ali")
+        page.get_by_role("button", name="Search").click()
+        shot(page, "1-people-search")
+        page.get_by_role("link", name="alice", exact=True).click()
+        shot(page, "2-person")
+        page.get_by_role("link", name="alice/assistant").first.click()
+        page.wait_for_url(f"{live_server.url}/people/alice/assistant/")
+
+        # Start a retrain from the live revision's recipe, a little longer.
+        page.fill("#train-steps", "60")
+        page.get_by_role("button", name="Start training").click()
+        page.wait_for_url("**/jobs/*/")
+        page.evaluate("window.stillTheSameDocument = true")
+        bar = page.locator("[role=progressbar][aria-valuenow='100']")
+        bar.wait_for(timeout=180_000)
+        page.get_by_text("Produced").wait_for(timeout=60_000)
+        # The bar reached 100 % by polling alone: the document was never reloaded.
+        assert page.evaluate("window.stillTheSameDocument") is True
+        assert "60/60" in bar.inner_text()
+        # …and the finished job stopped offering to be cancelled.
+        assert page.get_by_role("button", name="Cancel job").count() == 0
+        shot(page, "3-job-finished")
+
+        # Open the new revision and compare it with the live one.
+        page.get_by_role("link", name="r2").first.click()
+        page.wait_for_url("**/assistant/r2/")
+        shot(page, "4-revision")
+        page.select_option("#compare-with", "r1")
+        page.get_by_role("button", name="Compare").click()
+        page.wait_for_url("**/r2/compare?with=r1")
+        assert page.get_by_role("heading", name="Weight updates per module").is_visible()
+        shot(page, "5-compare")
+
+        # Promote r2, then roll back to r1 with a reason.
+        page.goto(f"{live_server.url}/people/alice/assistant/")
+        page.select_option("#promote-revision", "r2")
+        page.fill("#promote-reason", "retrained on the latest facts")
+        page.get_by_role("button", name="Promote to live").click()
+        page.get_by_text("alice/assistant now serves r2").wait_for()
+        page.fill("#rollback-reason", "r2 forgets the dog's name")
+        page.get_by_role("button", name="Roll back").click()
+        page.get_by_text("alice/assistant rolled back to r1").wait_for()
+        history = page.locator("section", has=page.get_by_role("heading", name="Pointer history"))
+        newest = history.locator("tbody tr").first
+        assert "rollback" in newest.inner_text() and "r2 forgets the dog's name" in newest.inner_text()
+        shot(page, "6-adapter-after-rollback")
+        assert page.problems == []
+
+    with open_console("viewer", "pw-viewer-1") as page:
+        page.goto(f"{live_server.url}/people/alice/assistant/")
+        for action in ("Start training", "Start evaluation", "Promote to live", "Roll back", "Save gate"):
+            assert page.get_by_role("button", name=action).count() == 0, action
+        shot(page, "7-viewer-adapter")
+        assert page.problems == []
+        # A forged rollback, with a valid CSRF token: the server refuses the role, not the token.
+        with page.expect_navigation() as forged:
+            page.evaluate(
+                """() => {
+                    const form = document.createElement("form");
+                    form.method = "post";
+                    form.action = "/people/alice/assistant/rollback";
+                    const token = document.querySelector("input[name=csrfmiddlewaretoken]").value;
+                    for (const [name, value] of [["csrfmiddlewaretoken", token], ["reason", "forged"]]) {
+                        const input = document.createElement("input");
+                        input.name = name;
+                        input.value = value;
+                        form.appendChild(input);
+                    }
+                    document.body.appendChild(form);
+                    form.submit();
+                }"""
+            )
+        assert forged.value.status == 403
+        shot(page, "8-viewer-forged-post-403")
 
 
 # The demo's recipe at test scale: a family base small enough to pretrain in seconds.

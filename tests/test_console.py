@@ -315,6 +315,15 @@ def test_the_people_list_sorts_newest_first_on_request(console, person):
     assert handles == ["aaron", "alice"]
 
 
+def test_the_adapter_page_shows_lineage_and_marks_a_branch_point(console, adapter, dataset, r1, r2):
+    make_revision(adapter, dataset, parent=r1)
+    response = console.get(adapter_url("adapter"))
+    by_label = {rev.label: rev for rev in response.context["revisions"]}
+    assert [child.label for child in by_label["r1"].child_revisions] == ["r2", "r3"]
+    assert by_label["r2"].child_revisions == []
+    assert response.content.decode().count("branch point</span>") == 1
+
+
 def test_person_page_shows_adapters_datasets_and_history(console, r2):
     promote(r2, actor=SYSTEM, reason="better recall")
     page = console.get(reverse("console:person", args=["alice"])).content.decode()

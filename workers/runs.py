@@ -28,10 +28,11 @@ from workers.engine.examples import Message
 from workers.engine.prompting import render_prompt
 from workers.engine.runtime import AdapterRuntime, SamplingParams
 from workers.engine.suites import SUITE_FORMAT, run_items
+from workers.residency import ResidencyReporter
 
 log = logging.getLogger(__name__)
 
-_runtime = AdapterRuntime()
+_runtime = AdapterRuntime(observer=ResidencyReporter())
 
 
 def runtime() -> AdapterRuntime:

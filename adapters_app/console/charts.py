@@ -163,3 +163,41 @@ def loss_curve_figure(loss_points: Sequence[Sequence[float]], total_steps: int =
         xaxis["range"] = [0, total_steps]
     figure.update_layout(**_layout(xaxis=xaxis, yaxis=dict(title="loss"), showlegend=False))
     return _plain(figure)
+
+
+# Modules adapted on both sides, and on one side only.
+DIFF_COLOUR = "#9333ea"
+ONE_SIDED_COLOUR = "#ea580c"
+
+
+def weight_delta_figure(weights, a: str, b: str) -> dict:
+    """‖ΔW_b - ΔW_a‖ per module as bars; modules adapted on one side only in another colour."""
+    names = [module.module.removeprefix("model.") for module in weights.modules]
+    figure = go.Figure(
+        go.Bar(
+            x=names,
+            y=[module.norm_diff for module in weights.modules],
+            marker=dict(
+                color=[DIFF_COLOUR if m.in_a and m.in_b else ONE_SIDED_COLOUR for m in weights.modules]
+            ),
+            customdata=[
+                [m.norm_a, m.norm_b, "" if m.relative_change is None else f"{m.relative_change:.1%}"]
+                for m in weights.modules
+            ],
+            hovertemplate=(
+                f"%{{x}}<br>‖ΔW {b} - ΔW {a}‖ %{{y:.4g}}<br>‖ΔW {a}‖ %{{customdata[0]:.4g}}"
+                f"<br>‖ΔW {b}‖ %{{customdata[1]:.4g}}<br>relative %{{customdata[2]}}<extra></extra>"
+            ),
+        )
+    )
+    figure.update_layout(
+        **_layout(
+            height=300,
+            margin=dict(l=60, r=20, t=10, b=120),
+            xaxis=dict(type="category", tickangle=-45, automargin=True),
+            yaxis=dict(title=f"‖ΔW {b} - ΔW {a}‖"),
+            showlegend=False,
+            hovermode="closest",
+        )
+    )
+    return _plain(figure)

@@ -1,7 +1,9 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 
-from adapters_app.console import views
+from adapters_app.console import compare_views, views
+from adapters_app.console import workers as worker_views
+from adapters_app.console.login import ThrottledLoginView
 
 
 class RevisionLabelConverter:
@@ -22,7 +24,7 @@ app_name = "console"
 
 urlpatterns = [
     path("", views.overview, name="overview"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("login/", ThrottledLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("people/", views.people, name="people"),
     path("people/new", views.person_create, name="person_create"),
@@ -37,6 +39,7 @@ urlpatterns = [
     path("people/<slug:handle>/<slug:adapter>/gate", views.gate, name="gate"),
     path("people/<slug:handle>/<slug:adapter>/playground", views.playground, name="playground"),
     path("people/<slug:handle>/<slug:adapter>/<rev:rev>/", views.revision, name="revision"),
+    path("people/<slug:handle>/<slug:adapter>/<rev:rev>/compare", compare_views.compare, name="compare"),
     path("people/<slug:handle>/<slug:adapter>/<rev:rev>/download", views.download, name="download"),
     path("adapters/", views.adapters, name="adapters"),
     path("revisions/", views.revisions, name="revisions"),
@@ -45,4 +48,7 @@ urlpatterns = [
     path("jobs/<int:job_id>/cancel", views.job_cancel, name="job_cancel"),
     path("jobs/<int:job_id>/retry", views.job_retry, name="job_retry"),
     path("audit/", views.audit, name="audit"),
+    path("audit/export.csv", views.audit_export, name="audit_export"),
+    path("workers/", worker_views.workers, name="workers"),
+    path("workers/<str:name>/", worker_views.worker, name="worker"),
 ]

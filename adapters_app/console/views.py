@@ -14,6 +14,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from adapters_app.console import audit_csv, charts, filters
+from adapters_app.console import workers as worker_views
 from adapters_app.console.counts import fleet_counts
 from adapters_app.console.keyset import BadCursor, KeysetPage, keyset_page
 from adapters_app.lifecycle import jobs as job_service
@@ -171,6 +172,7 @@ def overview(request: HttpRequest) -> HttpResponse:
         )[:RECENT],
         "failed_jobs": Job.objects.filter(state=Job.FAILED).select_related("adapter__person")[:RECENT],
         "gate_events": _gate_events(),
+        "workers": worker_views.fleet_summary(),
     }
     return render(request, "console/overview.html", context)
 
@@ -392,8 +394,9 @@ def dataset_upload(request: HttpRequest, handle: str) -> HttpResponse:
 
 
 def _revisions_with_latest_evaluation(adapter: Adapter) -> list[Revision]:
-    """The adapter's revisions, each carrying its latest held-out evaluation, its latest
-    suite scores (`suite_scores`: [(suite, score)]) and its gate verdict (`gate`)."""
+    """The adapter's revisions, each carrying its children (`child_revisions`), its latest
+    held-out evaluation, its latest suite scores (`suite_scores`: [(suite, score)]) and its
+    gate verdict (`gate`)."""
     revision_list = list(
         adapter.revisions.select_related("parent", "dataset").prefetch_related(
             Prefetch(
@@ -404,8 +407,14 @@ def _revisions_with_latest_evaluation(adapter: Adapter) -> list[Revision]:
         )
     )
     scores = _suite_scores_by_revision(adapter)
+    children: dict[int, list[Revision]] = {}
+    for rev in revision_list:
+        if rev.parent_id is not None:
+            children.setdefault(rev.parent_id, []).append(rev)
     for rev in revision_list:
         # Not saved: revisions are write-once; these only carry values to the template.
+        # A revision with two or more children is a branch point: retrained from twice.
+        rev.child_revisions = sorted(children.get(rev.pk, []), key=lambda child: child.number)
         rev.latest_evaluation = rev.heldout_evaluations[0] if rev.heldout_evaluations else None
         by_suite = scores.get(rev.pk, {})
         rev.suite_scores = [(suite, by_suite[suite]) for suite in GATE_SUITES if suite in by_suite]

@@ -8,6 +8,7 @@ serving issue replaces it with heterogeneous batching and tiered residency.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -19,6 +20,8 @@ from workers.engine.payload import unpack
 from workers.engine.prompting import IGNORE_INDEX, encode_for_training
 
 PayloadLoader = Callable[[str], bytes]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +41,31 @@ class Generation:
     finish_reason: str  # "stop" or "length"
 
 
+@dataclass(frozen=True, slots=True)
+class ResidencyEvent:
+    """What the runtime tells its observer: a model was loaded, used or evicted."""
+
+    action: str  # "loaded", "used" or "evicted"
+    kind: str  # "base" or "adapter"
+    sha256: str  # the revision's sha256, or the base's weight digest
+    base_digest: str
+    device: str  # "cpu" or "cuda"
+    bytes: int = 0  # memory its tensors take (on "loaded")
+
+
+# A plain callable (the worker's reports to the database live outside the engine). It is
+# called under the runtime's lock, so it must be quick; what it raises is logged, never
+# passed on to the request.
+ResidencyObserver = Callable[[ResidencyEvent], None]
+
+
 class AdapterRuntime:
-    def __init__(self, max_adapters: int = 64):
+    def __init__(self, max_adapters: int = 64, observer: ResidencyObserver | None = None):
         self.max_adapters = max_adapters
+        self.observer = observer
         self._bases: dict[str, LoadedBase] = {}  # base digest -> this runtime's own instance
         self._wrappers: dict[str, object] = {}  # base digest -> PeftModel around it
-        self._attached: dict[str, OrderedDict[str, None]] = {}
+        self._attached: dict[str, OrderedDict[str, str]] = {}  # base digest -> slot -> revision sha256
         self._lock = threading.RLock()
 
     def _model_for(self, folder: str, digest: str, revision_sha: str | None, load: PayloadLoader):
@@ -53,6 +75,8 @@ class AdapterRuntime:
         base = self._bases.get(digest)
         if base is None:
             base = self._bases[digest] = load_base(folder, digest)
+            self._notify("loaded", "base", digest, base, _tensor_bytes(base.model.parameters()))
+        self._notify("used", "base", digest, base)
         wrapper = self._wrappers.get(digest)
         if revision_sha is None:
             return base, wrapper
@@ -68,13 +92,24 @@ class AdapterRuntime:
                 wrapper.add_adapter(name, config)
             set_peft_model_state_dict(wrapper, payload.tensors, adapter_name=name)
             wrapper.eval()
-            attached[name] = None
+            attached[name] = revision_sha
+            self._notify("loaded", "adapter", revision_sha, base, _adapter_bytes(wrapper, name))
             while len(attached) > self.max_adapters:
-                evicted, _ = attached.popitem(last=False)
+                evicted, evicted_sha = attached.popitem(last=False)
                 wrapper.delete_adapter(evicted)
+                self._notify("evicted", "adapter", evicted_sha, base)
         attached.move_to_end(name)
         wrapper.set_adapter(name)
+        self._notify("used", "adapter", revision_sha, base)
         return base, wrapper
+
+    def _notify(self, action: str, kind: str, sha256: str, base: LoadedBase, nbytes: int = 0) -> None:
+        if self.observer is None:
+            return
+        try:
+            self.observer(ResidencyEvent(action, kind, sha256, base.digest, base.device, nbytes))
+        except Exception:
+            log.exception("the residency observer failed on %s %s %s", action, kind, sha256[:12])
 
     def _run(self, folder, digest, revision_sha, load, fn):
         with self._lock:
@@ -158,6 +193,15 @@ class AdapterRuntime:
 
 def adapter_slot(revision_sha: str) -> str:
     return f"rev_{revision_sha[:20]}"
+
+
+def _tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _adapter_bytes(wrapper, name: str) -> int:
+    """What the adapter's LoRA weights take where the wrapper put them (PEFT names them `….<name>.…`)."""
+    return _tensor_bytes(p for key, p in wrapper.named_parameters() if f".{name}." in key)
 
 
 def _lora_fields(config: dict) -> dict:

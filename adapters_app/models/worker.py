@@ -1,0 +1,119 @@
+"""Celery worker processes, and what each of them holds in memory, as they last reported it.
+
+Workers write these rows (`workers/heartbeat.py`, `workers/residency.py`); the console
+only reads them. Both tables stay small (one row per worker name, one per model a worker
+process holds), so the overview can aggregate them on every view.
+"""
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+from django.utils import timezone
+
+# A worker that missed this many heartbeats in a row is presumed dead or wedged.
+MISSED_BEATS = 3
+
+
+class WorkerQuerySet(models.QuerySet):
+    def with_health(self, health: str, now: datetime | None = None) -> "WorkerQuerySet":
+        return self.filter(Worker.health_filter(health, now))
+
+
+class Worker(models.Model):
+    """One Celery worker (`celery worker` main process), upserted by its heartbeat thread."""
+
+    HEALTHY, STALE, STOPPED = "healthy", "stale", "stopped"
+    HEALTHS = (HEALTHY, STALE, STOPPED)
+
+    name = models.CharField(
+        max_length=200, unique=True, help_text="Celery node name (demo@host); Job.worker holds the same"
+    )
+    hostname = models.CharField(max_length=200)
+    pid = models.PositiveIntegerField(help_text="The main process (children serve tasks under prefork)")
+    queues = models.JSONField(default=list, blank=True)
+    concurrency = models.PositiveIntegerField(default=1)
+    device = models.CharField(max_length=20, help_text="Where its runtime puts models: cpu or cuda")
+    code_version = models.CharField(max_length=80)
+    started_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    objects = WorkerQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("console:worker", args=[self.name])
+
+    # --- health: the one rule, in SQL (filters, counts) and in Python (one row) ---------
+    @staticmethod
+    def stale_after() -> timedelta:
+        return timedelta(seconds=MISSED_BEATS * settings.MINT_WORKER_HEARTBEAT_SECONDS)
+
+    @classmethod
+    def health_filter(cls, health: str, now: datetime | None = None) -> Q:
+        cutoff = (now or timezone.now()) - cls.stale_after()
+        if health == cls.HEALTHY:
+            return Q(stopped_at__isnull=True, last_seen_at__gte=cutoff)
+        if health == cls.STALE:
+            return Q(stopped_at__isnull=True, last_seen_at__lt=cutoff)
+        if health == cls.STOPPED:
+            return Q(stopped_at__isnull=False)
+        raise ValueError(f"unknown worker health {health!r}; use one of {', '.join(cls.HEALTHS)}")
+
+    @property
+    def health(self) -> str:
+        if self.stopped_at is not None:
+            return self.STOPPED
+        if self.last_seen_at < timezone.now() - self.stale_after():
+            return self.STALE
+        return self.HEALTHY
+
+
+class ResidentAdapter(models.Model):
+    """A model one worker process holds now: an attached adapter revision, or a base.
+
+    Bases are rows too (`kind=base`, `sha256` = the base's weight digest, `revision`
+    empty), since they take most of the memory; `base` is set on both kinds. Rows go
+    when the runtime evicts the adapter, when the process is gone, and when the worker
+    stops, so a stopped worker never looks as if it still held anything.
+    """
+
+    ADAPTER, BASE = "adapter", "base"
+    KINDS = [(ADAPTER, "adapter"), (BASE, "base model")]
+    # Where the weights sit. The runtime uses cpu or gpu today; disk is for the
+    # residency manager's cold tier.
+    GPU, CPU, DISK = "gpu", "cpu", "disk"
+    TIERS = [(GPU, "GPU memory"), (CPU, "CPU memory"), (DISK, "local disk")]
+
+    worker = models.ForeignKey(Worker, on_delete=models.CASCADE, related_name="resident")
+    pid = models.PositiveIntegerField(help_text="The worker process holding it")
+    kind = models.CharField(max_length=10, choices=KINDS, default=ADAPTER)
+    tier = models.CharField(max_length=10, choices=TIERS)
+    sha256 = models.CharField(max_length=64, help_text="The revision's sha256, or the base's weight digest")
+    revision = models.ForeignKey(
+        "adapters_app.Revision", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    base = models.ForeignKey(
+        "adapters_app.BaseModel", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    bytes = models.BigIntegerField(help_text="Memory its tensors take in this process")
+    loaded_at = models.DateTimeField()
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    uses = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["worker", "pid", "sha256"], name="resident_unique_per_process")
+        ]
+        ordering = ["kind", "-last_used_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.sha256[:12]} on {self.worker_id}/{self.pid} ({self.tier})"

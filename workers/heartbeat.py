@@ -1,0 +1,147 @@
+"""A worker's heartbeat: its `Worker` row, refreshed every MINT_WORKER_HEARTBEAT_SECONDS.
+
+`mintweb.celery` imports this module, so the handlers below are connected in every
+`celery worker` main process. On `worker_ready` the row is written as a fresh start and
+a daemon thread keeps it fresh; on `worker_shutdown` (a warm shutdown: SIGTERM, Ctrl-C)
+the worker is marked stopped and what its processes held is removed, since their memory
+is gone with them. A worker killed outright stops beating and turns stale.
+
+Only Celery is imported at module level: Django may not be set up yet when this loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from celery import signals
+
+log = logging.getLogger(__name__)
+
+_heartbeat: WorkerHeartbeat | None = None
+
+
+class WorkerHeartbeat:
+    def __init__(self, consumer, interval: float):
+        self.consumer, self.interval = consumer, interval
+        self.name: str = consumer.hostname
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="worker-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        # Written before the first task can run, so a model loaded by it has a row to hang on.
+        try:
+            self.announce()
+        except Exception:
+            log.exception("could not register worker %s; the heartbeat will retry", self.name)
+        self._thread.start()
+
+    def stop(self) -> None:
+        from django.db import transaction
+        from django.utils import timezone
+
+        from adapters_app.models import ResidentAdapter, Worker
+
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 5)
+        now = timezone.now()
+        with transaction.atomic():
+            Worker.objects.filter(name=self.name).update(stopped_at=now, last_seen_at=now)
+            ResidentAdapter.objects.filter(worker__name=self.name).delete()
+
+    def announce(self) -> None:
+        """Write the row as a fresh start: whatever a previous run under this name held is gone."""
+        from django.db import transaction
+        from django.utils import timezone
+
+        from adapters_app.models import ResidentAdapter, Worker
+        from mintweb.version import code_version
+        from workers.engine.base_models import pick_device
+
+        now = timezone.now()
+        with transaction.atomic():
+            worker, _ = Worker.objects.update_or_create(
+                name=self.name,
+                defaults={
+                    **self.facts(),
+                    "device": pick_device(),
+                    "code_version": code_version(),
+                    "started_at": now,
+                    "last_seen_at": now,
+                    "stopped_at": None,
+                },
+            )
+            ResidentAdapter.objects.filter(worker=worker).delete()
+
+    def beat(self) -> None:
+        """Refresh the row, and drop what processes no longer in the pool were holding."""
+        from django.utils import timezone
+
+        from adapters_app.models import ResidentAdapter, Worker
+
+        updated = Worker.objects.filter(name=self.name, stopped_at=None).update(
+            last_seen_at=timezone.now(), **self.facts()
+        )
+        if not updated and not Worker.objects.filter(name=self.name).exists():
+            self.announce()  # the row was deleted (by hand, in the admin)
+        pids = self.pool_pids()
+        if pids:
+            ResidentAdapter.objects.filter(worker__name=self.name).exclude(pid__in=pids).delete()
+
+    def facts(self) -> dict:
+        return {
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "queues": self.queues(),
+            "concurrency": self.concurrency(),
+        }
+
+    def queues(self) -> list[str]:
+        task_consumer = getattr(self.consumer, "task_consumer", None)
+        if task_consumer is not None:
+            queues = task_consumer.queues
+        else:
+            queues = self.consumer.app.amqp.queues.consume_from.values()
+        return sorted({queue.name for queue in queues})
+
+    def concurrency(self) -> int:
+        pool = getattr(self.consumer, "pool", None)
+        return int(getattr(pool, "num_processes", None) or self.consumer.controller.concurrency or 1)
+
+    def pool_pids(self) -> list[int]:
+        """The processes that run tasks: prefork's children, or this process for solo.
+        Empty when the pool does not say (threads), and then nothing is pruned."""
+        try:
+            return [int(pid) for pid in self.consumer.pool.info.get("processes", [])]
+        except Exception:  # the pool is starting or stopping
+            return []
+
+    def _loop(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    self.beat()
+                except Exception:
+                    log.exception("worker heartbeat failed; trying again in %ss", self.interval)
+                    connection.close()  # a broken connection is reopened on the next beat
+        finally:
+            connection.close()
+
+
+@signals.worker_ready.connect
+def start_heartbeat(sender, **kwargs) -> None:
+    global _heartbeat
+    from django.conf import settings
+
+    _heartbeat = WorkerHeartbeat(sender, settings.MINT_WORKER_HEARTBEAT_SECONDS)
+    _heartbeat.start()
+
+
+@signals.worker_shutdown.connect
+def stop_heartbeat(sender, **kwargs) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
