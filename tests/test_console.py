@@ -627,6 +627,26 @@ def test_jobs_list_filters_by_state_and_kind(console, adapter, dataset):
     assert [j.kind for j in response.context["page"].object_list] == [Job.TRAIN]
 
 
+def test_a_jobs_log_keeps_timestamped_lines_and_stops_at_its_limit(adapter, dataset, monkeypatch):
+    job = Job.objects.create(kind=Job.TRAIN, adapter=adapter, dataset=dataset, created_by="ops")
+    job.append_log("claimed by worker-a")
+    job.append_log("step 1/10, loss 2.5")
+    job.refresh_from_db()
+    assert [line[9:] for line in job.log.splitlines()] == ["claimed by worker-a", "step 1/10, loss 2.5"]
+    monkeypatch.setattr(Job, "LOG_LIMIT", len(job.log) + 10)
+    job.append_log("a line too long to fit in what is left")
+    job.append_log("and another")
+    job.refresh_from_db()
+    assert job.log.splitlines()[-1] == "(log full: later lines dropped)"
+    assert job.log.count("log full") == 1
+
+
+def test_the_job_page_shows_its_log(console, adapter, dataset):
+    job = running_job(adapter, dataset)
+    job.append_log("claimed by worker-a")
+    assert "claimed by worker-a" in console.get(reverse("console:job", args=[job.pk])).content.decode()
+
+
 # --- audit --------------------------------------------------------------------------
 
 

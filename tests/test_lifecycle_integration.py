@@ -20,6 +20,12 @@ def train(api, dataset_id) -> Revision:
     finished = wait_for_job(Job.objects.get(pk=job["id"]))
     assert finished.state == Job.SUCCEEDED, finished.error
     assert api("get", f"/api/jobs/{job['id']}")["progress"]["percent"] == 100
+    # The job's log tells the run's course, from claim to stored revision.
+    lines = finished.log.splitlines()
+    assert "claimed by" in lines[0]
+    assert any("training rank 8" in line and "40 steps" in line for line in lines)
+    assert any("step 40/40, loss" in line for line in lines)
+    assert f"stored {finished.result_revision.label}" in lines[-1]
     return finished.result_revision
 
 
@@ -162,6 +168,7 @@ def test_a_running_job_can_be_cancelled(api, celery_worker_process):
     api("post", f"/api/jobs/{job['id']}/cancel")
     done = wait_for_job(Job.objects.get(pk=job["id"]))
     assert done.state == Job.CANCELLED
+    assert "cancelled at step" in done.log.splitlines()[-1]
     assert not Revision.objects.exists()
 
 

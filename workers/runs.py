@@ -80,10 +80,16 @@ class ProgressReporter:
     every: float = 1.0
     loss_points: list = field(default_factory=list)
     _last_write: float = 0.0
+    _logged_tenth: int = 0
 
     def __call__(self, step: int, total: int, loss: float | None = None) -> None:
         if loss is not None:
             self.loss_points.append([step, round(loss, 5)])
+        # A log line at each tenth of the way: enough to read the run's course afterwards.
+        tenth = 10 * step // total if total else 0
+        if tenth > self._logged_tenth:
+            self._logged_tenth = tenth
+            self.job.append_log(f"step {step}/{total}" + (f", loss {loss:.4f}" if loss is not None else ""))
         now = time.monotonic()
         if step < total and now - self._last_write < self.every:
             return
@@ -118,16 +124,19 @@ class JobRun:
         if not job.claim(self.worker):
             log.info("job %s is %s; not running it again", job.pk, job.state)
             return
+        job.append_log(f"claimed by {self.worker}")
         with Heartbeat(job, settings.MINT_HEARTBEAT_SECONDS):
             try:
                 self.run(job)
             except JobCancelled:
                 job.mark_cancelled()
+                job.append_log(f"cancelled at step {job.step} of {job.total_steps}")
                 log.info("job %s cancelled", job.pk)
             except JobLost:
                 log.warning("job %s was ended elsewhere while running", job.pk)
             except Exception as exc:
                 job.fail(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+                job.append_log(f"failed: {type(exc).__name__}: {exc}")
                 log.exception("job %s failed", job.pk)
 
     def run(self, job: Job) -> None:
@@ -148,9 +157,17 @@ class TrainRun(JobRun):
         adapter = job.adapter
         config = TrainingConfig.from_dict(job.params["config"])
         examples = load_examples(job.dataset)
+        job.append_log(f"{len(examples)} examples from {job.dataset.name} ({job.dataset.sha256[:12]})")
         base = load_base(adapter.base.path, adapter.base_digest)
+        job.append_log(f"base {adapter.base.name} ({adapter.base_digest[:12]}) loaded on {base.device}")
         report = ProgressReporter(job)
         replay = replay_examples(adapter.base.path) if config.replay else []
+        job.append_log(
+            f"training rank {config.rank} on {config.targets}, {config.steps} steps, "
+            f"batch {config.batch_size}, learning rate {config.learning_rate:g}, "
+            f"init {config.init}, seed {config.seed}"
+            + (f", replaying {len(replay)} general rows at {config.replay:g}" if replay else "")
+        )
         result = train_adapter(base.model, base.tokenizer, examples, config, on_step=report, replay=replay)
         parent = Revision.objects.filter(pk=job.params.get("parent_revision_id")).first()
         summary = {"final_loss": result.losses[-1], "trainable_parameters": result.trainable_parameters}
@@ -177,7 +194,12 @@ class TrainRun(JobRun):
                 final_loss=result.losses[-1],
                 on_created=finish,
             )
+        job.append_log(
+            f"stored {revision.label} ({revision.sha256[:12]}, {revision.size_bytes} bytes), "
+            f"final loss {result.losses[-1]:.4f}"
+        )
         if job.params.get("auto_promote") and adapter.eval_dataset_id:
+            job.append_log(f"queued its evaluation on {adapter.eval_dataset.name}; promoted if it passes")
             start_evaluation(
                 adapter,
                 adapter.eval_dataset,
@@ -197,6 +219,8 @@ class EvaluateRun(JobRun):
     def run_heldout_loss(self, job: Job) -> None:
         adapter, revision = job.adapter, job.revision
         examples = load_examples(job.dataset)
+        what = revision.label if revision else "the bare base"
+        job.append_log(f"held-out loss of {what} on {len(examples)} examples from {job.dataset.name}")
         ProgressReporter(job)(0, len(examples))
         metrics = runtime().evaluate(
             adapter.base.path,
@@ -231,6 +255,9 @@ class EvaluateRun(JobRun):
             targets.insert(0, None)
         report = ProgressReporter(job)
         total = len(items) * len(targets)
+        for target in targets:
+            what = target.label if target else "the bare base"
+            job.append_log(f"grading {what} on {len(items)} items of {dataset.name}")
         graded = []
         for index, target in enumerate(targets):
             offset = index * len(items)
@@ -246,6 +273,8 @@ class EvaluateRun(JobRun):
                 scores = record_suite_results(
                     base=adapter.base, revision=target, dataset=dataset, results=results, job=job
                 )
+                shown = ", ".join(f"{suite} {score:.3f}" for suite, score in scores.items())
+                job.append_log(f"{target.label if target else 'bare base'}: {shown}")
             self.succeed_or_lose(
                 job, result={"scores": scores, "items": len(items)}, step=total, total_steps=total
             )

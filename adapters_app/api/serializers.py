@@ -120,6 +120,7 @@ def job_dict(job: Job) -> dict:
         "worker": job.worker,
         "heartbeat_at": _time(job.heartbeat_at),
         "error": job.error,
+        "log": job.log.splitlines(),
         "cancel_requested": job.cancel_requested,
         "created_by": job.created_by,
         "created_at": _time(job.created_at),

@@ -1,6 +1,8 @@
 from datetime import timedelta
 
 from django.db import models
+from django.db.models import F, Value
+from django.db.models.functions import Concat
 from django.urls import reverse
 from django.utils import timezone
 
@@ -100,6 +102,22 @@ class Job(models.Model):
     def claim(self, worker: str) -> bool:
         now = timezone.now()
         return self._move([self.QUEUED], state=self.RUNNING, worker=worker, started_at=now, heartbeat_at=now)
+
+    # The log is for reading on the job page, not an archive: past this many characters
+    # further lines are dropped (the worker says so once).
+    LOG_LIMIT = 64_000
+    LOG_FULL = "(log full: later lines dropped)\n"
+
+    def append_log(self, message: str) -> None:
+        """Add one timestamped line, in one UPDATE (the row's other fields untouched)."""
+        line = f"{timezone.now():%H:%M:%S} {message}\n"
+        if len(self.log) + len(line) > self.LOG_LIMIT:
+            if self.log.endswith(self.LOG_FULL):
+                return
+            line = self.LOG_FULL
+        appended = Concat(F("log"), Value(line), output_field=models.TextField())
+        Job.objects.filter(pk=self.pk).update(log=appended)
+        self.log += line
 
     def beat(self) -> None:
         Job.objects.filter(pk=self.pk, state=self.RUNNING).update(heartbeat_at=timezone.now())
