@@ -76,15 +76,21 @@ def open_console(live_server, django_user_model):
 def test_the_console_pages_render_without_errors(open_console, live_server, make_revision, actor):
     from adapters_app.lifecycle.pointer import promote
 
-    promote(make_revision(), actor=actor, reason="first")
+    first = make_revision()
+    promote(first, actor=actor, reason="first")
+    make_revision(parent=first)
     with open_console() as page:
         for name, path in [
             ("overview", "/"),
             ("people", "/people/"),
             ("person", "/people/alice/"),
+            ("adapters", "/adapters/?sort=trained"),
             ("adapter", "/people/alice/assistant/"),
             ("revision", "/people/alice/assistant/r1/"),
+            ("compare", "/people/alice/assistant/r2/compare"),
+            ("revisions", "/revisions/"),
             ("jobs", "/jobs/"),
+            ("workers", "/workers/"),
             ("audit", "/audit/"),
         ]:
             page.goto(f"{live_server.url}{path}")
