@@ -170,6 +170,8 @@ def test_an_operator_retrains_compares_and_rolls_back_and_a_viewer_cannot(
         newest = history.locator("tbody tr").first
         assert "rollback" in newest.inner_text() and "r2 forgets the dog's name" in newest.inner_text()
         shot(page, "6-adapter-after-rollback")
+        page.get_by_role("navigation", name="Main").get_by_role("link", name="Overview").click()
+        shot(page, "0-overview")
         assert page.problems == []
 
     with open_console("viewer", "pw-viewer-1") as page:

@@ -231,6 +231,10 @@ def adapters(request: HttpRequest) -> HttpResponse:
     )
     for adapter in page.object_list:
         adapter.revision_count = counts.get(adapter.pk, 0)
+        if adapter.live_revision is not None:
+            # Its link names the adapter and person: reuse the rows already loaded
+            # rather than two queries per row.
+            adapter.live_revision.adapter = adapter
     context = {
         "page": page,
         "live": request.GET.get("live", ""),

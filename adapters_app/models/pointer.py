@@ -24,6 +24,8 @@ class PointerEvent(AppendOnlyModel):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        # The overview's recent moves, newest first across the fleet.
+        indexes = [models.Index(fields=["created_at", "id"], name="pointer_event_created")]
 
     def __str__(self) -> str:
         frm = self.from_revision.label if self.from_revision else "-"

@@ -42,6 +42,8 @@ class Revision(AppendOnlyModel):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["adapter", "number"], name="revision_number_unique")]
         ordering = ["adapter", "-number"]
+        # The revisions list reads newest first across the fleet (keyset pages).
+        indexes = [models.Index(fields=["created_at", "id"], name="revision_created")]
 
     def __str__(self) -> str:
         return f"{self.adapter.handle}@{self.label}"

@@ -21,7 +21,7 @@ TARGET_P95_MS = 150
 
 
 class Command(BaseCommand):
-    help = "Print median and p95 server time of the overview, people list, adapter and revision pages."
+    help = "Print median and p95 server time of the console's pages on the loaded fleet."
 
     def add_arguments(self, parser):
         parser.add_argument("--requests", type=int, default=40, help="timed requests per page")
@@ -45,6 +45,10 @@ class Command(BaseCommand):
             "adapters, first page": "/adapters/",
             "adapters, recently trained": "/adapters/?sort=trained",
             "adapters, gate + 7 days": "/adapters/?gate=ungated&trained=7d&sort=trained",
+            "revisions, newest first": "/revisions/",
+            "compare with parent": f"/people/{middle}/assistant/{revision.label}/compare",
+            "jobs": "/jobs/",
+            "workers": "/workers/",
             "audit log": "/audit/",
         }
         client = Client(SERVER_NAME="localhost")
