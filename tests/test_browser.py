@@ -104,7 +104,7 @@ def test_the_console_pages_render_without_errors(open_console, live_server, make
 
 
 def test_an_operator_retrains_compares_and_rolls_back_and_a_viewer_cannot(
-    open_console, live_server, celery_worker_process, make_revision, actor, django_user_model
+    open_console, live_server, celery_worker_process, make_revision, eval_set, actor, django_user_model
 ):
     """The operator's day in one flow, through the real worker: find a person, retrain
     their adapter and watch it finish without reloading, compare the new revision with
@@ -147,7 +147,16 @@ def test_an_operator_retrains_compares_and_rolls_back_and_a_viewer_cannot(
         assert page.get_by_role("button", name="Cancel job").count() == 0
         shot(page, "3-job-finished")
 
+        # Score both revisions on alice's evaluation set, through the worker.
+        for label in ("r2", "r1"):
+            page.goto(f"{live_server.url}/people/alice/assistant/")
+            page.select_option("#eval-revision", label)
+            page.get_by_role("button", name="Start evaluation").click()
+            page.wait_for_url("**/jobs/*/")
+            page.get_by_text("succeeded").first.wait_for(timeout=120_000)
+
         # Open the new revision and compare it with the live one.
+        page.goto(f"{live_server.url}/people/alice/assistant/")
         page.get_by_role("link", name="r2").first.click()
         page.wait_for_url("**/assistant/r2/")
         shot(page, "4-revision")
@@ -155,6 +164,7 @@ def test_an_operator_retrains_compares_and_rolls_back_and_a_viewer_cannot(
         page.get_by_role("button", name="Compare").click()
         page.wait_for_url("**/r2/compare?with=r1")
         assert page.get_by_role("heading", name="Weight updates per module").is_visible()
+        assert page.locator("#suites table").count() == 1  # both scored on alice-eval
         shot(page, "5-compare")
 
         # Promote r2, then roll back to r1 with a reason.

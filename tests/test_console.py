@@ -641,6 +641,13 @@ def test_a_jobs_log_keeps_timestamped_lines_and_stops_at_its_limit(adapter, data
     assert job.log.count("log full") == 1
 
 
+def test_a_suite_evaluation_jobs_page_shows_its_result_even_with_a_key_named_items(console, adapter, dataset):
+    job = running_job(adapter, dataset)
+    job.succeed(result={"scores": {"recall": 0.5}, "items": 2})
+    page = console.get(reverse("console:job", args=[job.pk])).content.decode()
+    assert "{&#x27;recall&#x27;: 0.5}" in page and '<th scope="row">items</th><td>2</td>' in page
+
+
 def test_the_job_page_shows_its_log(console, adapter, dataset):
     job = running_job(adapter, dataset)
     job.append_log("claimed by worker-a")

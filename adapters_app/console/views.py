@@ -796,6 +796,8 @@ def job(request: HttpRequest, job_id: int) -> HttpResponse:
     context = {
         "job": found,
         "eta": _duration(found.eta_seconds),
+        # As pairs: in a template, `result.items` would read a result key named "items".
+        "result_rows": list(found.result.items()),
         "chart": charts.loss_curve_figure(found.loss_points, found.total_steps)
         if found.kind == Job.TRAIN
         else None,
