@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from adapters_app.console.workers import fleet_summary
 from adapters_app.lifecycle.inference import complete
+from adapters_app.lifecycle.routing import worker_queue
 from adapters_app.lifecycle.storage import get_store
 from adapters_app.models import ResidentAdapter, Worker
 from mintweb.version import code_version
@@ -85,7 +86,8 @@ def test_a_running_worker_reports_itself_healthy_within_seconds_and_keeps_beatin
 
     assert worker.health == Worker.HEALTHY
     assert worker.pid == process.process.pid
-    assert worker.queues == [process.queue]
+    # The shared queue, and its own for requests routed to it (lifecycle.routing).
+    assert worker.queues == sorted([process.queue, worker_queue(worker.name)])
     assert worker.concurrency == 1
     assert worker.device in ("cpu", "cuda")
     assert worker.code_version == code_version()

@@ -137,6 +137,12 @@ def start_heartbeat(sender, **kwargs) -> None:
     global _heartbeat
     from django.conf import settings
 
+    from adapters_app.lifecycle.routing import worker_queue
+
+    # A queue of its own, beside the shared one: the router sends a request here when
+    # this worker holds its adapter (or is the least loaded). Added before the row is
+    # written, so the router never picks a worker that is not listening yet.
+    sender.add_task_queue(worker_queue(sender.hostname))
     _heartbeat = WorkerHeartbeat(sender, settings.MINT_WORKER_HEARTBEAT_SECONDS)
     _heartbeat.start()
 

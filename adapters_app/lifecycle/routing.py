@@ -1,0 +1,105 @@
+"""Where an inference request goes: residency-aware routing over the worker fleet.
+
+Each worker consumes, besides the fleet's shared queue, a queue of its own
+(`worker_queue(name)`). A request for a revision goes to a healthy worker that
+already holds it in memory (affinity: no cold load), the least loaded of them
+when several do; otherwise to the least loaded healthy worker, which cold-loads
+it. With no healthy worker known the shared queue takes it, so a fleet that has
+not reported yet still serves.
+
+"Healthy" and "holds" come from the rows workers keep (`Worker`, `ResidentAdapter`):
+a worker is a candidate only if it also consumes this fleet's shared queue, so two
+deployments (or two test sessions) sharing one database never route to each other.
+Load is the number of requests routed to a worker and not yet answered, counted in
+the shared cache (Redis), so every web process sees the same numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.cache import cache
+
+from adapters_app.models import ResidentAdapter, Worker
+
+log = logging.getLogger(__name__)
+
+WORKER_QUEUE_PREFIX = "mint.worker."
+# A counter left behind by a web process killed mid-request expires by itself.
+LOAD_TTL_SECONDS = 600
+
+
+def worker_queue(worker_name: str) -> str:
+    """The queue only this worker consumes (Celery node names are unique in a fleet)."""
+    return f"{WORKER_QUEUE_PREFIX}{worker_name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    queue: str
+    worker: str | None  # None: the shared queue, any worker
+    reason: str  # "resident", "cold" or "shared"
+
+
+def route(sha256: str) -> Route:
+    """The queue for a request needing `sha256` (a revision's, or the base's digest for
+    a bare-base request)."""
+    shared = settings.CELERY_TASK_DEFAULT_QUEUE
+    candidates = [
+        worker
+        for worker in Worker.objects.with_health(Worker.HEALTHY).only("name", "queues")
+        if shared in worker.queues and worker_queue(worker.name) in worker.queues
+    ]
+    if not candidates:
+        return Route(shared, None, "shared")
+    names = [worker.name for worker in candidates]
+    holders = set(
+        ResidentAdapter.objects.filter(worker__name__in=names, sha256=sha256).values_list(
+            "worker__name", flat=True
+        )
+    )
+    loads = current_loads(names)
+    pool = [name for name in names if name in holders] or names
+    # Least loaded first; the name breaks ties so the choice is stable.
+    chosen = min(pool, key=lambda name: (loads.get(name, 0), name))
+    return Route(worker_queue(chosen), chosen, "resident" if holders else "cold")
+
+
+def _load_key(worker_name: str) -> str:
+    return f"route-load:{worker_name}"
+
+
+def current_loads(worker_names: list[str]) -> dict[str, int]:
+    try:
+        found = cache.get_many([_load_key(name) for name in worker_names])
+    except Exception:  # the cache is down: route without load, never fail the request
+        log.warning("routing without load figures: cache unreachable", exc_info=True)
+        return {}
+    return {name: int(found.get(_load_key(name), 0)) for name in worker_names}
+
+
+class Dispatched:
+    """Counts a request against its worker's load while it is in flight:
+    `with Dispatched(route): …send and wait…`."""
+
+    def __init__(self, chosen: Route):
+        self.key = _load_key(chosen.worker) if chosen.worker else None
+
+    def __enter__(self) -> Dispatched:
+        if self.key:
+            try:
+                cache.add(self.key, 0, timeout=LOAD_TTL_SECONDS)
+                cache.incr(self.key)
+            except Exception:
+                log.warning("could not count a routed request", exc_info=True)
+                self.key = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.key:
+            try:
+                cache.decr(self.key)
+            except Exception:  # expired meanwhile, or the cache is down
+                log.warning("could not uncount a routed request", exc_info=True)
