@@ -324,6 +324,43 @@ def test_the_adapter_page_shows_lineage_and_marks_a_branch_point(console, adapte
     assert response.content.decode().count("branch point</span>") == 1
 
 
+def test_the_adapter_page_says_which_healthy_workers_hold_it_in_memory(console, r1):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from adapters_app.models import ResidentAdapter, Worker
+
+    now = timezone.now()
+
+    def worker(name, seen_ago):
+        return Worker.objects.create(
+            name=name,
+            hostname="h",
+            pid=1,
+            device="cpu",
+            code_version="t",
+            started_at=now,
+            last_seen_at=now - timedelta(seconds=seen_ago),
+        )
+
+    assert "the next request loads it cold" in console.get(adapter_url("adapter")).content.decode()
+    for held_by in (worker("serve-1@h", 0), worker("gone@h", 3600)):
+        ResidentAdapter.objects.create(
+            worker=held_by,
+            pid=2,
+            tier="cpu",
+            sha256=r1.sha256,
+            revision=r1,
+            bytes=2048,
+            loaded_at=now,
+            uses=3,
+        )
+    page = console.get(adapter_url("adapter")).content.decode()
+    assert "In memory on" in page and "serve-1@h</a> (r1, CPU memory, 2.0\xa0KB, 3 uses)" in page
+    assert "gone@h" not in page
+
+
 def test_person_page_shows_adapters_datasets_and_history(console, r2):
     promote(r2, actor=SYSTEM, reason="better recall")
     page = console.get(reverse("console:person", args=["alice"])).content.decode()

@@ -504,6 +504,7 @@ def _adapter_context(request: HttpRequest, subject: Adapter, playground: Playgro
         "suite_datasets": [d for d in datasets if d.format == SUITE_FORMAT],
         "thresholds": _gate_thresholds(subject),
         "active_jobs": subject.jobs.filter(state__in=Job.ACTIVE_STATES),
+        "residency": worker_views.adapter_residency(subject),
         "recent_jobs": subject.jobs.select_related("revision", "result_revision")[:RECENT],
         "defaults": job_service.retrain_config(subject),
         "init_methods": list(INIT_METHODS),

@@ -98,3 +98,17 @@ def worker(request: HttpRequest, name: str) -> HttpResponse:
         ),
     }
     return render(request, "console/worker.html", context)
+
+
+def adapter_residency(adapter) -> list[ResidentAdapter]:
+    """Where the adapter's revisions sit in memory now: healthy workers' reports only,
+    newest use first, each with its worker and revision (for the adapter page)."""
+    return list(
+        ResidentAdapter.objects.filter(
+            revision__adapter=adapter,
+            kind=ResidentAdapter.ADAPTER,
+            worker__in=Worker.objects.with_health(Worker.HEALTHY),
+        )
+        .select_related("worker", "revision")
+        .order_by("-last_used_at", "id")
+    )
