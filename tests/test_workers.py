@@ -240,6 +240,8 @@ def test_the_workers_page_lists_each_worker_with_its_health_and_what_it_holds(db
     assert "2.0\xa0KB" in page
     stopped_only = viewer.get(reverse("console:workers"), {"health": "stopped"}).content.decode()
     assert "gone@host" in stopped_only and "busy@host" not in stopped_only
+    # The list refreshes itself in place, keeping its filters.
+    assert 'hx-get="/workers/?health=stopped" hx-trigger="every 5s" hx-select="#live-workers"' in stopped_only
 
 
 def test_the_workers_page_says_how_to_start_one_when_none_has_reported(db, viewer):
@@ -258,6 +260,7 @@ def test_the_worker_page_links_each_resident_revision(db, viewer, make_revision)
     page = response.content.decode()
     assert f'href="{revision.get_absolute_url()}"' in page
     assert "CPU memory" in page
+    assert 'hx-trigger="every 5s" hx-select="#live-worker"' in page
     assert viewer.get(reverse("console:worker", args=["ghost@host"])).status_code == 404
 
 
