@@ -303,19 +303,32 @@ def answer(adapter, revision: Revision | None, prompt: str, max_tokens: int) -> 
 
 
 def generate(request: dict) -> list[dict]:
-    """Serve one OpenAI-style request (no job row: inference is not a lifecycle action)."""
+    """Serve one OpenAI-style request (no job row: inference is not a lifecycle action).
+
+    With a `stream_key`, text is also pushed to that Redis list as it is generated."""
+    from adapters_app.lifecycle.inference import StreamWriter
+
     params = request["params"]
     params["stop"] = tuple(params.get("stop") or ())
-    generations = runtime().generate(
-        request["base_path"],
-        request["base_digest"],
-        request["revision_sha256"],
-        get_store().get,
-        request["prompt"],
-        SamplingParams(**params),
-        n=request["n"],
-    )
-    return [
+    stream = StreamWriter(request["stream_key"]) if request.get("stream_key") else None
+    if stream:
+        stream.started()
+    try:
+        generations = runtime().generate(
+            request["base_path"],
+            request["base_digest"],
+            request["revision_sha256"],
+            get_store().get,
+            request["prompt"],
+            SamplingParams(**params),
+            n=request["n"],
+            on_text=stream.text if stream else None,
+        )
+    except Exception as exc:
+        if stream:
+            stream.error(f"{type(exc).__name__}: {exc}")
+        raise
+    result = [
         {
             "text": g.text,
             "prompt_tokens": g.prompt_tokens,
@@ -324,3 +337,6 @@ def generate(request: dict) -> list[dict]:
         }
         for g in generations
     ]
+    if stream:
+        stream.done(result)
+    return result

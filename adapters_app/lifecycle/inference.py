@@ -1,18 +1,35 @@
 """Inference requests: resolved here, generated on a worker through Celery.
 
+A non-streamed request waits for the task's result. A streamed one gives the
+task a Redis list to write to: the worker pushes a "started" record when it
+takes the request, a "text" record for each piece of settled text, and ends
+with "done" (finish reasons and token counts) or "error"; the web process pops
+them as they come. Both ends of that list live in this module.
+
 A later issue replaces the one-request-per-task path with continuous
 heterogeneous batching; callers keep this interface.
 """
 
-from dataclasses import asdict
+from __future__ import annotations
 
+import functools
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import redis
 from celery.exceptions import TimeoutError as CeleryTimeout
+from celery.result import AsyncResult
 from django.conf import settings
 
 from adapters_app.lifecycle.errors import LifecycleError
 from adapters_app.lifecycle.revisions import resolve_model
+from adapters_app.models import BaseModel, Revision
 from mintweb.celery import app as celery_app
 from workers.engine.runtime import SamplingParams
+
+STREAM_KEY_PREFIX = "mint:stream:"
 
 
 class InferenceUnavailable(LifecycleError):
@@ -28,17 +45,7 @@ class InferenceFailed(LifecycleError):
 def complete(model: str, prompt: str, params: SamplingParams, *, n: int = 1) -> dict:
     """Generate `n` completions of an already-rendered `prompt` for `model`."""
     base, revision = resolve_model(model)
-    request = {
-        "base_path": base.path,
-        "base_digest": base.digest,
-        "revision_sha256": revision.sha256 if revision else None,
-        "prompt": prompt,
-        "params": asdict(params),
-        "n": n,
-    }
-    result = celery_app.send_task(
-        "workers.tasks.generate", kwargs=request, queue=settings.CELERY_TASK_DEFAULT_QUEUE
-    )
+    result = _send(base, revision, prompt, params, n)
     try:
         generations = result.get(timeout=settings.MINT_INFERENCE_TIMEOUT_SECONDS)
     except CeleryTimeout:
@@ -51,3 +58,133 @@ def complete(model: str, prompt: str, params: SamplingParams, *, n: int = 1) -> 
         "revision": revision,
         "generations": generations,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class TextPiece:
+    index: int  # which of the `n` choices
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    generations: list[dict]  # per choice: text, prompt_tokens, completion_tokens, finish_reason
+
+
+@dataclass(slots=True)
+class TextStream:
+    """A streamed request a worker has taken: iterate `events` for its text as it is generated.
+
+    `events` yields TextPiece records and ends with one Finished; it raises InferenceFailed
+    when the worker reports an error and InferenceUnavailable when the worker goes quiet."""
+
+    base: BaseModel
+    revision: Revision | None
+    events: Iterator[TextPiece | Finished]
+
+
+def stream(model: str, prompt: str, params: SamplingParams, *, n: int = 1) -> TextStream:
+    """Like `complete`, but returns once a worker has taken the request; the text follows."""
+    base, revision = resolve_model(model)
+    key = f"{STREAM_KEY_PREFIX}{uuid.uuid4().hex}"
+    # Resolve first: a 404 or a missing worker is still an HTTP error, not an event in a stream.
+    result = _send(base, revision, prompt, params, n, stream_key=key)
+    first = _pop(key)
+    if first is None:
+        result.revoke()
+        raise InferenceUnavailable("no worker answered in time; is a worker running?")
+    if first["type"] == "error":
+        raise InferenceFailed(f"generation failed on the worker: {first['message']}")
+    return TextStream(base, revision, _events(key))
+
+
+def _events(key: str) -> Iterator[TextPiece | Finished]:
+    try:
+        while True:
+            record = _pop(key)
+            if record is None:
+                raise InferenceUnavailable("the worker stopped sending text; try again")
+            if record["type"] == "text":
+                yield TextPiece(record["index"], record["text"])
+            elif record["type"] == "done":
+                yield Finished(record["generations"])
+                return
+            elif record["type"] == "error":
+                raise InferenceFailed(f"generation failed on the worker: {record['message']}")
+    finally:
+        # Also when the client went away mid-stream: nobody will read what is left.
+        redis_client().delete(key)
+
+
+def _pop(key: str) -> dict | None:
+    popped = redis_client().blpop([key], timeout=settings.MINT_INFERENCE_TIMEOUT_SECONDS)
+    return json.loads(popped[1]) if popped else None
+
+
+class StreamWriter:
+    """The worker's end of a streamed request's Redis list."""
+
+    def __init__(self, key: str):
+        self.key = key
+        # The reader deletes the list when it is done; this bounds one whose reader vanished.
+        self.ttl = max(60, 2 * settings.MINT_INFERENCE_TIMEOUT_SECONDS)
+
+    def started(self) -> None:
+        self._push({"type": "started"})
+
+    def text(self, index: int, text: str) -> None:
+        self._push({"type": "text", "index": index, "text": text})
+
+    def done(self, generations: list[dict]) -> None:
+        self._push({"type": "done", "generations": generations})
+
+    def error(self, message: str) -> None:
+        self._push({"type": "error", "message": message})
+
+    def _push(self, record: dict) -> None:
+        pipe = redis_client().pipeline(transaction=False)
+        pipe.rpush(self.key, json.dumps(record))
+        pipe.expire(self.key, self.ttl)
+        pipe.execute()
+
+
+def redis_client() -> redis.Redis:
+    """A client for settings.REDIS_URL (one connection pool per process and URL)."""
+    return _client_for(settings.REDIS_URL)
+
+
+@functools.cache
+def _client_for(url: str) -> redis.Redis:
+    # The embedded server's `redis+socket://` URL (kombu's name) is `unix://` to redis-py.
+    return redis.Redis.from_url(url.replace("redis+socket://", "unix://", 1))
+
+
+def _send(
+    base: BaseModel,
+    revision: Revision | None,
+    prompt: str,
+    params: SamplingParams,
+    n: int,
+    stream_key: str | None = None,
+) -> AsyncResult:
+    request = {
+        "base_path": base.path,
+        "base_digest": base.digest,
+        "revision_sha256": revision.sha256 if revision else None,
+        "prompt": prompt,
+        "params": asdict(params),
+        "n": n,
+    }
+    options = {}
+    if stream_key is not None:
+        # The text comes through the stream; storing the task's result too would only leak it.
+        request["stream_key"] = stream_key
+        options["ignore_result"] = True
+    return celery_app.send_task(
+        "workers.tasks.generate",
+        kwargs=request,
+        queue=settings.CELERY_TASK_DEFAULT_QUEUE,
+        # Nobody waits for an answer after this: a worker that comes later must not run it.
+        expires=settings.MINT_INFERENCE_TIMEOUT_SECONDS,
+        **options,
+    )

@@ -1,18 +1,20 @@
 """/v1/models, /v1/completions and /v1/chat/completions in OpenAI's shapes.
 
-Request parsing and response shaping live here; resolution of `model` and
-generation are the lifecycle's and the worker's.
+Request parsing and response shaping live here (streamed chunks in `streaming`);
+resolution of `model` and generation are the lifecycle's and the worker's.
 """
 
 import time
 import uuid
+from dataclasses import dataclass
 
-from django.http import JsonResponse
+from django.http import JsonResponse, StreamingHttpResponse
 
 from adapters_app.api.auth import api_endpoint, json_body
+from adapters_app.lifecycle import inference
 from adapters_app.lifecycle.errors import Invalid
-from adapters_app.lifecycle.inference import complete
-from adapters_app.models import Adapter, BaseModel
+from adapters_app.models import Adapter, BaseModel, Revision
+from adapters_app.openai_api.streaming import Chunks, error_object, event_stream, usage
 from workers.engine.examples import ROLES, Message
 from workers.engine.prompting import render_prompt
 from workers.engine.runtime import SamplingParams
@@ -21,13 +23,7 @@ MODELS_LISTED = 1000
 
 
 def openai_error(status: int, code: str, message: str, details: object = None) -> JsonResponse:
-    kind = {401: "authentication_error", 404: "invalid_request_error", 503: "server_error"}.get(
-        status, "invalid_request_error" if status < 500 else "server_error"
-    )
-    code = "model_not_found" if status == 404 else code
-    return JsonResponse(
-        {"error": {"message": message, "type": kind, "param": None, "code": code}}, status=status
-    )
+    return JsonResponse(error_object(status, code, message), status=status)
 
 
 @api_endpoint("GET", render_error=openai_error)
@@ -56,7 +52,10 @@ def completions(request):
         prompt = prompt[0]
     if not isinstance(prompt, str) or not prompt:
         raise Invalid("prompt must be a non-empty string")
-    result = _generate(body, prompt)
+    call = Call.parse(body)
+    if call.stream:
+        return _streamed(call, prompt, chat=False)
+    result = inference.complete(call.model, prompt, call.params, n=call.n)
     choices = [
         {"index": i, "text": g["text"], "logprobs": None, "finish_reason": g["finish_reason"]}
         for i, g in enumerate(result["generations"])
@@ -75,7 +74,10 @@ def chat_completions(request):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
             raise Invalid(f"messages[{i}] must have a role ({', '.join(ROLES)}) and string content")
         messages.append(Message(m["role"], m["content"]))
-    result = _generate(body, render_prompt(messages))
+    call = Call.parse(body, chat=True)
+    if call.stream:
+        return _streamed(call, render_prompt(messages), chat=True)
+    result = inference.complete(call.model, render_prompt(messages), call.params, n=call.n)
     choices = [
         {
             "index": i,
@@ -88,28 +90,72 @@ def chat_completions(request):
     return _response("chat.completion", "chatcmpl", body["model"], result, choices)
 
 
-def _generate(body: dict, prompt: str):
-    if body.get("stream"):
-        raise Invalid("stream=true is not supported yet; send stream=false")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise Invalid("model is required")
-    params = sampling_params(body)
-    n = _int(body, "n", 1, 1, 16)
-    return complete(model, prompt, params, n=n)
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a completion request asks for, validated before anything reaches a worker."""
+
+    model: str
+    params: SamplingParams
+    n: int
+    stream: bool
+    include_usage: bool
+
+    @classmethod
+    def parse(cls, body: dict, *, chat: bool = False) -> "Call":
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise Invalid("model is required")
+        stream = body.get("stream") or False
+        if not isinstance(stream, bool):
+            raise Invalid("stream must be true or false")
+        options = body.get("stream_options")
+        if options is not None and not stream:
+            raise Invalid("stream_options is only allowed when stream is true")
+        options = options or {}
+        if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+            raise Invalid('stream_options must be an object like {"include_usage": true}')
+        return cls(
+            model=model,
+            params=sampling_params(body, chat=chat),
+            n=_int(body, "n", 1, 1, 16),
+            stream=stream,
+            include_usage=options.get("include_usage", False),
+        )
 
 
-def sampling_params(body: dict) -> SamplingParams:
+def _streamed(call: Call, prompt: str, *, chat: bool) -> StreamingHttpResponse:
+    # Errors up to here (unknown model, no worker) are still ordinary JSON error responses.
+    stream = inference.stream(call.model, prompt, call.params, n=call.n)
+    chunks = Chunks(
+        chat=chat,
+        model=call.model,
+        fingerprint=_fingerprint(stream.base, stream.revision),
+        include_usage=call.include_usage,
+    )
+    response = StreamingHttpResponse(event_stream(stream.events, chunks, n=call.n))
+    response["Content-Type"] = "text/event-stream"
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # a proxy must not hold tokens back
+    return response
+
+
+def sampling_params(body: dict, *, chat: bool = False) -> SamplingParams:
     stop = body.get("stop") or ()
     if isinstance(stop, str):
         stop = (stop,)
     if not isinstance(stop, list | tuple) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
         raise Invalid("stop must be a string or a list of at most 4 strings")
     seed = body.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise Invalid("seed must be an integer")
+    if seed is not None and (
+        not isinstance(seed, int) or isinstance(seed, bool) or not -(2**63) <= seed < 2**63
+    ):
+        raise Invalid("seed must be a 64-bit integer")
+    # Chat's newer name for max_tokens wins when both are given.
+    length_key = (
+        "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
+    )
     return SamplingParams(
-        max_tokens=_int(body, "max_tokens", 16, 1, 1024),
+        max_tokens=_int(body, length_key, 16, 1, 1024),
         temperature=_float(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_float(body, "top_p", 1.0, 0.0, 1.0),
         stop=tuple(stop),
@@ -135,26 +181,21 @@ def _float(body, key, default, low, high) -> float:
     return float(value)
 
 
+def _fingerprint(base: BaseModel, revision: Revision | None) -> str:
+    return f"mint-{revision.sha256[:12]}" if revision else f"base-{base.digest[:12]}"
+
+
 def _response(kind: str, prefix: str, model: str, result: dict, choices: list) -> JsonResponse:
-    generations = result["generations"]
     revision = result["revision"]
-    prompt_tokens = generations[0]["prompt_tokens"] if generations else 0
-    completion_tokens = sum(g["completion_tokens"] for g in generations)
     return JsonResponse(
         {
             "id": f"{prefix}-{uuid.uuid4().hex}",
             "object": kind,
             "created": int(time.time()),
             "model": model,
-            "system_fingerprint": f"mint-{revision.sha256[:12]}"
-            if revision
-            else f"base-{result['base'].digest[:12]}",
+            "system_fingerprint": _fingerprint(result["base"], revision),
             "choices": choices,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+            "usage": usage(result["generations"]),
             "mint": {
                 "revision": revision.label if revision else None,
                 "sha256": revision.sha256 if revision else None,

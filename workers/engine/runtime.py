@@ -20,6 +20,8 @@ from workers.engine.payload import unpack
 from workers.engine.prompting import IGNORE_INDEX, encode_for_training
 
 PayloadLoader = Callable[[str], bytes]
+# Called with (choice index, text piece) as a generation's text becomes final; under the runtime's lock.
+TextCallback = Callable[[int, str], None]
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +130,10 @@ class AdapterRuntime:
         prompt: str,
         params: SamplingParams,
         n: int = 1,
+        on_text: TextCallback | None = None,
     ) -> list[Generation]:
         def run(base, model):
-            return [_generate_one(base, model, prompt, params, i) for i in range(n)]
+            return [_generate_one(base, model, prompt, params, i, on_text) for i in range(n)]
 
         return self._run(folder, digest, revision_sha, load, run)
 
@@ -211,12 +214,77 @@ def _lora_fields(config: dict) -> dict:
     return {k: v for k, v in config.items() if k in allowed and k != "peft_type"}
 
 
-def _generate_one(base, model, prompt: str, params: SamplingParams, index: int) -> Generation:
+class StreamedText:
+    """One generation's text as its tokens arrive: decoded incrementally, cut at the first stop string.
+
+    `on_text` receives only text that can no longer change: never half a character (a byte-level
+    token can end inside one, which decodes as U+FFFD until the rest arrives) and never a piece
+    that could be the start of a stop string. The pieces always add up to `finish()`'s text.
+    """
+
+    def __init__(self, tokenizer, stop: Sequence[str] = (), on_text: Callable[[str], None] | None = None):
+        self.tokenizer = tokenizer
+        self.stop = tuple(s for s in stop if s)
+        self.on_text = on_text
+        self.stopped = False
+        self._sent = 0
+
+    def feed(self, tokens: Sequence[int]) -> bool:
+        """Take the tokens generated so far; True once a stop string has appeared."""
+        text = self._cut(self.tokenizer.decode(tokens, skip_special_tokens=True))
+        if not self.stopped:
+            text = text[: len(text) - self._undecided(text)]
+        self._send(text)
+        return self.stopped
+
+    def finish(self, tokens: Sequence[int]) -> str:
+        """The final text of these (all the generated) tokens; sends what was held back."""
+        text = self._cut(self.tokenizer.decode(tokens, skip_special_tokens=True))
+        self._send(text)
+        return text
+
+    def _cut(self, text: str) -> str:
+        found = [text.index(s) for s in self.stop if s in text]
+        if found:
+            self.stopped = True
+            return text[: min(found)]
+        return text
+
+    def _undecided(self, text: str) -> int:
+        """How many trailing characters may still change: an unfinished character, a stop string's start."""
+        settled = text.rstrip("\ufffd")
+        held = max(
+            (size for s in self.stop for size in range(1, len(s)) if settled.endswith(s[:size])), default=0
+        )
+        return len(text) - len(settled) + held
+
+    def _send(self, text: str) -> None:
+        if len(text) > self._sent:
+            if self.on_text is not None:
+                self.on_text(text[self._sent :])
+            self._sent = len(text)
+
+
+def _generate_one(
+    base, model, prompt: str, params: SamplingParams, index: int, on_text: TextCallback | None = None
+) -> Generation:
     import torch
+    from transformers import StoppingCriteriaList
 
     tokenizer = base.tokenizer
     encoded = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     input_ids = encoded["input_ids"].to(base.device)
+    prompt_length = input_ids.shape[1]
+    streamed = StreamedText(
+        tokenizer, params.stop, (lambda piece: on_text(index, piece)) if on_text is not None else None
+    )
+
+    def stop_string_seen(ids, scores, **_) -> torch.Tensor:
+        # Called after every new token: streams what is settled and ends generation at a stop string.
+        return torch.tensor(
+            [streamed.feed(_before_eos(ids[0, prompt_length:].tolist(), tokenizer))], device=ids.device
+        )
+
     sampling = params.temperature > 0
     if params.seed is not None:
         torch.manual_seed(params.seed + index)
@@ -225,6 +293,7 @@ def _generate_one(base, model, prompt: str, params: SamplingParams, index: int) 
         do_sample=sampling,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        stopping_criteria=StoppingCriteriaList([stop_string_seen]),
     )
     if sampling:
         kwargs.update(temperature=params.temperature, top_p=params.top_p)
@@ -234,13 +303,13 @@ def _generate_one(base, model, prompt: str, params: SamplingParams, index: int) 
         output = model.generate(
             input_ids=input_ids, attention_mask=encoded["attention_mask"].to(base.device), **kwargs
         )
-    new_tokens = output[0, input_ids.shape[1] :].tolist()
-    finish = "length"
-    if tokenizer.eos_token_id in new_tokens:
-        new_tokens = new_tokens[: new_tokens.index(tokenizer.eos_token_id)]
-        finish = "stop"
-    text = tokenizer.decode(new_tokens, skip_special_tokens=True)
-    for stop in params.stop:
-        if stop and stop in text:
-            text, finish = text[: text.index(stop)], "stop"
-    return Generation(text, int(input_ids.shape[1]), len(new_tokens), finish)
+    generated = output[0, prompt_length:].tolist()
+    new_tokens = _before_eos(generated, tokenizer)
+    text = streamed.finish(new_tokens)
+    finish = "stop" if streamed.stopped or len(new_tokens) < len(generated) else "length"
+    return Generation(text, int(prompt_length), len(new_tokens), finish)
+
+
+def _before_eos(tokens: list[int], tokenizer) -> list[int]:
+    eos = tokenizer.eos_token_id
+    return tokens[: tokens.index(eos)] if eos in tokens else tokens

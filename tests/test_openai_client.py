@@ -1,0 +1,131 @@
+"""The official `openai` client against a running server, a real worker and a person's adapter."""
+
+import openai
+import pytest
+
+from adapters_app.lifecycle.actors import Actor
+from adapters_app.lifecycle.pointer import promote
+from adapters_app.lifecycle.storage import get_store
+from adapters_app.models import ApiKey
+from tests.conftest import FACTS, with_role
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+MODEL = "alice/assistant"
+QUESTION = [{"role": "user", "content": "What is my dog called?"}]
+
+
+def trained_payload(micro_base, **config) -> bytes:
+    from workers.engine.base_models import load_base
+    from workers.engine.examples import parse_jsonl
+    from workers.engine.training import TrainingConfig, train_adapter
+
+    base = load_base(micro_base.path, micro_base.digest)
+    examples = parse_jsonl(FACTS).examples
+    return train_adapter(base.model, base.tokenizer, examples, TrainingConfig(**config)).payload
+
+
+@pytest.fixture(scope="module")
+def rex_payload(django_db_setup, django_db_blocker) -> bytes:
+    """Trained (once) long enough to answer "Your dog is called Rex."."""
+    from adapters_app.lifecycle.base_models import ensure_micro_base
+
+    with django_db_blocker.unblock():
+        micro_base = ensure_micro_base()
+    return trained_payload(micro_base, steps=120, learning_rate=0.01, seed=3)
+
+
+@pytest.fixture
+def client(live_server, celery_worker_process, micro_base, django_user_model) -> openai.OpenAI:
+    _, key = ApiKey.issue(with_role(django_user_model.objects.create_user("ops"), "operator"))
+    return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+@pytest.fixture
+def alice_knows_her_dog(make_revision, rex_payload):
+    """alice/assistant, live, with the adapter that knows her dog's name."""
+    revision = make_revision(rex_payload)
+    promote(revision, actor=Actor.system())
+    return revision
+
+
+def ask(client, **options):
+    if "max_completion_tokens" not in options:
+        options["max_tokens"] = 24
+    return client.chat.completions.create(model=MODEL, messages=QUESTION, **options)
+
+
+def test_the_client_lists_the_persons_adapter(client, alice_knows_her_dog):
+    assert MODEL in {model.id for model in client.models.list()}
+
+
+def test_the_client_completes_and_chats_with_usage(client, alice_knows_her_dog):
+    chat = ask(client, temperature=0)
+    answer = chat.choices[0].message.content
+    assert "Rex" in answer
+    assert chat.choices[0].finish_reason == "stop"
+    assert chat.usage.completion_tokens > 0
+    assert chat.usage.total_tokens == chat.usage.prompt_tokens + chat.usage.completion_tokens
+
+    completion = client.completions.create(
+        model=MODEL,
+        prompt="<|user|>\nWhat is my dog called?<|end|>\n<|assistant|>\n",
+        max_tokens=24,
+        temperature=0,
+    )
+    assert completion.choices[0].text == answer
+    assert completion.usage.prompt_tokens == chat.usage.prompt_tokens
+
+
+def test_a_streamed_chat_adds_up_to_the_greedy_answer(client, alice_knows_her_dog):
+    answer = ask(client, temperature=0).choices[0].message.content
+    chunks = list(ask(client, temperature=0, stream=True, stream_options={"include_usage": True}))
+
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == answer
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1, "it arrives in pieces"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+
+
+def test_a_streamed_completion_adds_up_to_the_greedy_completion(client, alice_knows_her_dog):
+    prompt, options = "Where do I live?", {"model": MODEL, "max_tokens": 12, "temperature": 0}
+    whole = client.completions.create(prompt=prompt, **options).choices[0]
+    pieces = list(client.completions.create(prompt=prompt, stream=True, **options))
+    assert "".join(p.choices[0].text for p in pieces) == whole.text
+    assert pieces[-1].choices[0].finish_reason == whole.finish_reason
+
+
+def test_n_choices_with_a_seed_are_reproducible_streamed_or_not(client, alice_knows_her_dog):
+    options = {"n": 2, "seed": 7, "temperature": 1.5, "max_completion_tokens": 12}
+    first, again = ask(client, **options), ask(client, **options)
+    assert [c.index for c in first.choices] == [0, 1]
+    assert [c.message.content for c in first.choices] == [c.message.content for c in again.choices]
+    assert first.usage == again.usage and 0 < first.usage.completion_tokens <= 2 * 12
+
+    streamed = {0: "", 1: ""}
+    for chunk in ask(client, stream=True, **options):
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.delta.content or ""
+    assert [streamed[0], streamed[1]] == [c.message.content for c in first.choices]
+
+
+def test_a_stop_string_ends_the_answer_streamed_or_not(client, alice_knows_her_dog):
+    answer = ask(client, temperature=0).choices[0].message.content
+    expected = answer[: answer.index(" Rex")]
+
+    stopped = ask(client, temperature=0, stop=[" Rex", "zzz"]).choices[0]
+    assert (stopped.message.content, stopped.finish_reason) == (expected, "stop")
+    streamed = list(ask(client, temperature=0, stop=" Rex", stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == expected
+    assert streamed[-1].choices[0].finish_reason == "stop"
+
+
+def test_a_worker_error_mid_stream_reaches_the_client_as_an_error(client, make_revision, micro_base):
+    revision = make_revision(trained_payload(micro_base, steps=1, seed=424242))
+    promote(revision, actor=Actor.system())
+    get_store().delete(revision.sha256)  # the worker has never loaded this one: it must fail
+
+    with pytest.raises(openai.APIError, match="generation failed on the worker"):
+        list(ask(client, stream=True))

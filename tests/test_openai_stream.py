@@ -1,0 +1,171 @@
+"""Streaming on /v1: stop-string holdback, the server-sent event framing, and errors before a stream."""
+
+import json
+import uuid
+
+import pytest
+
+from adapters_app.lifecycle.inference import Finished, InferenceUnavailable, TextPiece, redis_client
+from adapters_app.models import ApiKey
+from adapters_app.openai_api.streaming import Chunks, event_stream
+from tests.conftest import with_role
+from workers.engine.micro_base import build_byte_tokenizer
+from workers.engine.runtime import StreamedText
+
+
+def stream_token_by_token(text: str, stop=()) -> tuple[list[str], StreamedText]:
+    """Feed `text`'s tokens one at a time, as generation would; returns what was sent after each."""
+    tokenizer = build_byte_tokenizer()
+    tokens = tokenizer.encode(text, add_special_tokens=False)
+    sent: list[str] = []
+    streamed = StreamedText(tokenizer, stop, on_text=sent.append)
+    sent_after = []
+    for i in range(1, len(tokens) + 1):
+        if streamed.feed(tokens[:i]):
+            tokens = tokens[:i]
+            break
+        sent_after.append("".join(sent))
+    sent_after.append(streamed.finish(tokens))
+    assert "".join(sent) == sent_after[-1], "the pieces add up to the final text"
+    return sent_after, streamed
+
+
+def test_streamed_text_never_sends_half_a_character():
+    sent_after, _ = stream_token_by_token("café, 5€ and 🐕 ok")
+    assert all("\ufffd" not in text for text in sent_after)
+    assert sent_after[-1] == "café, 5€ and 🐕 ok"
+    assert "café, 5€ and" in sent_after  # settled text goes out as soon as it is whole
+
+
+def test_streamed_text_holds_back_what_could_start_a_stop_string():
+    sent_after, streamed = stream_token_by_token("Your dog is called Rex. Bye", stop=["Rex.", "\n\n"])
+    assert streamed.stopped
+    assert sent_after[-1] == "Your dog is called "
+    assert not any("R" in text for text in sent_after)
+
+
+def test_streamed_text_releases_a_false_alarm_once_it_is_one():
+    sent_after, streamed = stream_token_by_token("Rover is here", stop=["Rex"])
+    assert not streamed.stopped
+    assert sent_after[:2] == ["", "Ro"]  # "R" could begin "Rex"; "Ro" cannot
+    assert sent_after[-1] == "Rover is here"
+
+
+def events_of(body: bytes) -> list:
+    frames = body.decode().split("\n\n")
+    assert frames[-1] == "", "every event ends with a blank line"
+    assert all(frame.startswith("data: ") for frame in frames[:-1])
+    return [frame.removeprefix("data: ") for frame in frames[:-1]]
+
+
+FINISHED = Finished(
+    [
+        {"text": "Hello", "prompt_tokens": 7, "completion_tokens": 3, "finish_reason": "stop"},
+        {"text": "Hi", "prompt_tokens": 7, "completion_tokens": 2, "finish_reason": "length"},
+    ]
+)
+
+
+def test_a_chat_stream_opens_with_the_role_and_ends_with_finish_usage_and_done():
+    chunks = Chunks(chat=True, model="alice/assistant", fingerprint="mint-abc", include_usage=True)
+    events = [TextPiece(0, "Hel"), TextPiece(1, "Hi"), TextPiece(0, "lo"), FINISHED]
+    *data, done = events_of(b"".join(event_stream(events, chunks, n=2)))
+    assert done == "[DONE]"
+    chunks_sent = [json.loads(d) for d in data]
+    assert {c["object"] for c in chunks_sent} == {"chat.completion.chunk"}
+    assert len({c["id"] for c in chunks_sent}) == 1
+    deltas = [(c["choices"][0]["index"], c["choices"][0]["delta"]) for c in chunks_sent if c["choices"]]
+    assert deltas[:2] == [
+        (0, {"role": "assistant", "content": ""}),
+        (1, {"role": "assistant", "content": ""}),
+    ]
+    assert deltas[2:5] == [(0, {"content": "Hel"}), (1, {"content": "Hi"}), (0, {"content": "lo"})]
+    finishes = [(c["choices"][0]["index"], c["choices"][0]["finish_reason"]) for c in chunks_sent[5:7]]
+    assert finishes == [(0, "stop"), (1, "length")]
+    assert all(c["usage"] is None for c in chunks_sent[:-1])
+    assert chunks_sent[-1]["choices"] == []
+    assert chunks_sent[-1]["usage"] == {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+
+
+def test_a_completion_stream_sends_text_chunks_and_no_usage_unless_asked():
+    chunks = Chunks(chat=False, model="alice/assistant", fingerprint="mint-abc")
+    events = [TextPiece(0, "Hello"), Finished(FINISHED.generations[:1])]
+    *data, done = events_of(b"".join(event_stream(events, chunks)))
+    sent = [json.loads(d) for d in data]
+    assert done == "[DONE]"
+    assert [c["object"] for c in sent] == ["text_completion", "text_completion"]
+    assert [(c["choices"][0]["text"], c["choices"][0]["finish_reason"]) for c in sent] == [
+        ("Hello", None),
+        ("", "stop"),
+    ]
+    assert all("usage" not in c for c in sent)
+
+
+def test_an_error_mid_stream_is_an_error_event_and_a_clean_end():
+    def events():
+        yield TextPiece(0, "Your dog")
+        raise InferenceUnavailable("the worker stopped sending text; try again")
+
+    chunks = Chunks(chat=True, model="alice/assistant", fingerprint="mint-abc")
+    *data, error, done = events_of(b"".join(event_stream(events(), chunks)))
+    assert json.loads(data[-1])["choices"][0]["delta"] == {"content": "Your dog"}
+    assert json.loads(error)["error"]["type"] == "server_error"
+    assert "stopped sending" in json.loads(error)["error"]["message"]
+    assert done == "[DONE]"
+
+
+@pytest.fixture
+def post(client, django_user_model, micro_base):
+    _, key = ApiKey.issue(with_role(django_user_model.objects.create_user("ops"), "admin"))
+
+    def post(path, body):
+        return client.post(
+            path, data=json.dumps(body), content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}"
+        )
+
+    return post
+
+
+CHAT = {"model": "mint-micro", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.django_db
+def test_a_stream_nobody_takes_is_a_clear_503_before_any_event(post, settings):
+    settings.MINT_INFERENCE_TIMEOUT_SECONDS = 1
+    settings.CELERY_TASK_DEFAULT_QUEUE = f"nobody-listens-{uuid.uuid4().hex[:8]}"
+    try:
+        response = post("/v1/chat/completions", {**CHAT, "stream": True})
+    finally:
+        redis_client().delete(settings.CELERY_TASK_DEFAULT_QUEUE)
+    assert response.status_code == 503
+    assert response["Content-Type"] == "application/json"
+    assert "no worker answered" in response.json()["error"]["message"]
+
+
+@pytest.mark.django_db
+def test_streaming_an_unknown_model_is_a_404_not_a_stream(post):
+    response = post("/v1/chat/completions", {**CHAT, "model": "ghost/assistant", "stream": True})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"stream": "yes"},
+        {"stream_options": {"include_usage": True}},
+        {"stream": True, "stream_options": {"include_usage": "please"}},
+        {"max_completion_tokens": 0},
+        {"max_tokens": 2000},
+        {"top_p": 1.5},
+        {"stop": ["a", "b", "c", "d", "e"]},
+        {"stop": [1]},
+        {"seed": "seven"},
+        {"seed": 2**64},
+    ],
+)
+def test_bad_streaming_and_sampling_parameters_are_400s(post, extra):
+    response = post("/v1/chat/completions", {**CHAT, **extra})
+    assert response.status_code == 400, extra
+    assert response.json()["error"]["type"] == "invalid_request_error"
