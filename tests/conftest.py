@@ -202,7 +202,7 @@ def database_url_for_workers() -> str:
 
 
 class WorkerProcess:
-    def __init__(self, queue: str, log_path: Path, extra_env: dict | None = None):
+    def __init__(self, queue: str, log_path: Path, extra_env: dict | None = None, name: str | None = None):
         self.queue, self.log_path = queue, log_path
         env = {
             **os.environ,
@@ -229,7 +229,7 @@ class WorkerProcess:
                 "--queues",
                 queue,
                 "--hostname",
-                f"{queue}@%h",
+                f"{name or queue}@%h",
                 "--loglevel",
                 "INFO",
                 "--without-gossip",
@@ -287,8 +287,10 @@ def spawn_worker(django_db_setup, redis_server, tmp_path):
     """Start extra workers on their own queues (e.g. to kill one); all stopped at teardown."""
     started: list[WorkerProcess] = []
 
-    def spawn(queue: str, **extra_env) -> WorkerProcess:
-        worker = WorkerProcess(queue, tmp_path / f"{queue}.log", extra_env)
+    def spawn(queue: str, name: str | None = None, **extra_env) -> WorkerProcess:
+        """A worker consuming `queue`; `name` (default: the queue) makes its node name,
+        so several workers can share one queue."""
+        worker = WorkerProcess(queue, tmp_path / f"{name or queue}.log", extra_env, name=name)
         started.append(worker)
         worker.wait_ready()
         return worker

@@ -95,3 +95,161 @@ def test_stale_stopped_and_other_fleets_workers_are_never_chosen(fleet):
     assert route(SHA).reason == "shared"
     healthy = fleet()
     assert route(SHA).worker == healthy.name
+
+
+# --- through real workers ----------------------------------------------------------------
+
+QUESTION = "What is my dog called?"
+
+
+def wait_until(condition, timeout: float = 20):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := condition():
+            return found
+        time.sleep(0.2)
+    raise TimeoutError("condition not met in time")
+
+
+@pytest.fixture
+def two_workers(spawn_worker, settings):
+    """Two workers of one fleet on this machine: a shared queue, and each its own."""
+    queue = f"{settings.CELERY_TASK_DEFAULT_QUEUE}-route"
+    settings.CELERY_TASK_DEFAULT_QUEUE = queue
+    names = []
+    for suffix in ("a", "b"):
+        spawn_worker(queue, name=f"{queue}-{suffix}", MINT_WORKER_HEARTBEAT_SECONDS="1")
+        row = wait_until(lambda s=suffix: Worker.objects.filter(name__startswith=f"{queue}-{s}@").first())
+        names.append(row.name)
+    return names
+
+
+def trained(base, rows: bytes, seed: int) -> bytes:
+    """A payload that has learned `rows` (the micro base, a few seconds on CPU)."""
+    from workers.engine.base_models import load_base
+    from workers.engine.examples import parse_jsonl
+    from workers.engine.training import TrainingConfig, train_adapter
+
+    loaded = load_base(base.path, base.digest)
+    config = TrainingConfig(steps=40, learning_rate=0.01, seed=seed)
+    return train_adapter(loaded.model, loaded.tokenizer, parse_jsonl(rows).examples, config).payload
+
+
+def answer_directly(revision) -> str:
+    from adapters_app.lifecycle.storage import get_store
+    from workers.engine.examples import Message
+    from workers.engine.prompting import render_prompt
+    from workers.engine.runtime import AdapterRuntime, SamplingParams
+
+    base = revision.adapter.base
+    [generation] = AdapterRuntime().generate(
+        base.path,
+        base.digest,
+        revision.sha256,
+        get_store().get,
+        render_prompt([Message("user", QUESTION)]),
+        SamplingParams(max_tokens=24, temperature=0.0),
+    )
+    return generation.text
+
+
+def ask(model: str) -> dict:
+    from adapters_app.lifecycle.inference import complete
+    from workers.engine.examples import Message
+    from workers.engine.prompting import render_prompt
+    from workers.engine.runtime import SamplingParams
+
+    return complete(model, render_prompt([Message("user", QUESTION)]), SamplingParams(max_tokens=24))
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_requests_follow_the_adapter_to_the_worker_that_holds_it(two_workers, adapter, dataset, actor):
+    from adapters_app.lifecycle.pointer import promote
+    from adapters_app.lifecycle.revisions import create_revision
+    from tests.conftest import FACTS
+
+    revision = create_revision(
+        adapter,
+        trained(adapter.base, FACTS, seed=1),
+        dataset=dataset,
+        training_config={"steps": 40},
+        parent=None,
+        job=None,
+        actor=actor,
+    )
+    promote(revision, actor=actor)
+
+    first = ask("alice/assistant")["route"]
+    assert first.reason == "cold" and first.worker in two_workers
+    # The worker that served it now holds it, so the next request goes there again.
+    wait_until(
+        lambda: ResidentAdapter.objects.filter(worker__name=first.worker, sha256=revision.sha256).exists()
+    )
+    again = ask("alice/assistant")["route"]
+    assert (again.worker, again.reason) == (first.worker, "resident")
+
+    # While that worker is busy, an adapter nobody holds goes to the other one.
+    from adapters_app.lifecycle.datasets import upload_dataset
+    from adapters_app.lifecycle.people import create_adapter, create_person
+    from tests.conftest import OTHER_FACTS
+
+    bob = create_person("bob", actor=actor)
+    bobs = create_adapter(bob, "assistant", base=adapter.base, actor=actor)
+    bobs_data = upload_dataset(bob, OTHER_FACTS, name="facts", actor=actor)[0]
+    promote(
+        create_revision(
+            bobs,
+            trained(adapter.base, OTHER_FACTS, seed=2),
+            dataset=bobs_data,
+            training_config={"steps": 40},
+            parent=None,
+            job=None,
+            actor=actor,
+        ),
+        actor=actor,
+    )
+    [other] = [name for name in two_workers if name != first.worker]
+    with Dispatched(again):
+        elsewhere = ask("bob/assistant")["route"]
+    assert (elsewhere.worker, elsewhere.reason) == (other, "cold")
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_a_promoted_retrain_is_served_next_even_while_the_old_revision_is_resident(
+    two_workers, adapter, dataset, actor
+):
+    from adapters_app.lifecycle.pointer import promote
+    from adapters_app.lifecycle.revisions import create_revision
+    from tests.conftest import FACTS, OTHER_FACTS
+
+    def revision_of(rows, seed, parent=None):
+        return create_revision(
+            adapter,
+            trained(adapter.base, rows, seed),
+            dataset=dataset,
+            training_config={"steps": 40, "seed": seed},
+            parent=parent,
+            job=None,
+            actor=actor,
+        )
+
+    r1 = revision_of(FACTS, 1)
+    promote(r1, actor=actor)
+    old = ask("alice/assistant")
+    assert old["generations"][0]["text"] == answer_directly(r1)
+    holder = old["route"].worker
+    wait_until(lambda: ResidentAdapter.objects.filter(worker__name=holder, sha256=r1.sha256).exists())
+
+    r2 = revision_of(OTHER_FACTS, 2, parent=r1)
+    expected = answer_directly(r2)
+    assert expected != answer_directly(r1), "the retrain should answer differently"
+    promote(r2, actor=actor)
+    new = ask("alice/assistant")
+    assert new["revision"] == r2
+    assert new["generations"][0]["text"] == expected
+    # r1 is still in memory somewhere; serving r2 never read its slot.
+    assert ResidentAdapter.objects.filter(sha256=r1.sha256).exists()

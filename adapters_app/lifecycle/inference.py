@@ -23,6 +23,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from django.conf import settings
 
+from adapters_app.lifecycle import routing
 from adapters_app.lifecycle.errors import LifecycleError
 from adapters_app.lifecycle.revisions import resolve_model
 from adapters_app.models import BaseModel, Revision
@@ -45,18 +46,21 @@ class InferenceFailed(LifecycleError):
 def complete(model: str, prompt: str, params: SamplingParams, *, n: int = 1) -> dict:
     """Generate `n` completions of an already-rendered `prompt` for `model`."""
     base, revision = resolve_model(model)
-    result = _send(base, revision, prompt, params, n)
-    try:
-        generations = result.get(timeout=settings.MINT_INFERENCE_TIMEOUT_SECONDS)
-    except CeleryTimeout:
-        result.revoke()
-        raise InferenceUnavailable("no worker answered in time; is a worker running?") from None
-    except Exception as exc:  # the worker's exception, re-raised by Celery
-        raise InferenceFailed(f"generation failed on the worker: {exc}") from None
+    chosen = routing.route(revision.sha256 if revision else base.digest)
+    with routing.Dispatched(chosen):
+        result = _send(base, revision, prompt, params, n, queue=chosen.queue)
+        try:
+            generations = result.get(timeout=settings.MINT_INFERENCE_TIMEOUT_SECONDS)
+        except CeleryTimeout:
+            result.revoke()
+            raise InferenceUnavailable("no worker answered in time; is a worker running?") from None
+        except Exception as exc:  # the worker's exception, re-raised by Celery
+            raise InferenceFailed(f"generation failed on the worker: {exc}") from None
     return {
         "base": base,
         "revision": revision,
         "generations": generations,
+        "route": chosen,
     }
 
 
@@ -81,24 +85,32 @@ class TextStream:
     base: BaseModel
     revision: Revision | None
     events: Iterator[TextPiece | Finished]
+    route: routing.Route
 
 
 def stream(model: str, prompt: str, params: SamplingParams, *, n: int = 1) -> TextStream:
     """Like `complete`, but returns once a worker has taken the request; the text follows."""
     base, revision = resolve_model(model)
     key = f"{STREAM_KEY_PREFIX}{uuid.uuid4().hex}"
-    # Resolve first: a 404 or a missing worker is still an HTTP error, not an event in a stream.
-    result = _send(base, revision, prompt, params, n, stream_key=key)
-    first = _pop(key)
-    if first is None:
-        result.revoke()
-        raise InferenceUnavailable("no worker answered in time; is a worker running?")
-    if first["type"] == "error":
-        raise InferenceFailed(f"generation failed on the worker: {first['message']}")
-    return TextStream(base, revision, _events(key))
+    chosen = routing.route(revision.sha256 if revision else base.digest)
+    # Counted as the worker's load until the stream ends (or is abandoned).
+    dispatched = routing.Dispatched(chosen).begin()
+    try:
+        # Resolve first: a 404 or a missing worker is still an HTTP error, not an event in a stream.
+        result = _send(base, revision, prompt, params, n, stream_key=key, queue=chosen.queue)
+        first = _pop(key)
+        if first is None:
+            result.revoke()
+            raise InferenceUnavailable("no worker answered in time; is a worker running?")
+        if first["type"] == "error":
+            raise InferenceFailed(f"generation failed on the worker: {first['message']}")
+    except BaseException:
+        dispatched.end()
+        raise
+    return TextStream(base, revision, _events(key, dispatched), chosen)
 
 
-def _events(key: str) -> Iterator[TextPiece | Finished]:
+def _events(key: str, dispatched: routing.Dispatched) -> Iterator[TextPiece | Finished]:
     try:
         while True:
             record = _pop(key)
@@ -114,6 +126,7 @@ def _events(key: str) -> Iterator[TextPiece | Finished]:
     finally:
         # Also when the client went away mid-stream: nobody will read what is left.
         redis_client().delete(key)
+        dispatched.end()
 
 
 def _pop(key: str) -> dict | None:
@@ -166,6 +179,8 @@ def _send(
     params: SamplingParams,
     n: int,
     stream_key: str | None = None,
+    *,
+    queue: str,
 ) -> AsyncResult:
     request = {
         "base_path": base.path,
@@ -183,7 +198,7 @@ def _send(
     return celery_app.send_task(
         "workers.tasks.generate",
         kwargs=request,
-        queue=settings.CELERY_TASK_DEFAULT_QUEUE,
+        queue=queue,
         # Nobody waits for an answer after this: a worker that comes later must not run it.
         expires=settings.MINT_INFERENCE_TIMEOUT_SECONDS,
         **options,

@@ -82,12 +82,13 @@ def current_loads(worker_names: list[str]) -> dict[str, int]:
 
 class Dispatched:
     """Counts a request against its worker's load while it is in flight:
-    `with Dispatched(route): …send and wait…`."""
+    `with Dispatched(route): …send and wait…`, or `begin()` … `end()` for a stream
+    that outlives the call that started it. `end()` counts once, however often called."""
 
     def __init__(self, chosen: Route):
         self.key = _load_key(chosen.worker) if chosen.worker else None
 
-    def __enter__(self) -> Dispatched:
+    def begin(self) -> Dispatched:
         if self.key:
             try:
                 cache.add(self.key, 0, timeout=LOAD_TTL_SECONDS)
@@ -97,9 +98,16 @@ class Dispatched:
                 self.key = None
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self.key:
+    def end(self) -> None:
+        key, self.key = self.key, None
+        if key:
             try:
-                cache.decr(self.key)
+                cache.decr(key)
             except Exception:  # expired meanwhile, or the cache is down
                 log.warning("could not uncount a routed request", exc_info=True)
+
+    def __enter__(self) -> Dispatched:
+        return self.begin()
+
+    def __exit__(self, *exc) -> None:
+        self.end()

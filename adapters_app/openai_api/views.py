@@ -200,6 +200,10 @@ def _response(kind: str, prefix: str, model: str, result: dict, choices: list) -
                 "revision": revision.label if revision else None,
                 "sha256": revision.sha256 if revision else None,
                 "base": result["base"].name,
+                # Which worker the router chose and why: "resident" (it held the adapter),
+                # "cold" (least loaded, loads it now) or "shared" (no worker reported yet).
+                "worker": result["route"].worker,
+                "route": result["route"].reason,
             },
         }
     )
