@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint migrate clean bases eval-report bench-console screenshots
+.PHONY: install demo test lint migrate clean bases eval-report bench-console bench-serving screenshots
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "MinT needs Python 3.11, found " + sys.version'
@@ -48,6 +48,12 @@ eval-report: migrate
 bench-console: migrate
 	$(BIN)/python manage.py bulk_seed --if-empty
 	$(BIN)/python manage.py bench_console
+
+# Tokens/s of one batch of 64 rows, each with its own adapter (ours, PEFT's mixed batch,
+# per-request switching) beside the bare base; adapter cold loads; a Zipf cache replay.
+# Builds mint-s on first use (minutes); BENCH_ARGS="--base micro" for a quick run.
+bench-serving: migrate
+	$(BIN)/python manage.py bench_serving $(BENCH_ARGS)
 
 # The README's console screenshot, as the browser test of the operator's flow saves it.
 screenshots: install
