@@ -53,11 +53,12 @@ def payloads(micro) -> dict[str, bytes]:
     return {hashlib.sha256(p).hexdigest(): p for p in trained}
 
 
-@pytest.fixture
-def bank(micro, payloads):
-    """A fresh micro base with every adapter loaded into its bank, and its tokenizer."""
+@pytest.fixture(params=[8, 32], ids=["bank-rank-8", "bank-rank-32"])
+def bank(micro, payloads, request):
+    """A fresh micro base with every adapter loaded into its bank, and its tokenizer. A bank
+    wider than the adapters' ranks gives the same results (only the rows' ranks are used)."""
     base = load_base(*micro)
-    model = BatchedLoraModel(base.model, max_slots=4, max_rank=8)
+    model = BatchedLoraModel(base.model, max_slots=4, max_rank=request.param)
     for sha, payload in payloads.items():
         model.load(sha, payload)
     return model, base.tokenizer

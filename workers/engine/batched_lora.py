@@ -84,7 +84,7 @@ class LoraBankLinear(nn.Module):
             "lora_b", torch.zeros(slots, base.out_features, max_rank, **kw), persistent=False
         )
         self.register_buffer("scaling", torch.zeros(slots, **kw), persistent=False)
-        self.targeted = [False] * slots  # which slots hold an update for this module
+        self.ranks = [0] * slots  # each slot's rank for this module (0: no update)
         self.rows = rows
         self.group: SharedInput | None = None
         self._gathered_for: object = None
@@ -107,7 +107,7 @@ class LoraBankLinear(nn.Module):
         self.lora_a[slot].zero_()
         self.lora_b[slot].zero_()
         self.scaling[slot] = 0.0
-        self.targeted[slot] = a is not None
+        self.ranks[slot] = 0 if a is None else a.shape[0]
         if a is None:
             return
         rank = a.shape[0]
@@ -115,19 +115,28 @@ class LoraBankLinear(nn.Module):
         self.lora_b[slot, :, :rank].copy_(b)
         self.scaling[slot] = scale
 
+    def rank_for(self, slots: set[int]) -> int:
+        """The largest rank among these slots: the bank's columns past it are zeros for
+        every row, so gathering and multiplying them would be wasted work."""
+        return max((self.ranks[s] for s in slots), default=0)
+
     def _rows_factors(self) -> tuple[torch.Tensor | None, torch.Tensor] | None:
         """(A rows [batch, in, r], scaled B rows [batch, r, out]) for the rows set now, or
-        None when no row's adapter targets this module. A rows are None in a shared-input
-        group, which gathers them for all its members."""
+        None when no row's adapter targets this module. r is the largest rank among the
+        rows (a bank sized for rank 64 costs rank-8 rows only rank 8). A rows are None in a
+        shared-input group, which gathers them for all its members."""
         if self._gathered_for is not self.rows.key:
             self._gathered_for = self.rows.key
             self._gathered = None
             ids = self.rows.ids
-            if ids is not None and any(self.targeted[s] for s in set(ids.tolist())):
+            rank = self.rank_for(set(ids.tolist())) if ids is not None else 0
+            if self.group is not None and rank:
+                rank = self.group.rank
+            if rank:
                 a_rows = None
                 if self.group is None:
-                    a_rows = self.lora_a.index_select(0, ids).transpose(1, 2).contiguous()
-                b_rows = self.lora_b.index_select(0, ids).transpose(1, 2)
+                    a_rows = self.lora_a[:, :rank].index_select(0, ids).transpose(1, 2).contiguous()
+                b_rows = self.lora_b[:, :, :rank].index_select(0, ids).transpose(1, 2)
                 b_rows = b_rows * self.scaling.index_select(0, ids).view(-1, 1, 1)
                 self._gathered = (a_rows, b_rows.contiguous())
         return self._gathered
@@ -161,20 +170,29 @@ class SharedInput:
         self._a_rows: torch.Tensor | None = None  # [batch, in, members x r_max]
         self._x: torch.Tensor | None = None
         self._xa: torch.Tensor | None = None
+        self._rank = 0
         for member in members:
             member.group = self
+
+    @property
+    def rank(self) -> int:
+        """One rank for the whole group (their shrinks are computed together): the largest
+        any member has for the rows set now."""
+        ids = self.members[0].rows.ids
+        slots = set(ids.tolist()) if ids is not None else set()
+        return max(member.rank_for(slots) for member in self.members)
 
     def shrink(self, member: LoraBankLinear, x: torch.Tensor, x3: torch.Tensor) -> torch.Tensor:
         if self._for is not member.rows.key:
             ids = member.rows.ids
-            a = torch.cat([m.lora_a.index_select(0, ids) for m in self.members], dim=1)
+            self._rank = self.rank
+            a = torch.cat([m.lora_a[:, : self._rank].index_select(0, ids) for m in self.members], dim=1)
             self._a_rows = a.transpose(1, 2).contiguous()
             self._for, self._x = member.rows.key, None
         if x is not self._x:  # the first member to see this input computes every member's shrink
             self._x, self._xa = x, torch.bmm(x3, self._a_rows)
-        rank = member.lora_a.shape[1]
-        start = self.members.index(member) * rank
-        return self._xa[..., start : start + rank]
+        start = self.members.index(member) * self._rank
+        return self._xa[..., start : start + self._rank]
 
 
 # Linear layers of one parent module that a decoder layer feeds the same hidden states.
