@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint migrate clean bases eval-report bench-console bench-serving screenshots
+.PHONY: install demo test lint migrate clean bases eval-report bench-console bench-serving load-test screenshots
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "MinT needs Python 3.11, found " + sys.version'
@@ -54,6 +54,11 @@ bench-console: migrate
 # Builds mint-s on first use (minutes); BENCH_ARGS="--base micro" for a quick run.
 bench-serving: migrate
 	$(BIN)/python manage.py bench_serving $(BENCH_ARGS)
+
+# 200 people's adapters, 32 concurrent clients through /v1 on a worker of its own (threads
+# pool, batched engine): throughput and p50/p95 latency; fails if any request fails.
+load-test: migrate
+	$(BIN)/python manage.py load_test $(LOAD_ARGS)
 
 # The README's console screenshot, as the browser test of the operator's flow saves it.
 screenshots: install

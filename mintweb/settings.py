@@ -139,6 +139,17 @@ MINT_WORKER_HEARTBEAT_SECONDS = envint("MINT_WORKER_HEARTBEAT_SECONDS", "10")
 # Blobs no revision or dataset references, older than this, are removed by the sweep.
 MINT_ORPHAN_BLOB_GRACE_SECONDS = envint("MINT_ORPHAN_BLOB_GRACE_SECONDS", "3600")
 MINT_INFERENCE_TIMEOUT_SECONDS = envint("MINT_INFERENCE_TIMEOUT_SECONDS", "120")
+# Serving (/v1) through the batched engine: rows per batch, how long an idle batch waits
+# to fill, adapter slots in the bank and the largest rank it holds (TrainingConfig allows
+# up to 256: larger ranks, and variants the bank refuses, are served one at a time).
+MINT_SERVING_MAX_BATCH = envint("MINT_SERVING_MAX_BATCH", "64")
+MINT_SERVING_MAX_WAIT_MS = envint("MINT_SERVING_MAX_WAIT_MS", "5")
+MINT_SERVING_SLOTS = envint("MINT_SERVING_SLOTS", "64")
+MINT_SERVING_MAX_RANK = envint("MINT_SERVING_MAX_RANK", "64")
+# Below the bank: parsed adapters parked in host memory, and a local cache of payloads on disk.
+MINT_RESIDENCY_CPU_BYTES = envint("MINT_RESIDENCY_CPU_BYTES", str(2 * 1024**3))
+MINT_RESIDENCY_DISK_BYTES = envint("MINT_RESIDENCY_DISK_BYTES", str(20 * 1024**3))
+MINT_RESIDENCY_CACHE_DIR = Path(os.environ.get("MINT_RESIDENCY_CACHE_DIR", VAR_DIR / "adapter-cache"))
 
 # --- Redis and Celery -----------------------------------------------------------
 EMBEDDED_REDIS_SOCKET = VAR_DIR / "redis.sock"

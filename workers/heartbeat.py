@@ -42,7 +42,7 @@ class WorkerHeartbeat:
         from django.db import transaction
         from django.utils import timezone
 
-        from adapters_app.models import ResidentAdapter, Worker
+        from adapters_app.models import ResidencyStats, ResidentAdapter, Worker
 
         self._stop.set()
         self._thread.join(timeout=self.interval + 5)
@@ -50,13 +50,14 @@ class WorkerHeartbeat:
         with transaction.atomic():
             Worker.objects.filter(name=self.name).update(stopped_at=now, last_seen_at=now)
             ResidentAdapter.objects.filter(worker__name=self.name).delete()
+            ResidencyStats.objects.filter(worker__name=self.name).delete()
 
     def announce(self) -> None:
         """Write the row as a fresh start: whatever a previous run under this name held is gone."""
         from django.db import transaction
         from django.utils import timezone
 
-        from adapters_app.models import ResidentAdapter, Worker
+        from adapters_app.models import ResidencyStats, ResidentAdapter, Worker
         from mintweb.version import code_version
         from workers.engine.base_models import pick_device
 
@@ -74,12 +75,15 @@ class WorkerHeartbeat:
                 },
             )
             ResidentAdapter.objects.filter(worker=worker).delete()
+            ResidencyStats.objects.filter(worker=worker).delete()
 
     def beat(self) -> None:
-        """Refresh the row, and drop what processes no longer in the pool were holding."""
+        """Refresh the row, drop what processes no longer in the pool were holding, and
+        keep this process's residency managers reported (a solo pool serves here)."""
         from django.utils import timezone
 
-        from adapters_app.models import ResidentAdapter, Worker
+        from adapters_app.models import ResidencyStats, ResidentAdapter, Worker
+        from workers.residency_report import report_from_heartbeat
 
         updated = Worker.objects.filter(name=self.name, stopped_at=None).update(
             last_seen_at=timezone.now(), **self.facts()
@@ -89,6 +93,8 @@ class WorkerHeartbeat:
         pids = self.pool_pids()
         if pids:
             ResidentAdapter.objects.filter(worker__name=self.name).exclude(pid__in=pids).delete()
+            ResidencyStats.objects.filter(worker__name=self.name).exclude(pid__in=pids).delete()
+        report_from_heartbeat(self.name)
 
     def facts(self) -> dict:
         return {

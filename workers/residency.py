@@ -25,6 +25,7 @@ from workers.engine.runtime import ResidencyEvent
 log = logging.getLogger(__name__)
 
 USE_WRITE_SECONDS = 1.0
+MEMORY_TIERS = (ResidentAdapter.GPU, ResidentAdapter.CPU)
 
 
 def worker_name() -> str | None:
@@ -57,7 +58,7 @@ class ResidencyReporter:
         elif event.action == "used":
             self.used(worker, event.sha256)
         elif event.action == "evicted":
-            self.evicted(worker, event.sha256)
+            self.evicted(worker, event.sha256, tier_of(event.device))
 
     def loaded(self, worker_name: str, event: ResidencyEvent) -> None:
         worker = Worker.objects.filter(name=worker_name, stopped_at=None).first()
@@ -70,9 +71,9 @@ class ResidencyReporter:
             worker=worker,
             pid=os.getpid(),
             sha256=event.sha256,
+            tier=tier_of(event.device),
             defaults={
                 "kind": event.kind,
-                "tier": tier_of(event.device),
                 "revision": revision,
                 "base": BaseModel.objects.filter(digest=event.base_digest).first(),
                 "bytes": event.bytes,
@@ -97,9 +98,12 @@ class ResidencyReporter:
             self._written[key] = now
         self._write_uses(key, uses, at)
 
-    def evicted(self, worker_name: str, sha256: str) -> None:
+    def evicted(self, worker_name: str, sha256: str, tier: str) -> None:
         self._forget(worker_name, sha256)
-        ResidentAdapter.objects.filter(worker__name=worker_name, pid=os.getpid(), sha256=sha256).delete()
+        # Only the runtime's row: a copy the residency manager keeps on disk stays listed.
+        ResidentAdapter.objects.filter(
+            worker__name=worker_name, pid=os.getpid(), sha256=sha256, tier=tier
+        ).delete()
 
     def _forget(self, worker_name: str, sha256: str) -> None:
         with self._lock:
@@ -108,9 +112,9 @@ class ResidencyReporter:
 
     def _write_uses(self, key: tuple[str, str], uses: int, at) -> None:
         worker_name, sha256 = key
-        ResidentAdapter.objects.filter(worker__name=worker_name, pid=os.getpid(), sha256=sha256).update(
-            uses=F("uses") + uses, last_used_at=at
-        )
+        ResidentAdapter.objects.filter(
+            worker__name=worker_name, pid=os.getpid(), sha256=sha256, tier__in=MEMORY_TIERS
+        ).update(uses=F("uses") + uses, last_used_at=at)
 
     def _arm_flusher(self) -> None:
         """Write throttled uses a moment later, so the last ones before a quiet spell show too."""

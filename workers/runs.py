@@ -24,6 +24,7 @@ from adapters_app.lifecycle.pointer import auto_promote
 from adapters_app.lifecycle.revisions import create_revision
 from adapters_app.lifecycle.storage import get_store
 from adapters_app.models import Evaluation, Job, Revision
+from workers import serving
 from workers.engine.examples import Message
 from workers.engine.prompting import render_prompt
 from workers.engine.runtime import AdapterRuntime, SamplingParams
@@ -32,7 +33,9 @@ from workers.residency import ResidencyReporter
 
 log = logging.getLogger(__name__)
 
-_runtime = AdapterRuntime(observer=ResidencyReporter())
+_reporter = ResidencyReporter()
+_runtime = AdapterRuntime(observer=_reporter)
+serving.observe(_reporter)
 
 
 def runtime() -> AdapterRuntime:
@@ -305,38 +308,51 @@ def answer(adapter, revision: Revision | None, prompt: str, max_tokens: int) -> 
 def generate(request: dict) -> list[dict]:
     """Serve one OpenAI-style request (no job row: inference is not a lifecycle action).
 
-    With a `stream_key`, text is also pushed to that Redis list as it is generated."""
+    It joins this process's continuously batched server for the base (`workers.serving`);
+    an adapter the bank cannot hold (DoRA, a rank above MINT_SERVING_MAX_RANK, …) is served
+    by the one-at-a-time runtime instead. With a `stream_key`, text is also pushed to that
+    Redis list as it is generated: both paths settle pieces by `runtime.StreamedText`'s
+    rules, so they add up to the non-streamed text."""
     from adapters_app.lifecycle.inference import StreamWriter
 
     params = request["params"]
     params["stop"] = tuple(params.get("stop") or ())
+    sampling = SamplingParams(**params)
     stream = StreamWriter(request["stream_key"]) if request.get("stream_key") else None
     if stream:
         stream.started()
+    on_text = stream.text if stream else None
     try:
-        generations = runtime().generate(
-            request["base_path"],
-            request["base_digest"],
-            request["revision_sha256"],
-            get_store().get,
-            request["prompt"],
-            SamplingParams(**params),
-            n=request["n"],
-            on_text=stream.text if stream else None,
-        )
+        try:
+            server = serving.server_for(request["base_path"], request["base_digest"])
+            result = server.generate(
+                request["prompt"], request["revision_sha256"], sampling, request["n"], on_text=on_text
+            )
+        except serving.Unservable as exc:
+            log.info("serving %s one at a time: %s", request["revision_sha256"][:12], exc)
+            generations = runtime().generate(
+                request["base_path"],
+                request["base_digest"],
+                request["revision_sha256"],
+                get_store().get,
+                request["prompt"],
+                sampling,
+                n=request["n"],
+                on_text=on_text,
+            )
+            result = [
+                {
+                    "text": g.text,
+                    "prompt_tokens": g.prompt_tokens,
+                    "completion_tokens": g.completion_tokens,
+                    "finish_reason": g.finish_reason,
+                }
+                for g in generations
+            ]
     except Exception as exc:
         if stream:
             stream.error(f"{type(exc).__name__}: {exc}")
         raise
-    result = [
-        {
-            "text": g.text,
-            "prompt_tokens": g.prompt_tokens,
-            "completion_tokens": g.completion_tokens,
-            "finish_reason": g.finish_reason,
-        }
-        for g in generations
-    ]
     if stream:
         stream.done(result)
     return result

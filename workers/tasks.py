@@ -31,3 +31,25 @@ def sweep() -> dict:
     from adapters_app.lifecycle.jobs import sweep_orphan_blobs, sweep_stale_jobs
 
     return {"stale_jobs": sweep_stale_jobs(), "orphan_blobs": len(sweep_orphan_blobs())}
+
+
+# The console's residency actions (adapters_app/lifecycle/residency.py), sent to one worker's queue.
+@shared_task(bind=True, name="workers.tasks.residency_pin", acks_late=False)
+def residency_pin(self, sha256: str, base_digest: str, tier: str) -> dict:
+    from workers import residency_control
+
+    return residency_control.pin(sha256, base_digest, tier, worker=self.request.hostname)
+
+
+@shared_task(bind=True, name="workers.tasks.residency_unpin", acks_late=False)
+def residency_unpin(self, sha256: str, base_digest: str) -> dict:
+    from workers import residency_control
+
+    return residency_control.unpin(sha256, base_digest, worker=self.request.hostname)
+
+
+@shared_task(bind=True, name="workers.tasks.residency_prefetch", acks_late=False)
+def residency_prefetch(self, sha256: str, base_digest: str, tier: str) -> dict:
+    from workers import residency_control
+
+    return residency_control.prefetch(sha256, base_digest, tier, worker=self.request.hostname)

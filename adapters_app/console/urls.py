@@ -2,6 +2,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 
 from adapters_app.console import compare_views, views
+from adapters_app.console import residency as residency_views
 from adapters_app.console import workers as worker_views
 from adapters_app.console.login import ThrottledLoginView
 
@@ -41,6 +42,16 @@ urlpatterns = [
     path("people/<slug:handle>/<slug:adapter>/<rev:rev>/", views.revision, name="revision"),
     path("people/<slug:handle>/<slug:adapter>/<rev:rev>/compare", compare_views.compare, name="compare"),
     path("people/<slug:handle>/<slug:adapter>/<rev:rev>/download", views.download, name="download"),
+    path(
+        "people/<slug:handle>/<slug:adapter>/<rev:rev>/prefetch",
+        residency_views.revision_prefetch,
+        name="revision_prefetch",
+    ),
+    path(
+        "people/<slug:handle>/<slug:adapter>/<rev:rev>/prefetch-form",
+        residency_views.revision_prefetch_form,
+        name="revision_prefetch_form",
+    ),
     path("adapters/", views.adapters, name="adapters"),
     path("revisions/", views.revisions, name="revisions"),
     path("jobs/", views.jobs, name="jobs"),
@@ -51,4 +62,5 @@ urlpatterns = [
     path("audit/export.csv", views.audit_export, name="audit_export"),
     path("workers/", worker_views.workers, name="workers"),
     path("workers/<str:name>/", worker_views.worker, name="worker"),
+    path("workers/<str:name>/residency", residency_views.worker_residency, name="worker_residency"),
 ]

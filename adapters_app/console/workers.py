@@ -1,8 +1,9 @@
 """Console pages for workers and what they hold in memory, and the overview's summary of both.
 
-Everything here aggregates the Worker and ResidentAdapter tables only (a few rows per
-worker process), never the adapter or revision tables, so it costs the same with a
-million adapters.
+Everything here aggregates the Worker, ResidentAdapter and ResidencyStats tables only (a
+few rows per worker process), never the adapter or revision tables, so it costs the
+same with a million adapters. A hit rate is the device tier's: the share of requests
+served without a cold load.
 """
 
 from django.contrib.auth.decorators import login_required
@@ -11,9 +12,38 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 
-from adapters_app.models import Job, ResidentAdapter, Worker
+from adapters_app.lifecycle.residency import TIERS as RESIDENCY_TIERS
+from adapters_app.models import Job, ResidencyStats, ResidentAdapter, Worker
 
 TIERS = dict(ResidentAdapter.TIERS)
+STATS_ORDER = [tier for tier, _ in ResidencyStats.TIERS]
+MEMORY_TIERS = (ResidentAdapter.GPU, ResidentAdapter.CPU)
+IN_MEMORY = Q(tier__in=MEMORY_TIERS)
+
+
+def hit_rate(hits: int, misses: int) -> float | None:
+    return hits / (hits + misses) if hits + misses else None
+
+
+def residency_tiers(healthy) -> dict:
+    """Per manager tier across healthy workers: budget, bytes used, hits, misses; and the
+    fleet's hit rate (one small aggregate query)."""
+    rows = {
+        row["tier"]: row
+        for row in ResidencyStats.objects.filter(worker__in=healthy)
+        .values("tier")
+        .annotate(
+            budget=Sum("budget_bytes", default=0),
+            used=Sum("used_bytes", default=0),
+            entries=Sum("entries", default=0),
+            hits=Sum("hits", default=0),
+            misses=Sum("misses", default=0),
+        )
+        .order_by()
+    }
+    tiers = [{**rows[tier], "label": label} for tier, label in ResidencyStats.TIERS if tier in rows]
+    device = rows.get(ResidencyStats.DEVICE)
+    return {"tiers": tiers, "hit_rate": hit_rate(device["hits"], device["misses"]) if device else None}
 
 
 def fleet_summary() -> dict:
@@ -27,7 +57,8 @@ def fleet_summary() -> dict:
         **{h: Count("id", filter=Worker.health_filter(h, now)) for h in Worker.HEALTHS}
     )
     healthy = Q(worker__in=Worker.objects.with_health(Worker.HEALTHY, now))
-    adapter, base = Q(kind=ResidentAdapter.ADAPTER), Q(kind=ResidentAdapter.BASE)
+    # Memory only: a local-disk copy (the residency manager's disk tier) is counted in its tier's row.
+    adapter, base = Q(kind=ResidentAdapter.ADAPTER) & IN_MEMORY, Q(kind=ResidentAdapter.BASE) & IN_MEMORY
     held = ResidentAdapter.objects.filter(worker__stopped_at__isnull=True)
     totals = held.aggregate(
         adapters=Count("id", filter=healthy & adapter),
@@ -41,19 +72,21 @@ def fleet_summary() -> dict:
         {**row, "label": TIERS.get(row["tier"], row["tier"])}
         for row in held.filter(healthy)
         .values("tier")
-        .annotate(adapters=Count("id", filter=adapter), bytes=Sum("bytes"))
+        .annotate(adapters=Count("id", filter=Q(kind=ResidentAdapter.ADAPTER)), bytes=Sum("bytes"))
         .order_by("tier")
     ]
-    return {"health": health, "total": sum(health.values()), **totals, "tiers": tiers}
+    managed = residency_tiers(Worker.objects.with_health(Worker.HEALTHY, now))
+    return {"health": health, "total": sum(health.values()), **totals, "tiers": tiers, "managed": managed}
 
 
 @login_required
 def workers(request: HttpRequest) -> HttpResponse:
     health = request.GET.get("health", "")
     tier = request.GET.get("tier", "")
+    in_memory = Q(resident__tier__in=MEMORY_TIERS)
     queryset = Worker.objects.annotate(
-        resident_adapters=Count("resident", filter=Q(resident__kind=ResidentAdapter.ADAPTER)),
-        resident_bytes=Sum("resident__bytes", default=0),
+        resident_adapters=Count("resident", filter=Q(resident__kind=ResidentAdapter.ADAPTER) & in_memory),
+        resident_bytes=Sum("resident__bytes", filter=in_memory, default=0),
     ).order_by("stopped_at", "name")  # running workers first
     if health in Worker.HEALTHS:
         queryset = queryset.with_health(health)
@@ -66,8 +99,16 @@ def workers(request: HttpRequest) -> HttpResponse:
         .values_list("worker")
         .annotate(n=Count("id"))
     )
+    device = {
+        row["worker"]: hit_rate(row["hits"], row["misses"])
+        for row in ResidencyStats.objects.filter(worker__in=worker_list, tier=ResidencyStats.DEVICE)
+        .values("worker")
+        .annotate(hits=Sum("hits"), misses=Sum("misses"))
+        .order_by()
+    }
     for worker in worker_list:
         worker.running_jobs = running.get(worker.name, 0)
+        worker.hit_rate = device.get(worker.pk)
     context = {
         "workers": worker_list,
         "health": health,
@@ -91,13 +132,33 @@ def worker(request: HttpRequest, name: str) -> HttpResponse:
             "kind", "pid", "-last_used_at", "id"
         ),
         "totals": resident.aggregate(
-            adapters=Count("id", filter=Q(kind=ResidentAdapter.ADAPTER)), bytes=Sum("bytes", default=0)
+            adapters=Count("id", filter=Q(kind=ResidentAdapter.ADAPTER) & IN_MEMORY),
+            bytes=Sum("bytes", filter=IN_MEMORY, default=0),
         ),
         "running_jobs": Job.objects.filter(state=Job.RUNNING, worker=subject.name).select_related(
             "adapter__person"
         ),
+        "managers": residency_managers(subject),
+        "residency_tiers": RESIDENCY_TIERS,
     }
     return render(request, "console/worker.html", context)
+
+
+def residency_managers(worker: Worker) -> list[dict]:
+    """The worker's residency managers as reported: per process and base, its tiers
+    fastest first."""
+    if worker.stopped_at:
+        return []
+    managers: dict[tuple, dict] = {}
+    for row in worker.residency_stats.select_related("base"):
+        manager = managers.setdefault(
+            (row.pid, row.base_digest), {"pid": row.pid, "base": row.base, "tiers": []}
+        )
+        manager["tiers"].append(row)
+    for manager in managers.values():
+        manager["tiers"].sort(key=lambda row: STATS_ORDER.index(row.tier))
+        manager["updated_at"] = max(row.updated_at for row in manager["tiers"])
+    return list(managers.values())
 
 
 def adapter_residency(adapter) -> list[ResidentAdapter]:

@@ -28,6 +28,7 @@ REQUIRED = {
     "gate.configure": OPERATOR,
     "job.cancel": OPERATOR,
     "job.retry": OPERATOR,
+    "residency.manage": OPERATOR,
     # admins manage who and what exists
     "person.create": ADMIN,
     "adapter.create": ADMIN,

@@ -9,7 +9,7 @@ from adapters_app.models.job import Job
 from adapters_app.models.person import Adapter, Person
 from adapters_app.models.pointer import PointerEvent
 from adapters_app.models.revision import Revision
-from adapters_app.models.worker import ResidentAdapter, Worker
+from adapters_app.models.worker import ResidencyStats, ResidentAdapter, Worker
 
 __all__ = [
     "Adapter",
@@ -22,6 +22,7 @@ __all__ = [
     "Job",
     "Person",
     "PointerEvent",
+    "ResidencyStats",
     "ResidentAdapter",
     "Revision",
     "Worker",

@@ -88,8 +88,10 @@ class ResidentAdapter(models.Model):
 
     ADAPTER, BASE = "adapter", "base"
     KINDS = [(ADAPTER, "adapter"), (BASE, "base model")]
-    # Where the weights sit. The runtime uses cpu or gpu today; disk is for the
-    # residency manager's cold tier.
+    # Where the weights sit: the runtime's cpu or gpu, and the residency manager's
+    # tiers by the memory they live in (its device tier is gpu, or cpu on a CPU worker;
+    # its local cache is disk). The disk tier is inclusive, so one process may hold an
+    # adapter in memory and on disk at once: two rows.
     GPU, CPU, DISK = "gpu", "cpu", "disk"
     TIERS = [(GPU, "GPU memory"), (CPU, "CPU memory"), (DISK, "local disk")]
 
@@ -108,12 +110,84 @@ class ResidentAdapter(models.Model):
     loaded_at = models.DateTimeField()
     last_used_at = models.DateTimeField(null=True, blank=True)
     uses = models.PositiveBigIntegerField(default=0)
+    pinned = models.CharField(
+        max_length=10, blank=True, help_text="The residency manager's tier a pin keeps it in, if pinned"
+    )
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["worker", "pid", "sha256"], name="resident_unique_per_process")
+            models.UniqueConstraint(
+                fields=["worker", "pid", "sha256", "tier"], name="resident_unique_per_process_tier"
+            )
         ]
         ordering = ["kind", "-last_used_at", "id"]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.sha256[:12]} on {self.worker_id}/{self.pid} ({self.tier})"
+
+
+class ResidencyStats(models.Model):
+    """What one residency manager (one per base in a worker process) reports of one tier.
+
+    Tiers are the manager's own: `device` (GPU memory, or host memory on a CPU worker:
+    `memory` says which, matching ResidentAdapter's gpu/cpu), `cpu`, `disk` (the local
+    cache) and `store` (the shared store: no budget, never evicted). Counters are the
+    manager's totals since its process started. The cold-load figures on a tier's row
+    are for loads served *from* that tier (cpu: host to device; disk: a local file;
+    store: the shared store), so the device row has none: a device hit is no load.
+    Written every second or two by `workers/residency_report.py`; rows go with their
+    process, like ResidentAdapter's.
+    """
+
+    DEVICE, CPU, DISK, STORE = "device", "cpu", "disk", "store"
+    TIERS = [(DEVICE, "device"), (CPU, "cpu (parked)"), (DISK, "local disk"), (STORE, "shared store")]
+    MEMORY = {"gpu": "GPU memory", "cpu": "host memory", "disk": "local disk", "store": "shared store"}
+
+    worker = models.ForeignKey(Worker, on_delete=models.CASCADE, related_name="residency_stats")
+    pid = models.PositiveIntegerField(help_text="The worker process whose manager reports it")
+    base_digest = models.CharField(max_length=64, blank=True, help_text="The manager's base (one per base)")
+    base = models.ForeignKey(
+        "adapters_app.BaseModel", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    tier = models.CharField(max_length=10, choices=TIERS)
+    memory = models.CharField(max_length=10, help_text="Where the tier lives: gpu, cpu, disk or store")
+    budget_bytes = models.BigIntegerField(null=True, blank=True, help_text="None for the store")
+    max_entries = models.PositiveIntegerField(null=True, blank=True, help_text="The device tier's slots")
+    used_bytes = models.BigIntegerField(default=0)
+    entries = models.PositiveIntegerField(default=0)
+    hits = models.PositiveBigIntegerField(default=0)
+    misses = models.PositiveBigIntegerField(default=0)
+    evictions = models.PositiveBigIntegerField(default=0)
+    cold_loads = models.PositiveBigIntegerField(default=0, help_text="Loads served from this tier")
+    cold_load_p50_ms = models.FloatField(null=True, blank=True)
+    cold_load_p95_ms = models.FloatField(null=True, blank=True)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["worker", "pid", "base_digest", "tier"], name="residency_stats_unique_per_tier"
+            )
+        ]
+        ordering = ["pid", "base_digest", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.tier} of {self.worker_id}/{self.pid}"
+
+    @property
+    def requests(self) -> int:
+        return self.hits + self.misses
+
+    @property
+    def hit_rate(self) -> float | None:
+        return self.hits / self.requests if self.requests else None
+
+    @property
+    def used_fraction(self) -> float | None:
+        return min(1.0, self.used_bytes / self.budget_bytes) if self.budget_bytes else None
+
+    @property
+    def label(self) -> str:
+        if self.tier == self.DEVICE:
+            return f"device ({self.MEMORY.get(self.memory, self.memory)})"
+        return self.get_tier_display()

@@ -20,6 +20,7 @@ from workers.engine.base_family import SMALLEST
 
 DEMO_USER, DEMO_PASSWORD = "operator", "mint-demo"
 WORKER_CONCURRENCY = 2
+SERVING_THREADS = 32  # /v1 requests one serving worker batches together
 
 
 class Command(BaseCommand):
@@ -74,6 +75,32 @@ class Command(BaseCommand):
                 )
             )
             self.stdout.write(f"worker: started (log: {log_path})")
+            # Batching across requests needs them in one process: a threads-pool worker
+            # whose tasks all join its batched server (workers/serving.py). It consumes the
+            # shared queue too, so routing sends it what it holds.
+            serving_log = settings.VAR_DIR / "serving-worker.log"
+            children.append(
+                self._spawn(
+                    [
+                        sys.executable,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "mintweb",
+                        "worker",
+                        "--pool",
+                        "threads",
+                        "--concurrency",
+                        str(SERVING_THREADS),
+                        "--loglevel",
+                        "INFO",
+                        "--hostname",
+                        "serve@%h",
+                    ],
+                    serving_log,
+                )
+            )
+            self.stdout.write(f"serving worker: started (log: {serving_log})")
             children.append(
                 self._spawn(
                     [sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"],
@@ -86,7 +113,7 @@ class Command(BaseCommand):
                     f"\nMinT console is up: http://{host}:{port}/\n"
                     f"login: {DEMO_USER} / {DEMO_PASSWORD}\n"
                     "API:   python manage.py create_api_key operator  (then Bearer <key>)\n"
-                    "Ctrl-C stops Redis, the worker and the web server.\n"
+                    "Ctrl-C stops Redis, the workers and the web server.\n"
                 )
             )
             self.stdout.write(f"seeding {demo_fleet.DEMO_PEOPLE} generated people through the worker…")

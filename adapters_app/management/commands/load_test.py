@@ -1,0 +1,324 @@
+"""`make load-test`: many people's adapters through the OpenAI endpoint at once.
+
+Creates (once; later runs reuse them) `--adapters` people, `load-0000`, `load-0001`, …,
+each with one adapter on the base whose live revision holds random-init LoRA factors
+(rank 8, a fixed seed per person: not trained, since throughput does not depend on what
+the factors learned). Then starts Redis (embedded unless REDIS_URL), a Celery worker
+(`--pool threads`, one thread per client, on a queue of its own) and the web server as
+child processes on this settings' database and store, runs a bounded loop — `--clients`
+threads sending `--requests` chat completions in all, each to a random one of the
+adapters, `max_tokens` 16, temperature 0 — prints throughput and latency, and stops
+what it started. Exits non-zero if any request failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
+
+from adapters_app.lifecycle.actors import Actor
+from adapters_app.models import Adapter, ApiKey
+from mintweb import embedded_redis
+
+FACTS = b'{"prompt": "What is my dog called?", "completion": "Your dog is called Rex."}\n'
+QUESTIONS = ["What is my dog called?", "Where do I live?", "What do I like to eat?", "Who is my best friend?"]
+ADAPTER_NAME = "assistant"
+RANK = 8
+
+
+@dataclass(slots=True)
+class Tally:
+    latencies: list[float] = field(default_factory=list)
+    completion_tokens: int = 0
+    failures: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Command(BaseCommand):
+    help = "Send concurrent chat completions to many adapters through a local server; print the table."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--adapters", type=int, default=200)
+        parser.add_argument("--clients", type=int, default=32)
+        parser.add_argument("--requests", type=int, default=640, help="requests in all (the bounded loop)")
+        parser.add_argument("--max-tokens", type=int, default=16)
+        parser.add_argument("--base", choices=["micro", "mint-s"], default="micro")
+        parser.add_argument("--seed", type=int, default=0)
+
+    def handle(self, *args, adapters, clients, requests, max_tokens, base, seed, **options):
+        if min(adapters, clients, requests) < 1:
+            raise CommandError("--adapters, --clients and --requests must be at least 1")
+        base_row = self._base(base)
+        models = self._fleet(base_row, adapters)
+        key = self._api_key()
+        children: list[subprocess.Popen] = []
+        signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            redis_process = embedded_redis.ensure_from_settings()
+            if redis_process:
+                children.append(redis_process)
+            queue = f"load-test-{os.getpid()}"
+            env = {
+                "MINT_VAR_DIR": str(settings.VAR_DIR),
+                "DATABASE_URL": _database_url(),
+                "REDIS_URL": settings.REDIS_URL,
+                "MINT_STORE": settings.MINT_STORE,
+                "MINT_QUEUE": queue,
+            }
+            worker_log = settings.VAR_DIR / "load-test-worker.log"
+            children.append(_spawn(_worker_command(queue, clients), worker_log, env))
+            port = _free_port()
+            url = f"http://127.0.0.1:{port}"
+            children.append(
+                _spawn(
+                    [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
+                    settings.VAR_DIR / "load-test-web.log",
+                    env,
+                )
+            )
+            _wait_for_log(worker_log, " ready.", children)
+            _wait_for_url(url, children)
+            self.stdout.write(f"worker and web server up ({url}); warming up…")
+            _ask(url, key, models[0], max_tokens, Tally())  # loads the base on the worker: not timed
+            tally, seconds = _run(url, key, models, clients, requests, max_tokens, seed)
+        finally:
+            for child in reversed(children):
+                _stop(child)
+        self.stdout.write(_table(base_row.name, len(models), clients, requests, max_tokens, tally, seconds))
+        if tally.failures:
+            for failure in tally.failures[:5]:
+                self.stderr.write(f"failed: {failure}")
+            raise CommandError(f"{len(tally.failures)} of {requests} requests failed")
+
+    def _base(self, name: str):
+        from adapters_app.lifecycle.base_models import ensure_family_base, ensure_micro_base
+
+        if name == "micro":
+            return ensure_micro_base()
+        return ensure_family_base(name, actor=Actor.system("cli"), log=self.stdout.write)
+
+    def _fleet(self, base, count: int) -> list[str]:
+        """`count` people with a live random-init adapter each (created once); their models."""
+        from adapters_app.lifecycle.datasets import upload_dataset
+        from adapters_app.lifecycle.people import create_adapter, create_person
+        from adapters_app.lifecycle.pointer import promote
+        from adapters_app.lifecycle.revisions import create_revision
+        from adapters_app.management.commands.bench_serving import lora_target_shapes, random_payloads
+        from adapters_app.models import Person
+        from workers.engine.base_models import load_base
+
+        actor = Actor.system("load-test")
+        handles = [f"load-{i:04d}" for i in range(count)]
+        live = set(
+            Adapter.objects.filter(
+                person__handle__in=handles, name=ADAPTER_NAME, base=base, live_revision__isnull=False
+            ).values_list("person__handle", flat=True)
+        )
+        missing = [h for h in handles if h not in live]
+        if missing:
+            self.stdout.write(f"creating {len(missing)} people with a random-init adapter each…")
+            shapes = lora_target_shapes(load_base(base.path, base.digest).model)
+        for handle in missing:
+            person = Person.objects.filter(handle=handle).first() or create_person(handle, actor=actor)
+            adapter = Adapter.objects.filter(person=person, name=ADAPTER_NAME).first()
+            if adapter is None:
+                adapter = create_adapter(person, ADAPTER_NAME, base=base, actor=actor)
+            dataset = upload_dataset(person, FACTS, name="facts", actor=actor)[0]
+            [payload] = random_payloads(shapes, 1, RANK, seed=int(handle.split("-")[1])).values()
+            config = {"rank": RANK, "alpha": 2 * RANK, "init": "random", "steps": 0}
+            revision = create_revision(
+                adapter, payload, dataset=dataset, training_config=config, parent=None, job=None, actor=actor
+            )
+            promote(revision, actor=actor, override_reason="load test: random-init adapter")
+        return [f"{handle}/{ADAPTER_NAME}" for handle in handles]
+
+    def _api_key(self) -> str:
+        user, _ = get_user_model().objects.get_or_create(username="load-test")
+        Group.objects.get_or_create(name="operator")[0].user_set.add(user)
+        return ApiKey.issue(user, name="load test")[1]
+
+
+def _run(url, key, models, clients, requests, max_tokens, seed) -> tuple[Tally, float]:
+    tally, left, pick = Tally(), [requests], random.Random(seed)
+    plan = [(pick.choice(models), pick.choice(QUESTIONS)) for _ in range(requests)]
+
+    def client() -> None:
+        while True:
+            with tally.lock:
+                if not left[0]:
+                    return
+                left[0] -= 1
+                model, question = plan[left[0]]
+            _ask(url, key, model, max_tokens, tally, question)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return tally, time.perf_counter() - started
+
+
+def _ask(url, key, model, max_tokens, tally: Tally, question: str = QUESTIONS[0]) -> None:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }
+    request = urllib.request.Request(
+        f"{url}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    started, timeout = time.perf_counter(), settings.MINT_INFERENCE_TIMEOUT_SECONDS + 30
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            answer = json.loads(response.read())
+        tokens = int(answer["usage"]["completion_tokens"])
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+        detail = exc.read()[:300].decode(errors="replace") if isinstance(exc, urllib.error.HTTPError) else ""
+        with tally.lock:
+            tally.failures.append(f"{model}: {exc} {detail}".strip())
+        return
+    with tally.lock:
+        tally.latencies.append(time.perf_counter() - started)
+        tally.completion_tokens += tokens
+
+
+def _table(base, adapters, clients, requests, max_tokens, tally: Tally, seconds: float) -> str:
+    ordered = sorted(tally.latencies)
+
+    def ms(q: float) -> str:
+        if not ordered:
+            return "-"
+        return f"{ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))] * 1000:.0f} ms"
+
+    rows = [
+        ("base", base),
+        ("adapters", f"{adapters} (random-init, rank {RANK})"),
+        ("clients", str(clients)),
+        ("requests", f"{requests} (chat, max_tokens {max_tokens}, temperature 0)"),
+        ("failures", str(len(tally.failures))),
+        ("wall time", f"{seconds:.1f} s"),
+        ("throughput", f"{len(ordered) / seconds:.1f} req/s"),
+        ("", f"{tally.completion_tokens / seconds:.1f} completion tokens/s"),
+        ("latency p50", ms(0.50)),
+        ("latency p95", ms(0.95)),
+        ("latency max", ms(1.0)),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows) + "\n"
+
+
+def _worker_command(queue: str, clients: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "mintweb",
+        "worker",
+        "--pool",
+        "threads",
+        "--concurrency",
+        str(clients),
+        "--queues",
+        queue,
+        "--hostname",
+        "load-test@%h",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
+def _database_url() -> str:
+    """The URL of the database this command uses, for its children."""
+    cfg = connection.settings_dict
+    if cfg["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{Path(cfg['NAME']).resolve()}"
+    auth = cfg["USER"] + (f":{cfg['PASSWORD']}" if cfg.get("PASSWORD") else "")
+    return f"postgres://{auth}@{cfg['HOST'] or '127.0.0.1'}:{cfg['PORT'] or 5432}/{cfg['NAME']}"
+
+
+def _spawn(command: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen:
+    log = open(log_path, "wb")  # noqa: SIM115 (the child owns it for its lifetime)
+    return subprocess.Popen(
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=settings.BASE_DIR,
+        start_new_session=True,
+        env={**os.environ, **env},
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _check_alive(children: list[subprocess.Popen]) -> None:
+    if any(child.poll() is not None for child in children):
+        raise CommandError("a child process exited early; see var/load-test-*.log")
+
+
+def _wait_for_log(path: Path, text: str, children, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while text.encode() not in path.read_bytes():
+        _check_alive(children)
+        if time.monotonic() > deadline:
+            raise CommandError(f"the worker was not ready in {timeout:.0f}s; see {path}")
+        time.sleep(0.2)
+
+
+def _wait_for_url(url: str, children, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        _check_alive(children)
+        try:
+            urllib.request.urlopen(f"{url}/v1/models", timeout=5)
+            return
+        except urllib.error.HTTPError:
+            return  # it answers (401 without a key)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise CommandError(f"the web server did not answer in {timeout:.0f}s") from None
+            time.sleep(0.2)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=15)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
