@@ -51,7 +51,9 @@ bench-console: migrate
 
 # Tokens/s of one batch of 64 rows, each with its own adapter (ours, PEFT's mixed batch,
 # per-request switching) beside the bare base; adapter cold loads; a Zipf cache replay.
-# Builds mint-s on first use (minutes); BENCH_ARGS="--base micro" for a quick run.
+# Builds mint-s on first use (minutes); BENCH_ARGS="--base micro" for a quick run. One
+# torch thread by default: on a shared 2-core machine two threads made rounds swing 20x.
+BENCH_ARGS ?= --threads 1 --rounds 5
 bench-serving: migrate
 	$(BIN)/python manage.py bench_serving $(BENCH_ARGS)
 
