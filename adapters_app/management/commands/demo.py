@@ -103,7 +103,7 @@ class Command(BaseCommand):
             self.stdout.write(f"serving worker: started (log: {serving_log})")
             children.append(
                 self._spawn(
-                    [sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"],
+                    [sys.executable, "manage.py", "serve_web", f"{host}:{port}", "--noreload"],
                     settings.VAR_DIR / "web.log",
                 )
             )

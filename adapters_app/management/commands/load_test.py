@@ -89,7 +89,7 @@ class Command(BaseCommand):
             url = f"http://127.0.0.1:{port}"
             children.append(
                 _spawn(
-                    [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
+                    [sys.executable, "manage.py", "serve_web", f"127.0.0.1:{port}", "--noreload"],
                     settings.VAR_DIR / "load-test-web.log",
                     env,
                 )
