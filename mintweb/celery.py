@@ -11,4 +11,6 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(lambda: ["workers"])
 
 # Connects the worker_ready / worker_shutdown handlers that keep each worker's Worker row.
-import workers.heartbeat  # noqa: E402, F401
+# …and imports the model libraries before the pool starts (no lazy-import races in threads).
+import workers.heartbeat  # noqa: E402
+import workers.startup  # noqa: E402, F401

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
-from adapters_app.lifecycle.routing import Dispatched, current_loads, route, worker_queue
+from adapters_app.lifecycle.routing import Dispatched, current_loads, route, serving_queue, worker_queue
 from adapters_app.models import ResidentAdapter, Worker
 
 pytestmark = pytest.mark.django_db
@@ -23,10 +23,13 @@ def fleet():
     counters are removed afterwards."""
     made: list[Worker] = []
 
-    def worker(*, seen_ago: float = 0, stopped: bool = False, shared: bool = True) -> Worker:
+    def worker(
+        *, seen_ago: float = 0, stopped: bool = False, shared: bool = True, serving_only: bool = False
+    ) -> Worker:
         name = f"routing-{next(_names)}@host"
         now = timezone.now()
-        queues = [worker_queue(name)] + ([settings.CELERY_TASK_DEFAULT_QUEUE] if shared else ["other-fleet"])
+        fleet_queue = serving_queue() if serving_only else settings.CELERY_TASK_DEFAULT_QUEUE
+        queues = [worker_queue(name)] + ([fleet_queue] if shared else ["other-fleet"])
         made.append(
             Worker.objects.create(
                 name=name,
@@ -86,6 +89,12 @@ def test_when_nobody_holds_it_the_least_loaded_worker_cold_loads_it(fleet):
     with Dispatched(route("b" * 64)):
         chosen = route(SHA)
     assert (chosen.worker, chosen.reason) == (idle.name, "cold")
+
+
+def test_a_serving_only_worker_of_this_fleet_is_routed_to(fleet):
+    # It consumes the fleet's serving queue instead of the shared one (so it takes no jobs).
+    server = holding(fleet(serving_only=True))
+    assert (route(SHA).worker, route(SHA).reason) == (server.name, "resident")
 
 
 def test_stale_stopped_and_other_fleets_workers_are_never_chosen(fleet):

@@ -8,7 +8,8 @@ it. With no healthy worker known the shared queue takes it, so a fleet that has
 not reported yet still serves.
 
 "Healthy" and "holds" come from the rows workers keep (`Worker`, `ResidentAdapter`):
-a worker is a candidate only if it also consumes this fleet's shared queue, so two
+a worker is a candidate only if it also consumes this fleet's shared queue (or its
+serving queue, which a serving-only worker consumes instead: it takes no jobs), so two
 deployments (or two test sessions) sharing one database never route to each other.
 Load is the number of requests routed to a worker and not yet answered, counted in
 the shared cache (Redis), so every web process sees the same numbers.
@@ -31,6 +32,12 @@ WORKER_QUEUE_PREFIX = "mint.worker."
 LOAD_TTL_SECONDS = 600
 
 
+def serving_queue() -> str:
+    """The queue a serving-only worker consumes instead of the shared one: it is part of
+    this fleet for routing, but takes no training or evaluation jobs."""
+    return f"{settings.CELERY_TASK_DEFAULT_QUEUE}.serve"
+
+
 def worker_queue(worker_name: str) -> str:
     """The queue only this worker consumes (Celery node names are unique in a fleet)."""
     return f"{WORKER_QUEUE_PREFIX}{worker_name}"
@@ -47,10 +54,11 @@ def route(sha256: str) -> Route:
     """The queue for a request needing `sha256` (a revision's, or the base's digest for
     a bare-base request)."""
     shared = settings.CELERY_TASK_DEFAULT_QUEUE
+    fleet = {shared, serving_queue()}
     candidates = [
         worker
         for worker in Worker.objects.with_health(Worker.HEALTHY).only("name", "queues")
-        if shared in worker.queues and worker_queue(worker.name) in worker.queues
+        if fleet & set(worker.queues) and worker_queue(worker.name) in worker.queues
     ]
     if not candidates:
         return Route(shared, None, "shared")

@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand
 from adapters_app import demo_fleet
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.base_models import ensure_family_base
+from adapters_app.lifecycle.routing import serving_queue
 from adapters_app.management.progress import progress_bar
 from mintweb import embedded_redis
 from workers.engine.base_family import SMALLEST
@@ -77,7 +78,8 @@ class Command(BaseCommand):
             self.stdout.write(f"worker: started (log: {log_path})")
             # Batching across requests needs them in one process: a threads-pool worker
             # whose tasks all join its batched server (workers/serving.py). It consumes the
-            # shared queue too, so routing sends it what it holds.
+            # fleet's serving queue, not the shared one, so training and evaluation jobs
+            # stay on the prefork worker; routing sends it requests on its own queue.
             serving_log = settings.VAR_DIR / "serving-worker.log"
             children.append(
                 self._spawn(
@@ -96,6 +98,8 @@ class Command(BaseCommand):
                         "INFO",
                         "--hostname",
                         "serve@%h",
+                        "--queues",
+                        serving_queue(),
                     ],
                     serving_log,
                 )
