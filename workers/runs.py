@@ -278,11 +278,15 @@ class EvaluateRun(JobRun):
                 )
                 shown = ", ".join(f"{suite} {score:.3f}" for suite, score in scores.items())
                 job.append_log(f"{target.label if target else 'bare base'}: {shown}")
+            # Promoted (or refused) in the same transaction as the job's success: whoever
+            # sees the job succeed sees the pointer where the gate left it.
+            if job.params.get("then_promote") and revision is not None:
+                promoted = auto_promote(revision, actor=Actor(name=job.created_by, via="worker"))
+                outcome = "promoted" if promoted else "not promoted (the audit log says why)"
+                job.append_log(f"{revision.label} {outcome}")
             self.succeed_or_lose(
                 job, result={"scores": scores, "items": len(items)}, step=total, total_steps=total
             )
-        if job.params.get("then_promote") and revision is not None:
-            auto_promote(revision, actor=Actor(name=job.created_by, via="worker"))
 
 
 class InferRun(JobRun):
