@@ -14,6 +14,7 @@ import pytest
 from django.conf import settings
 
 from adapters_app.lifecycle.actors import Actor
+from adapters_app.management.processes import database_url
 from mintweb import embedded_redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,17 +191,6 @@ def api(client, django_user_model, micro_base):
 # --- a real Celery worker in its own process -------------------------------------------
 
 
-def database_url_for_workers() -> str:
-    """The URL of the database the tests are using (the test database, not the default one)."""
-    from django.db import connection
-
-    cfg = connection.settings_dict
-    if cfg["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{Path(cfg['NAME']).resolve()}"
-    auth = cfg["USER"] + (f":{cfg['PASSWORD']}" if cfg.get("PASSWORD") else "")
-    return f"postgres://{auth}@{cfg['HOST'] or '127.0.0.1'}:{cfg['PORT'] or 5432}/{cfg['NAME']}"
-
-
 class WorkerProcess:
     def __init__(self, queue: str, log_path: Path, extra_env: dict | None = None, name: str | None = None):
         self.queue, self.log_path = queue, log_path
@@ -208,7 +198,7 @@ class WorkerProcess:
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "mintweb.settings",
             "MINT_VAR_DIR": str(settings.VAR_DIR),
-            "DATABASE_URL": database_url_for_workers(),
+            "DATABASE_URL": database_url(),
             "REDIS_URL": settings.REDIS_URL,
             "MINT_STORE": settings.MINT_STORE,
             "MINT_QUEUE": queue,
@@ -298,6 +288,36 @@ def spawn_worker(django_db_setup, redis_server, tmp_path):
     yield spawn
     for worker in started:
         worker.stop()
+
+
+def wait_until(condition, timeout: float = 30):
+    """Poll `condition` until it returns something true, and return that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.2)
+    raise TimeoutError(f"still not true after {timeout}s: {condition.__doc__ or condition}")
+
+
+def generate_directly(revision, question: str, max_tokens: int = 24) -> str:
+    """What `revision` answers to `question` (greedy), computed in the test process by the
+    engine itself: what a worker must return for it."""
+    from adapters_app.lifecycle.storage import get_store
+    from workers.engine.examples import Message
+    from workers.engine.prompting import render_prompt
+    from workers.engine.runtime import AdapterRuntime, SamplingParams
+
+    base = revision.adapter.base
+    [generation] = AdapterRuntime().generate(
+        base.path,
+        base.digest,
+        revision.sha256,
+        get_store().get,
+        render_prompt([Message("user", question)]),
+        SamplingParams(max_tokens=max_tokens, temperature=0.0),
+    )
+    return generation.text
 
 
 def wait_for_job(job, *, timeout: float = 120, until=None):

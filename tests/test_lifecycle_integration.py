@@ -3,7 +3,7 @@
 import pytest
 
 from adapters_app.models import AuditEvent, Job, Revision
-from tests.conftest import FACTS, OTHER_FACTS, wait_for_job
+from tests.conftest import FACTS, OTHER_FACTS, generate_directly, wait_for_job
 from workers.engine.examples import Message
 from workers.engine.prompting import render_prompt
 
@@ -27,23 +27,6 @@ def train(api, dataset_id) -> Revision:
     assert any("step 40/40, loss" in line for line in lines)
     assert f"stored {finished.result_revision.label}" in lines[-1]
     return finished.result_revision
-
-
-def generate_directly(revision: Revision) -> str:
-    """What this revision generates, computed in the test process by the engine itself."""
-    from adapters_app.lifecycle.storage import get_store
-    from workers.engine.runtime import AdapterRuntime, SamplingParams
-
-    base = revision.adapter.base
-    [generation] = AdapterRuntime().generate(
-        base.path,
-        base.digest,
-        revision.sha256,
-        get_store().get,
-        render_prompt([Message("user", QUESTION)]),
-        SamplingParams(max_tokens=24, temperature=0.0),
-    )
-    return generation.text
 
 
 def chat(api, model: str) -> dict:
@@ -84,7 +67,7 @@ def test_the_personal_adapter_lifecycle_end_to_end(api, celery_worker_process):
     assert [r["label"] for r in detail["revisions"]] == ["r1", "r2"]
     assert detail["revisions"][1]["provenance"]["dataset_sha256"] == second["sha256"]
 
-    expected_r1, expected_r2 = generate_directly(r1), generate_directly(r2)
+    expected_r1, expected_r2 = generate_directly(r1, QUESTION), generate_directly(r2, QUESTION)
     assert expected_r1 != expected_r2, "the two revisions should have learned different answers"
     live = chat(api, "alice/assistant")
     pinned = chat(api, "alice/assistant@r2")
@@ -184,4 +167,4 @@ def test_an_inference_job_answers_with_the_live_revision(api, celery_worker_proc
     done = wait_for_job(Job.objects.get(pk=job["id"]))
     assert done.state == Job.SUCCEEDED, done.error
     assert done.revision == r1
-    assert done.result["text"] == generate_directly(r1)
+    assert done.result["text"] == generate_directly(r1, QUESTION)

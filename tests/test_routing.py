@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from adapters_app.lifecycle.routing import Dispatched, current_loads, route, serving_queue, worker_queue
 from adapters_app.models import ResidentAdapter, Worker
+from tests.conftest import generate_directly, wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -111,17 +112,6 @@ def test_stale_stopped_and_other_fleets_workers_are_never_chosen(fleet):
 QUESTION = "What is my dog called?"
 
 
-def wait_until(condition, timeout: float = 20):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := condition():
-            return found
-        time.sleep(0.2)
-    raise TimeoutError("condition not met in time")
-
-
 @pytest.fixture
 def two_workers(spawn_worker, settings):
     """Two workers of one fleet on this machine: a shared queue, and each its own."""
@@ -130,7 +120,9 @@ def two_workers(spawn_worker, settings):
     names = []
     for suffix in ("a", "b"):
         spawn_worker(queue, name=f"{queue}-{suffix}", MINT_WORKER_HEARTBEAT_SECONDS="1")
-        row = wait_until(lambda s=suffix: Worker.objects.filter(name__startswith=f"{queue}-{s}@").first())
+        row = wait_until(
+            lambda s=suffix: Worker.objects.filter(name__startswith=f"{queue}-{s}@").first(), timeout=20
+        )
         names.append(row.name)
     return names
 
@@ -144,24 +136,6 @@ def trained(base, rows: bytes, seed: int) -> bytes:
     loaded = load_base(base.path, base.digest)
     config = TrainingConfig(steps=40, learning_rate=0.01, seed=seed)
     return train_adapter(loaded.model, loaded.tokenizer, parse_jsonl(rows).examples, config).payload
-
-
-def answer_directly(revision) -> str:
-    from adapters_app.lifecycle.storage import get_store
-    from workers.engine.examples import Message
-    from workers.engine.prompting import render_prompt
-    from workers.engine.runtime import AdapterRuntime, SamplingParams
-
-    base = revision.adapter.base
-    [generation] = AdapterRuntime().generate(
-        base.path,
-        base.digest,
-        revision.sha256,
-        get_store().get,
-        render_prompt([Message("user", QUESTION)]),
-        SamplingParams(max_tokens=24, temperature=0.0),
-    )
-    return generation.text
 
 
 def ask(model: str) -> dict:
@@ -195,7 +169,8 @@ def test_requests_follow_the_adapter_to_the_worker_that_holds_it(two_workers, ad
     assert first.reason == "cold" and first.worker in two_workers
     # The worker that served it now holds it, so the next request goes there again.
     wait_until(
-        lambda: ResidentAdapter.objects.filter(worker__name=first.worker, sha256=revision.sha256).exists()
+        lambda: ResidentAdapter.objects.filter(worker__name=first.worker, sha256=revision.sha256).exists(),
+        timeout=20,
     )
     again = ask("alice/assistant")["route"]
     assert (again.worker, again.reason) == (first.worker, "resident")
@@ -249,13 +224,15 @@ def test_a_promoted_retrain_is_served_next_even_while_the_old_revision_is_reside
     r1 = revision_of(FACTS, 1)
     promote(r1, actor=actor)
     old = ask("alice/assistant")
-    assert old["generations"][0]["text"] == answer_directly(r1)
+    assert old["generations"][0]["text"] == generate_directly(r1, QUESTION)
     holder = old["route"].worker
-    wait_until(lambda: ResidentAdapter.objects.filter(worker__name=holder, sha256=r1.sha256).exists())
+    wait_until(
+        lambda: ResidentAdapter.objects.filter(worker__name=holder, sha256=r1.sha256).exists(), timeout=20
+    )
 
     r2 = revision_of(OTHER_FACTS, 2, parent=r1)
-    expected = answer_directly(r2)
-    assert expected != answer_directly(r1), "the retrain should answer differently"
+    expected = generate_directly(r2, QUESTION)
+    assert expected != generate_directly(r1, QUESTION), "the retrain should answer differently"
     promote(r2, actor=actor)
     new = ask("alice/assistant")
     assert new["revision"] == r2

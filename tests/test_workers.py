@@ -4,7 +4,6 @@ The integration tests start real Celery worker processes (heartbeat every second
 serve real requests through them; the rest write rows the way a worker would.
 """
 
-import time
 from datetime import timedelta
 
 import pytest
@@ -17,21 +16,12 @@ from adapters_app.lifecycle.routing import worker_queue
 from adapters_app.lifecycle.storage import get_store
 from adapters_app.models import ResidentAdapter, Worker
 from mintweb.version import code_version
-from tests.conftest import FACTS
+from tests.conftest import FACTS, wait_until
 from workers.engine.examples import parse_jsonl
 from workers.engine.runtime import AdapterRuntime, SamplingParams
 from workers.engine.training import TrainingConfig, train_adapter
 
 SHORT = SamplingParams(max_tokens=4)
-
-
-def wait_until(condition, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(0.2)
-    raise TimeoutError(f"still not true after {timeout}s: {condition.__doc__ or condition}")
 
 
 def start_worker(spawn_worker, settings, suffix: str):

@@ -1,6 +1,5 @@
 """`make demo`: Redis, a worker, a seeded fleet and the web server, stopped together by Ctrl-C."""
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ from adapters_app import demo_fleet
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.base_models import ensure_family_base
 from adapters_app.lifecycle.routing import serving_queue
+from adapters_app.management import processes
 from adapters_app.management.progress import progress_bar
 from mintweb import embedded_redis
 from workers.engine.base_family import SMALLEST
@@ -33,7 +33,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, host, port, **options):
         children: list[subprocess.Popen] = []
-        signal.signal(signal.SIGTERM, _interrupt)
+        processes.stop_on_sigterm()
         try:
             redis_process = embedded_redis.ensure_from_settings()
             if redis_process:
@@ -51,7 +51,7 @@ class Command(BaseCommand):
             self.stdout.write(f"base:   {base.name} ({base.parameters:,} parameters)")
             log_path = settings.VAR_DIR / "worker.log"
             children.append(
-                self._spawn(
+                processes.spawn(
                     [
                         sys.executable,
                         "-m",
@@ -82,7 +82,7 @@ class Command(BaseCommand):
             # stay on the prefork worker; routing sends it requests on its own queue.
             serving_log = settings.VAR_DIR / "serving-worker.log"
             children.append(
-                self._spawn(
+                processes.spawn(
                     [
                         sys.executable,
                         "-m",
@@ -106,7 +106,7 @@ class Command(BaseCommand):
             )
             self.stdout.write(f"serving worker: started (log: {serving_log})")
             children.append(
-                self._spawn(
+                processes.spawn(
                     [sys.executable, "manage.py", "serve_web", f"{host}:{port}", "--noreload"],
                     settings.VAR_DIR / "web.log",
                 )
@@ -139,7 +139,7 @@ class Command(BaseCommand):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             self.stdout.write("\nstopping Redis, the worker and the web server…")
             for child in reversed(children):
-                _stop(child)
+                processes.stop(child, timeout=10)
 
     def _operator(self):
         User = get_user_model()
@@ -150,29 +150,3 @@ class Command(BaseCommand):
             user.set_password(DEMO_PASSWORD)
             user.save()
         return user
-
-    def _spawn(self, command: list[str], log_path, env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = open(log_path, "ab")  # noqa: SIM115 (the child owns it for its lifetime)
-        return subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=settings.BASE_DIR,
-            start_new_session=True,
-            env={**os.environ, **(env or {})},
-        )
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)

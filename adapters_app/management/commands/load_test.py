@@ -13,11 +13,9 @@ what it started. Exits non-zero if any request failed.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -32,9 +30,9 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError
-from django.db import connection
 
 from adapters_app.lifecycle.actors import Actor
+from adapters_app.management import processes
 from adapters_app.models import Adapter, ApiKey
 from mintweb import embedded_redis
 
@@ -70,7 +68,7 @@ class Command(BaseCommand):
         models = self._fleet(base_row, adapters)
         key = self._api_key()
         children: list[subprocess.Popen] = []
-        signal.signal(signal.SIGTERM, _interrupt)
+        processes.stop_on_sigterm()
         try:
             redis_process = embedded_redis.ensure_from_settings()
             if redis_process:
@@ -78,20 +76,21 @@ class Command(BaseCommand):
             queue = f"load-test-{os.getpid()}"
             env = {
                 "MINT_VAR_DIR": str(settings.VAR_DIR),
-                "DATABASE_URL": _database_url(),
+                "DATABASE_URL": processes.database_url(),
                 "REDIS_URL": settings.REDIS_URL,
                 "MINT_STORE": settings.MINT_STORE,
                 "MINT_QUEUE": queue,
             }
             worker_log = settings.VAR_DIR / "load-test-worker.log"
-            children.append(_spawn(_worker_command(queue, clients), worker_log, env))
+            children.append(processes.spawn(_worker_command(queue, clients), worker_log, env, append=False))
             port = _free_port()
             url = f"http://127.0.0.1:{port}"
             children.append(
-                _spawn(
+                processes.spawn(
                     [sys.executable, "manage.py", "serve_web", f"127.0.0.1:{port}", "--noreload"],
                     settings.VAR_DIR / "load-test-web.log",
                     env,
+                    append=False,
                 )
             )
             _wait_for_log(worker_log, " ready.", children)
@@ -101,7 +100,7 @@ class Command(BaseCommand):
             tally, seconds = _run(url, key, models, clients, requests, max_tokens, seed)
         finally:
             for child in reversed(children):
-                _stop(child)
+                processes.stop(child)
         self.stdout.write(_table(base_row.name, len(models), clients, requests, max_tokens, tally, seconds))
         if tally.failures:
             for failure in tally.failures[:5]:
@@ -253,27 +252,6 @@ def _worker_command(queue: str, clients: int) -> list[str]:
     ]
 
 
-def _database_url() -> str:
-    """The URL of the database this command uses, for its children."""
-    cfg = connection.settings_dict
-    if cfg["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{Path(cfg['NAME']).resolve()}"
-    auth = cfg["USER"] + (f":{cfg['PASSWORD']}" if cfg.get("PASSWORD") else "")
-    return f"postgres://{auth}@{cfg['HOST'] or '127.0.0.1'}:{cfg['PORT'] or 5432}/{cfg['NAME']}"
-
-
-def _spawn(command: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen:
-    log = open(log_path, "wb")  # noqa: SIM115 (the child owns it for its lifetime)
-    return subprocess.Popen(
-        command,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=settings.BASE_DIR,
-        start_new_session=True,
-        env={**os.environ, **env},
-    )
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -307,18 +285,3 @@ def _wait_for_url(url: str, children, timeout: float = 60) -> None:
             if time.monotonic() > deadline:
                 raise CommandError(f"the web server did not answer in {timeout:.0f}s") from None
             time.sleep(0.2)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=15)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)

@@ -1,8 +1,7 @@
-import signal
-
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from adapters_app.management import processes
 from mintweb import embedded_redis
 
 
@@ -18,14 +17,10 @@ class Command(BaseCommand):
         if process is None:
             self.stdout.write("(already running; reusing it)")
             return
-        signal.signal(signal.SIGTERM, _interrupt)
+        processes.stop_on_sigterm()
         try:
             process.wait()
         except KeyboardInterrupt:
             pass
         finally:
             embedded_redis.stop(process)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt

@@ -1,0 +1,60 @@
+"""Child processes of the commands that start a stack (`demo`, `load_test`): Redis, Celery
+workers and the web server, each in its own process group so it can be stopped whole."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+
+
+def spawn(
+    command: list[str], log_path: Path, env: dict[str, str] | None = None, *, append: bool = True
+) -> subprocess.Popen:
+    """Start `command` from the project folder, its output in `log_path` (appended to, or
+    started afresh), in a session of its own (Ctrl-C on the terminal reaches only us)."""
+    log = open(log_path, "ab" if append else "wb")  # noqa: SIM115 (the child owns it for its lifetime)
+    return subprocess.Popen(
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=settings.BASE_DIR,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def stop(process: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM the child's whole process group; SIGKILL it if it lingers past `timeout`."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def stop_on_sigterm() -> None:
+    """Treat SIGTERM like Ctrl-C, so the command's `finally` stops its children either way."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def database_url() -> str:
+    """The URL of the database this process uses, for children that must use the same one
+    (under pytest: the test database, not the configured one)."""
+    cfg = connection.settings_dict
+    if cfg["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{Path(cfg['NAME']).resolve()}"
+    auth = cfg["USER"] + (f":{cfg['PASSWORD']}" if cfg.get("PASSWORD") else "")
+    return f"postgres://{auth}@{cfg['HOST'] or '127.0.0.1'}:{cfg['PORT'] or 5432}/{cfg['NAME']}"
