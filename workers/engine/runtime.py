@@ -211,7 +211,11 @@ def _lora_fields(config: dict) -> dict:
     from peft import LoraConfig
 
     allowed = set(LoraConfig.__dataclass_fields__)
-    return {k: v for k, v in config.items() if k in allowed and k != "peft_type"}
+    fields = {k: v for k, v in config.items() if k in allowed and k != "peft_type"}
+    # The payload holds the factors; an init such as PiSSA would first rewrite the shared
+    # base's weights (see workers/engine/lora_init.py), so loading never runs one.
+    fields["init_lora_weights"] = True
+    return fields
 
 
 class StreamedText:

@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass, field
 from workers.engine.examples import Example
 from workers.engine.prompting import IGNORE_INDEX, encode_for_training
 
-INIT_METHODS = {"default": True, "gaussian": "gaussian"}
+# init name -> PEFT's init_lora_weights. "tail" starts as PEFT's default and is then
+# re-initialised by workers/engine/lora_init.py (PEFT has no such init).
+INIT_METHODS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora", "tail": True}
 TARGET_PRESETS = ("all-linear", "attention")
 ATTENTION_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -134,6 +136,12 @@ def train_adapter(
     import torch
     from peft import get_peft_model, get_peft_model_state_dict
 
+    from workers.engine.lora_init import (
+        BASE_SHIFTING_INITS,
+        apply_init_,
+        fold_initial_factors,
+        initial_factors,
+    )
     from workers.engine.payload import pack
 
     if not examples:
@@ -145,6 +153,10 @@ def train_adapter(
     device = next(base_model.parameters()).device
 
     model = get_peft_model(base_model, config.lora_config())
+    apply_init_(model, config.init)
+    # PiSSA, OLoRA and tail move part of the base into the adapter; the payload is stored
+    # relative to the untouched base, so keep where the factors started.
+    start = initial_factors(model) if config.init in BASE_SHIFTING_INITS else None
     model.train()
     encoded = [encode_for_training(tokenizer, ex, config.max_length) for ex in examples]
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -175,6 +187,8 @@ def train_adapter(
     model.eval()
     tensors = get_peft_model_state_dict(model)
     peft_config = peft_config_dict(model.peft_config["default"])
+    if start is not None:
+        tensors, peft_config = fold_initial_factors(tensors, start, peft_config)
     return TrainResult(
         payload=pack(tensors, peft_config),
         losses=losses,
