@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from workers import runs
+from workers import runs, study_run
 
 
 @shared_task(bind=True, name="workers.tasks.train")
@@ -18,6 +18,11 @@ def evaluate(self, job_id: int) -> None:
 @shared_task(bind=True, name="workers.tasks.infer")
 def infer(self, job_id: int) -> None:
     runs.InferRun(job_id, worker=self.request.hostname).execute()
+
+
+@shared_task(bind=True, name="workers.tasks.study_cell")
+def study_cell(self, job_id: int) -> None:
+    study_run.StudyCellRun(job_id, worker=self.request.hostname).execute()
 
 
 @shared_task(name="workers.tasks.generate", acks_late=False)

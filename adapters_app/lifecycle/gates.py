@@ -101,8 +101,16 @@ def verdict(revision: Revision) -> GateVerdict:
     if not scores:
         return GateVerdict(configured=True, evaluated=False)
     base_scores = suite_scores(base_id=adapter.base_id, revision=None, dataset_sha256=dataset.sha256)
+    return GateVerdict(configured=True, checks=judge(scores, base_scores, gate_of(adapter)))
+
+
+def judge(
+    scores: dict[str, float], base_scores: dict[str, float], gate: dict[str, dict[str, float]]
+) -> list[GateCheck]:
+    """The gate's checks over suite scores (and the bare base's, for retention_drop): the
+    one rule promotions and footprint studies both apply. Suites not scored are skipped."""
     checks = []
-    for name, rule in gate_of(adapter).items():
+    for name, rule in gate.items():
         if name == "retention_drop":
             if "retention" not in scores:
                 continue
@@ -113,7 +121,7 @@ def verdict(revision: Revision) -> GateVerdict:
             )
         elif name in scores:
             checks.append(GateCheck(name, ">=", rule["min"], scores[name], scores[name] >= rule["min"]))
-    return GateVerdict(configured=True, checks=checks)
+    return checks
 
 
 def validate_gate(raw: dict) -> dict[str, dict[str, float]]:

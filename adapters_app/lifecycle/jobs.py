@@ -27,6 +27,7 @@ TASK_FOR_KIND = {
     Job.TRAIN: "workers.tasks.train",
     Job.EVALUATE: "workers.tasks.evaluate",
     Job.INFER: "workers.tasks.infer",
+    Job.STUDY: "workers.tasks.study_cell",
 }
 
 
@@ -53,7 +54,7 @@ def start_training(
         "parent_revision_id": adapter.live_revision_id,
         "auto_promote": auto_promote,
     }
-    return _launch(
+    return launch_job(
         Job.TRAIN, actor, adapter=adapter, dataset=dataset, params=params, total_steps=training.steps
     )
 
@@ -85,7 +86,7 @@ def start_evaluation(
         raise Invalid(f"{revision} does not belong to {adapter.handle}")
     if then_promote and revision is None:
         raise Invalid("only a revision can be promoted after its evaluation")
-    return _launch(
+    return launch_job(
         Job.EVALUATE,
         actor,
         adapter=adapter,
@@ -104,7 +105,7 @@ def start_inference(
         raise Invalid("prompt is empty")
     if not 1 <= max_tokens <= 1024:
         raise Invalid("max_tokens must be between 1 and 1024")
-    return _launch(
+    return launch_job(
         Job.INFER,
         actor,
         adapter=adapter,
@@ -114,7 +115,9 @@ def start_inference(
     )
 
 
-def _launch(kind: str, actor: Actor, **fields) -> Job:
+def launch_job(kind: str, actor: Actor, *, audited: bool = True, **fields) -> Job:
+    """Write a job row and send its task once the row is committed. `audited=False` is for
+    a caller that records its own audit event for the jobs it launches (a study's cells)."""
     queue = settings.CELERY_TASK_DEFAULT_QUEUE
     task_id = str(uuid.uuid4())
     with transaction.atomic():
@@ -122,20 +125,21 @@ def _launch(kind: str, actor: Actor, **fields) -> Job:
             kind=kind, created_by=actor.name, queue=queue, celery_task_id=task_id, **fields
         )
         adapter = fields.get("adapter")
-        audit.record(
-            actor,
-            f"job.{kind}",
-            job,
-            person_handle=adapter.person.handle if adapter else "",
-            after={"params": job.params, "dataset": job.dataset_id, "revision": job.revision_id},
-        )
+        if audited:
+            audit.record(
+                actor,
+                f"job.{kind}",
+                job,
+                person_handle=adapter.person.handle if adapter else "",
+                after={"params": job.params, "dataset": job.dataset_id, "revision": job.revision_id},
+            )
         transaction.on_commit(
             lambda: celery_app.send_task(TASK_FOR_KIND[kind], args=[job.pk], task_id=task_id, queue=queue)
         )
     return job
 
 
-def cancel_job(job: Job, *, actor: Actor) -> Job:
+def cancel_job(job: Job, *, actor: Actor, audited: bool = True) -> Job:
     """A queued job is cancelled at once; a running one stops at its next step."""
     authorize(actor, "job.cancel")
     before = job.state
@@ -147,7 +151,8 @@ def cancel_job(job: Job, *, actor: Actor) -> Job:
         else:
             job.refresh_from_db()
             raise Conflict(f"job {job.pk} is {job.state}; only queued or running jobs can be cancelled")
-        audit.record(actor, "job.cancel", job, person_handle=_person_of(job), before={"state": before})
+        if audited:
+            audit.record(actor, "job.cancel", job, person_handle=_person_of(job), before={"state": before})
     if job.state == Job.CANCELLED:
         celery_app.control.revoke(job.celery_task_id)
     return job
@@ -157,7 +162,7 @@ def retry_job(job: Job, *, actor: Actor) -> Job:
     authorize(actor, "job.retry")
     if job.state not in (Job.FAILED, Job.CANCELLED):
         raise Conflict(f"job {job.pk} is {job.state}; only failed or cancelled jobs can be retried")
-    return _launch(
+    return launch_job(
         job.kind,
         actor,
         adapter=job.adapter,

@@ -29,6 +29,7 @@ REQUIRED = {
     "job.cancel": OPERATOR,
     "job.retry": OPERATOR,
     "residency.manage": OPERATOR,
+    "study.run": OPERATOR,
     # admins manage who and what exists
     "person.create": ADMIN,
     "adapter.create": ADMIN,

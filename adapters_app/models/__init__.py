@@ -9,6 +9,7 @@ from adapters_app.models.job import Job
 from adapters_app.models.person import Adapter, Person
 from adapters_app.models.pointer import PointerEvent
 from adapters_app.models.revision import Revision
+from adapters_app.models.study import Study, StudyCell, StudyRun
 from adapters_app.models.worker import ResidencyStats, ResidentAdapter, Worker
 
 __all__ = [
@@ -25,5 +26,8 @@ __all__ = [
     "ResidencyStats",
     "ResidentAdapter",
     "Revision",
+    "Study",
+    "StudyCell",
+    "StudyRun",
     "Worker",
 ]

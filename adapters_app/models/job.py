@@ -14,8 +14,9 @@ class Job(models.Model):
     changes one row or none, and none means another process got there first.
     """
 
-    TRAIN, EVALUATE, INFER = "train", "evaluate", "infer"
-    KINDS = [(TRAIN, "train"), (EVALUATE, "evaluate"), (INFER, "infer")]
+    TRAIN, EVALUATE, INFER, STUDY = "train", "evaluate", "infer", "study"
+    # A study job trains and grades one cell of a footprint study (params["cell"]); it has no adapter.
+    KINDS = [(TRAIN, "train"), (EVALUATE, "evaluate"), (INFER, "infer"), (STUDY, "study cell")]
 
     QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = ("queued", "running", "succeeded", "failed", "cancelled")
     STATES = [(s, s) for s in (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)]
@@ -65,7 +66,7 @@ class Job(models.Model):
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
-        target = self.adapter.handle if self.adapter_id else "-"
+        target = self.adapter.handle if self.adapter_id else self.params.get("cell_label", "-")
         return f"{self.kind} job {self.pk} ({target})"
 
     def get_absolute_url(self) -> str:

@@ -1,0 +1,125 @@
+"""The worker side of a footprint study: one job trains and grades one cell.
+
+A cell's runs (person x seed) share every setting but the seed, so they train together in
+multi-adapter passes over the base (workers/engine/multi_training.py), at most
+`settings.MINT_STUDY_ADAPTERS_PER_PASS` adapters a pass. After each pass its adapters
+and the bare base are graded on each person's held-out items and the general set in one
+batched generation, and the pass's runs are recorded in one transaction. A cancelled or
+failed cell therefore keeps every finished pass; the job that resumes it skips them.
+Study adapters are measurements, not people's revisions: nothing goes to the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from django.conf import settings
+from django.db import transaction
+
+from adapters_app.lifecycle.reliability import judge_run
+from adapters_app.lifecycle.studies import cell_config
+from adapters_app.models import Job, StudyCell, StudyRun
+from workers.runs import JobRun, ProgressReporter, _thin
+
+
+class StudyCellRun(JobRun):
+    def run(self, job: Job) -> None:
+        from workers.engine.base_family import replay_examples
+        from workers.engine.base_models import load_base
+        from workers.engine.batch_grading import grade_many
+        from workers.engine.examples import parse_jsonl
+        from workers.engine.multi_training import AdapterData, train_adapters
+        from workers.engine.payload import unpack
+        from workers.engine.persona_world import generate_world, jsonl
+        from workers.engine.suites import scores
+
+        cell = StudyCell.objects.select_related("study", "base").get(pk=job.params["cell"])
+        study, base_row = cell.study, cell.base
+        world = generate_world(study.cohort["world_seed"], people=study.people)
+        done = set(StudyRun.objects.filter(cell=cell).values_list("person", "seed"))
+        pending = [(p, seed) for p in world.people for seed in study.seeds if (p.handle, seed) not in done]
+        job.append_log(
+            f"{cell}: {len(done)} of {cell.runs_total} runs recorded already, {len(pending)} to go"
+        )
+        if not pending:
+            self.succeed_or_lose(job, step=cell.runs_total, total_steps=cell.runs_total)
+            return
+
+        per_pass = max(1, settings.MINT_STUDY_ADAPTERS_PER_PASS)
+        passes = [pending[i : i + per_pass] for i in range(0, len(pending), per_pass)]
+        config = cell_config(cell, seed=0)
+        replay = replay_examples(base_row.path) if config.replay else []
+        examples = {p.handle: parse_jsonl(jsonl(p.training_rows())).examples for p, _ in pending}
+        general = world.general_items()
+        report = ProgressReporter(job)
+        total = len(passes) * config.steps
+
+        for index, chunk in enumerate(passes):
+            offset = index * config.steps
+            job.append_log(
+                f"pass {index + 1}/{len(passes)}: {len(chunk)} adapters "
+                f"({', '.join(f'{p.handle}/s{seed}' for p, seed in chunk)})"
+            )
+            base = load_base(base_row.path, base_row.digest)
+            started = time.monotonic()
+            results = train_adapters(
+                base.model,
+                base.tokenizer,
+                [AdapterData(examples[p.handle], seed) for p, seed in chunk],
+                config,
+                on_step=lambda step, _, loss, offset=offset: report(offset + step, total, loss),
+                replay=replay,
+            )
+            seconds = time.monotonic() - started
+            payloads = {hashlib.sha256(r.payload).hexdigest(): r.payload for r in results}
+            shas = [hashlib.sha256(r.payload).hexdigest() for r in results]
+            people = list({p.handle: p for p, _ in chunk}.values())  # personas are not hashable
+            work = [(sha, p.eval_items(world) + general) for sha, (p, _) in zip(shas, chunk, strict=True)]
+            work += [(None, p.eval_items(world) + general) for p in people]
+            graded = grade_many(base_row.path, base_row.digest, work, payloads)
+            bare = {p.handle: scores(g) for p, g in zip(people, graded[len(chunk) :], strict=True)}
+            runs = []
+            for (person, seed), result, answers in zip(chunk, results, graded, strict=False):
+                own = scores(answers)
+                verdict = judge_run(own, bare[person.handle], result.losses)
+                runs.append(
+                    StudyRun(
+                        cell=cell,
+                        person=person.handle,
+                        seed=seed,
+                        scores=own,
+                        bare_scores=bare[person.handle],
+                        passed=verdict.passed,
+                        gate_failures=verdict.gate_failures,
+                        collapsed=verdict.collapsed,
+                        collapse_reasons=verdict.collapse_reasons,
+                        first_loss=result.losses[0],
+                        final_loss=result.losses[-1],
+                        losses=[round(x, 5) for x in _thin(result.losses, 50)],
+                        train_seconds=seconds / len(chunk),
+                    )
+                )
+            with transaction.atomic():
+                StudyRun.objects.bulk_create(runs)
+                if cell.payload_bytes is None:
+                    first = results[0]
+                    cell.trainable_parameters = first.trainable_parameters
+                    cell.stored_parameters = unpack(first.payload).parameters
+                    cell.payload_bytes = len(first.payload)
+                    StudyCell.objects.filter(pk=cell.pk).update(
+                        trainable_parameters=cell.trainable_parameters,
+                        stored_parameters=cell.stored_parameters,
+                        payload_bytes=cell.payload_bytes,
+                    )
+            job.append_log(
+                f"pass {index + 1}: {sum(r.passed for r in runs)} of {len(runs)} adapters pass the gate, "
+                f"{sum(r.collapsed for r in runs)} collapsed ({seconds:.0f}s training)"
+            )
+        self.succeed_or_lose(
+            job,
+            step=total,
+            total_steps=total,
+            loss_points=_thin(report.loss_points),
+            result={"runs": cell.runs_total},
+        )
