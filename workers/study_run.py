@@ -76,9 +76,17 @@ class StudyCellRun(JobRun):
             shas = [hashlib.sha256(r.payload).hexdigest() for r in results]
             people = list({p.handle: p for p, _ in chunk}.values())  # personas are not hashable
             work = [(sha, p.eval_items(world) + general) for sha, (p, _) in zip(shas, chunk, strict=True)]
-            work += [(None, p.eval_items(world) + general) for p in people]
+            # The bare base answers a person's items the same in every cell of the study: grade
+            # it once per person and base, and reuse what an earlier pass recorded.
+            bare = dict(
+                StudyRun.objects.filter(
+                    cell__study=study, cell__base=base_row, person__in=[p.handle for p in people]
+                ).values_list("person", "bare_scores")
+            )
+            unseen = [p for p in people if p.handle not in bare]
+            work += [(None, p.eval_items(world) + general) for p in unseen]
             graded = grade_many(base_row.path, base_row.digest, work, payloads)
-            bare = {p.handle: scores(g) for p, g in zip(people, graded[len(chunk) :], strict=True)}
+            bare.update({p.handle: scores(g) for p, g in zip(unseen, graded[len(chunk) :], strict=True)})
             runs = []
             for (person, seed), result, answers in zip(chunk, results, graded, strict=False):
                 own = scores(answers)

@@ -251,6 +251,85 @@ def openapi_document(server_url: str) -> dict:
                     },
                 },
             },
+            "/api/studies": {
+                "get": _op(
+                    "List footprint studies, newest first (keyset pagination: ?after=<id>&limit=)",
+                    "200",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "data": {"type": "array", "items": _ref("Study")},
+                            "next_after": {"type": ["integer", "null"]},
+                        },
+                    },
+                ),
+                "post": _op(
+                    "Launch a footprint study: one cell per base x rank x targets x init, each a queued "
+                    "`study` job training every person x seed. Invalid fields are named in error.details "
+                    "and nothing is written.",
+                    "201",
+                    _ref("StudyDetail"),
+                    errors=(400, 401, 403),
+                    body=_json(_ref("StudyRequest")),
+                ),
+            },
+            "/api/studies/{study_id}": {
+                "get": _op(
+                    "A study's progress, recommendation per base and cells with their reliability",
+                    "200",
+                    _ref("StudyDetail"),
+                    params=("study_id",),
+                ),
+            },
+            "/api/studies/{study_id}/cancel": {
+                "post": _op(
+                    "Cancel every queued or running cell (recorded runs are kept)",
+                    "200",
+                    _ref("StudyDetail"),
+                    params=("study_id",),
+                    errors=(401, 403, 404, 409),
+                ),
+            },
+            "/api/studies/{study_id}/resume": {
+                "post": _op(
+                    "Queue a new job for every failed, cancelled or pending cell; recorded runs are skipped",
+                    "202",
+                    _ref("StudyDetail"),
+                    params=("study_id",),
+                    errors=(401, 403, 404, 409),
+                ),
+            },
+            "/api/studies/{study_id}/results": {
+                "get": {
+                    **_op(
+                        "Every recorded run: JSON with the study and its cells, or ?format=csv streamed",
+                        "200",
+                        None,
+                        params=("study_id",),
+                    ),
+                    "responses": {
+                        "200": {
+                            "description": "study, cells and runs; or one CSV line per run",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "study": {"type": "object"},
+                                            "cells": {"type": "array", "items": _ref("StudyCell")},
+                                            "runs": {"type": "array", "items": {"type": "object"}},
+                                        },
+                                    }
+                                },
+                                "text/csv": {"schema": {"type": "string"}},
+                            },
+                        },
+                        "400": {"description": "Error", **_json(_ref("Error"))},
+                        "401": {"description": "Error", **_json(_ref("Error"))},
+                        "404": {"description": "Error", **_json(_ref("Error"))},
+                    },
+                },
+            },
             "/v1/models": {
                 "get": _op("OpenAI-compatible model list", "200", {"type": "object"}, errors=(401,))
             },
@@ -371,6 +450,85 @@ def openapi_document(server_url: str) -> dict:
                         "batch_size": {"type": "integer"},
                         "seed": {"type": "integer"},
                         "init": {"type": "string", "enum": ["default", "gaussian"]},
+                    },
+                },
+                "StudyRequest": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string", "maxLength": 100},
+                        "bases": {"type": "array", "items": {"type": "string"}},
+                        "ranks": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 64}},
+                        "targets": {"type": "array", "items": {"enum": ["all-linear", "attention"]}},
+                        "inits": {"type": "array", "items": {"enum": ["default", "pissa", "olora", "tail"]}},
+                        "seeds": {
+                            "oneOf": [{"type": "integer"}, {"type": "array", "items": {"type": "integer"}}],
+                            "description": "a count (seeds 0..n-1) or a list of seeds",
+                        },
+                        "people": {"type": "integer", "minimum": 2},
+                        "world_seed": {"type": "integer", "minimum": 0},
+                        "training": {
+                            "type": "object",
+                            "description": "steps, learning_rate, batch_size, replay, max_length, dropout",
+                        },
+                        "reliability_target": {"type": "number", "default": 0.95},
+                    },
+                },
+                "Study": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "name": {"type": "string"},
+                        "state": {
+                            "type": "string",
+                            "enum": ["pending", "running", "finished", "failed", "cancelled"],
+                        },
+                        "grid": {"type": "object"},
+                        "cohort": {"type": "object"},
+                        "reliability_target": {"type": "number"},
+                        "runs_done": {"type": "integer"},
+                        "runs_total": {"type": "integer"},
+                        "created_by": {"type": "string"},
+                        "created_at": {"type": "string"},
+                    },
+                },
+                "StudyCell": {
+                    "type": "object",
+                    "properties": {
+                        "base": {"type": "string"},
+                        "rank": {"type": "integer"},
+                        "targets": {"type": "string"},
+                        "init": {"type": "string"},
+                        "state": {
+                            "type": "string",
+                            "enum": ["pending", "queued", "running", "done", "failed", "cancelled"],
+                        },
+                        "runs_done": {"type": "integer"},
+                        "runs_total": {"type": "integer"},
+                        "payload_bytes": {"type": ["integer", "null"]},
+                        "stored_parameters": {"type": ["integer", "null"]},
+                        "reliability": {"type": "object"},
+                        "job": {"type": ["integer", "null"]},
+                    },
+                },
+                "StudyDetail": {
+                    "type": "object",
+                    "properties": {
+                        "study": {
+                            "allOf": [
+                                _ref("Study"),
+                                {
+                                    "type": "object",
+                                    "properties": {
+                                        "training": {"type": "object"},
+                                        "alpha_per_rank": {"type": "integer"},
+                                        "cells": {"type": "object", "description": "cell state -> count"},
+                                        "recommendations": {"type": "array", "items": {"type": "object"}},
+                                    },
+                                },
+                            ]
+                        },
+                        "cells": {"type": "array", "items": _ref("StudyCell")},
                     },
                 },
                 "Job": {

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from adapters_app.api import views
+from adapters_app.api import study_views, views
 
 app_name = "api"
 
@@ -19,4 +19,9 @@ urlpatterns = [
     path("jobs/<int:job_id>", views.job_detail, name="job"),
     path("jobs/<int:job_id>/cancel", views.job_cancel, name="job-cancel"),
     path("revisions/<str:person>/<str:adapter>/<str:rev>/download", views.revision_download, name="download"),
+    path("studies", study_views.studies_collection, name="studies"),
+    path("studies/<int:study_id>", study_views.study_detail, name="study"),
+    path("studies/<int:study_id>/cancel", study_views.study_cancel, name="study-cancel"),
+    path("studies/<int:study_id>/resume", study_views.study_resume, name="study-resume"),
+    path("studies/<int:study_id>/results", study_views.study_results, name="study-results"),
 ]

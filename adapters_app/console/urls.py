@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 
-from adapters_app.console import compare_views, views
+from adapters_app.console import compare_views, study_views, views
 from adapters_app.console import residency as residency_views
 from adapters_app.console import workers as worker_views
 from adapters_app.console.login import ThrottledLoginView
@@ -58,6 +58,13 @@ urlpatterns = [
     path("jobs/<int:job_id>/", views.job, name="job"),
     path("jobs/<int:job_id>/cancel", views.job_cancel, name="job_cancel"),
     path("jobs/<int:job_id>/retry", views.job_retry, name="job_retry"),
+    path("studies/", study_views.study_list, name="studies"),
+    path("studies/new", study_views.study_new, name="study_new"),
+    path("studies/<int:study_id>/", study_views.study, name="study"),
+    path("studies/<int:study_id>/cancel", study_views.study_cancel, name="study_cancel"),
+    path("studies/<int:study_id>/resume", study_views.study_resume, name="study_resume"),
+    path("studies/<int:study_id>/results.csv", study_views.study_results_csv, name="study_results_csv"),
+    path("studies/<int:study_id>/results.json", study_views.study_results_json, name="study_results_json"),
     path("audit/", views.audit, name="audit"),
     path("audit/export.csv", views.audit_export, name="audit_export"),
     path("workers/", worker_views.workers, name="workers"),

@@ -1,0 +1,83 @@
+"""A footprint study in a real browser, run by a real Celery worker.
+
+The operator launches a small grid on the micro base from the form and watches the
+study page until every cell is done: the page updates itself (htmx), draws the charts
+and names the recommendation, with no console error or failed request. The final page
+is saved as test-output/screenshots/study-page.png.
+"""
+
+import pytest
+
+from tests.test_browser import CHROMIUM, SCREENSHOTS, open_console  # noqa: F401 (a fixture)
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def test_an_operator_launches_a_study_and_watches_it_finish(
+    open_console,  # noqa: F811
+    live_server,
+    celery_worker_process,
+    micro_base,
+):
+    assert CHROMIUM
+    with open_console() as page:
+        page.get_by_role("navigation", name="Main").get_by_role("link", name="Studies").click()
+        page.get_by_role("link", name="New study").click()
+        page.wait_for_url("**/studies/new")
+
+        page.fill("#study-name", "smallest reliable micro adapter")
+        for name, keep in (
+            ("ranks", {"1", "4"}),
+            ("targets", {"attention"}),
+            # Two cells: grading a cell's adapters and the bare base dominates its time (~40 s on
+            # two busy CPU cores), so a larger grid would not fit the test's few minutes.
+            ("inits", {"default"}),
+            ("bases", {micro_base.name}),
+        ):
+            for box in page.locator(f"input[name={name}]").all():
+                box.set_checked(box.get_attribute("value") in keep)
+        page.fill("#study-seeds", "1")
+        page.fill("#study-people", "2")
+        # Small enough for the micro base in seconds; it ships no replay corpus.
+        page.fill("#study-steps", "8")
+        page.fill("#study-batch_size", "4")
+        page.fill("#study-learning_rate", "0.01")
+        page.fill("#study-replay", "0")
+        # 2 ranks x 1 target set x 1 init x 1 seed x 2 people, counted as the operator types.
+        assert page.locator("#study-runs").inner_text() == "4"
+        page.get_by_role("button", name="Start study").click()
+        page.wait_for_url("**/studies/*/")
+        page.get_by_text("queued: 2 cells").wait_for()
+
+        # Everything from here on arrives by polling: the document is never reloaded.
+        page.evaluate("window.stillTheSameDocument = true")
+        live = page.locator("#study-live")
+        try:
+            page.wait_for_function(
+                "document.querySelector('#study-live h2 .badge').textContent !== 'running'", timeout=240_000
+            )
+        finally:
+            page.screenshot(path=str(SCREENSHOTS / "study-page.png"), full_page=True)
+        status = live.locator("h2 .badge").first.inner_text()
+        assert status == "finished", (
+            f"{live.inner_text()}\n{celery_worker_process.log_path.read_text()[-3000:]}"
+        )
+        assert page.evaluate("window.stillTheSameDocument") is True
+        assert "4/4 runs" in live.locator("[role=progressbar]").first.inner_text()
+        assert live.locator("table.study-cells .badge.state-done").count() == 2
+        assert page.get_by_role("button", name="Cancel study").count() == 0
+
+        # Each chart was drawn by plotly (an svg inside its element).
+        group = f"{micro_base.name}-attention"
+        for chart in ("pass", "collapse", "scores"):
+            page.locator(f"[data-figure={chart}-chart-{group}] .main-svg").first.wait_for()
+        # The pass-rate chart has a line for the init, through both ranks' sizes.
+        trace = page.locator(f"[data-figure=pass-chart-{group}] .scatterlayer .trace")
+        assert trace.count() == 1 and trace.locator(".point").count() == 2
+        recommendation = page.locator("#recommendation")
+        assert recommendation.get_by_role("heading", name=micro_base.name).is_visible()
+        assert recommendation.locator(".badge").first.inner_text() in ("recommended", "none")
+
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(SCREENSHOTS / "study-page.png"), full_page=True)
+        assert page.problems == []
