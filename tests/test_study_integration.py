@@ -40,7 +40,7 @@ def test_a_study_runs_every_cell_on_a_worker_and_records_each_run_once(
 ):
     study = small_study(micro_base, actor)
     assert study.cells.count() == 4
-    report = wait_until(lambda: finished(study), timeout=240)
+    report = wait_until(lambda: finished(study), timeout=600)
 
     assert report.runs_done == report.runs_total == 8
     people = {p.handle for p in generate_world(0, people=2).people}
@@ -89,7 +89,7 @@ def test_a_resumed_study_keeps_its_recorded_runs_and_trains_only_the_rest(
     )
 
     assert resume_study(study, actor=actor) == 1
-    report = wait_until(lambda: finished(study), timeout=120)
+    report = wait_until(lambda: finished(study), timeout=300)
 
     runs = list(StudyRun.objects.filter(cell=cell).order_by("person"))
     assert len(runs) == 2 and kept in runs and runs[runs.index(kept)].scores == {"recall": 1.0}

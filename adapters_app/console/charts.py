@@ -84,15 +84,7 @@ def suite_scores_figure(
             )
         )
     shapes = [
-        dict(
-            type="line",
-            xref="paper",
-            x0=0,
-            x1=1,
-            y0=score,
-            y1=score,
-            line=dict(color=SUITE_COLOURS.get(suite, OTHER_SUITE_COLOUR), dash="dot", width=1),
-        )
+        reference_line(score, SUITE_COLOURS.get(suite, OTHER_SUITE_COLOUR), dash="dot", width=1)
         for suite, score in (base_scores or {}).items()
         if suite in suites
     ]
@@ -201,3 +193,11 @@ def weight_delta_figure(weights, a: str, b: str) -> dict:
         )
     )
     return _plain(figure)
+
+
+def reference_line(y: float, colour: str, *, dash: str, width: float) -> dict:
+    """A horizontal line across the whole plot at `y` (a layout shape, not a trace, so
+    legends and hover list only the data)."""
+    return dict(
+        type="line", xref="paper", x0=0, x1=1, y0=y, y1=y, line=dict(color=colour, dash=dash, width=width)
+    )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from adapters_app.console.charts import OTHER_SUITE_COLOUR, SUITE_COLOURS, _layout, _plain
+from adapters_app.console.charts import OTHER_SUITE_COLOUR, SUITE_COLOURS, _layout, _plain, reference_line
 
 # One colour per LoRA init, the same in every study figure.
 INIT_COLOURS = {"default": "#2563eb", "pissa": "#9333ea", "olora": "#ea580c", "tail": "#16a34a"}
@@ -94,19 +94,7 @@ def rate_figure(cells: Sequence, rate: str, title: str, target: float | None = N
                 ),
             )
         )
-    shapes = []
-    if target is not None:
-        shapes.append(
-            dict(
-                type="line",
-                xref="paper",
-                x0=0,
-                x1=1,
-                y0=target,
-                y1=target,
-                line=dict(color=TARGET_COLOUR, dash="dash", width=1.5),
-            )
-        )
+    shapes = [] if target is None else [reference_line(target, TARGET_COLOUR, dash="dash", width=1.5)]
     figure.update_layout(
         **_layout(
             height=280,

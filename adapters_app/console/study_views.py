@@ -30,19 +30,7 @@ TRAINING_FIELDS = (
 )
 COHORT_FIELDS = (("seeds", int), ("people", int), ("world_seed", int), ("reliability_target", float))
 # Errors the form shows next to a field; any other key is shown above the form.
-FORM_FIELDS = (
-    "name",
-    "bases",
-    "ranks",
-    "targets",
-    "inits",
-    "seeds",
-    "people",
-    "world_seed",
-    "training",
-    "reliability_target",
-    "grid",
-)
+FORM_FIELDS = (*studies.REQUEST_FIELDS, "grid")
 # While a study runs its page polls for the live part this often.
 POLL_SECONDS = 5
 

@@ -54,6 +54,19 @@ MAX_RANK = 64
 MAX_PEOPLE = 20
 MAX_SEEDS = 10
 MAX_RUNS = 5000
+# What a study request may hold (the API's body, the console form's fields).
+REQUEST_FIELDS = (
+    "name",
+    "bases",
+    "ranks",
+    "targets",
+    "inits",
+    "seeds",
+    "people",
+    "world_seed",
+    "training",
+    "reliability_target",
+)
 
 
 # --- validation --------------------------------------------------------------------------
@@ -63,19 +76,7 @@ def validate_study(raw: dict) -> dict:
     """An operator's study request -> clean fields for `Study`, or Invalid naming every problem."""
     if not isinstance(raw, dict):
         raise Invalid("a study must be an object")
-    known = {
-        "name",
-        "bases",
-        "ranks",
-        "targets",
-        "inits",
-        "seeds",
-        "people",
-        "world_seed",
-        "training",
-        "reliability_target",
-    }
-    errors = {key: "unknown setting" for key in raw if key not in known}
+    errors = {key: "unknown setting" for key in raw if key not in REQUEST_FIELDS}
     name = str(raw.get("name") or "").strip()
     if not name:
         errors["name"] = "required"

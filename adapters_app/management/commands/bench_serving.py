@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import statistics
 import tempfile
 import time
@@ -32,10 +31,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from adapters_app.lifecycle.actors import Actor
-from adapters_app.lifecycle.base_models import ensure_family_base, ensure_micro_base
-from adapters_app.lifecycle.errors import LifecycleError
-from adapters_app.management.progress import progress_bar
+from adapters_app.management.benchmarks import bench_base, cpu_model, peak_rss_mib
 from workers.engine.base_family import FAMILY, SMALLEST
 
 TARGET_VS_BARE = 0.85
@@ -77,7 +73,8 @@ class Command(BaseCommand):
         if options["batch"] < 1 or options["adapters"] < 1 or options["rounds"] < 1:
             raise CommandError("--batch, --adapters and --rounds must be at least 1")
         torch.set_num_threads(options["threads"] or len(os.sched_getaffinity(0)))
-        folder, digest, base_name = self._base(options["base"])
+        row = bench_base(options["base"], self.stdout)
+        folder, digest, base_name = row.path, row.digest, row.name
         bench = ServingBench(folder, digest, options, log=self.stdout.write)
         out = self.stdout.write
         out(bench.header(base_name))
@@ -103,21 +100,6 @@ class Command(BaseCommand):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2))
         out(f"JSON: {path}")
-
-    def _base(self, name: str) -> tuple[str, str, str]:
-        try:
-            if name == "micro":
-                row = ensure_micro_base()
-            else:
-                row = ensure_family_base(
-                    name,
-                    actor=Actor.system("cli"),
-                    on_step=progress_bar(self.stdout, name),
-                    log=self.stdout.write,
-                )
-        except LifecycleError as exc:
-            raise CommandError(str(exc)) from None
-        return row.path, row.digest, row.name
 
 
 class ServingBench:
@@ -503,17 +485,3 @@ def percentiles(values: list[float]) -> tuple[float, float]:
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
     return statistics.median(ordered), p95
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"

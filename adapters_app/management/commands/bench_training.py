@@ -27,11 +27,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from adapters_app.lifecycle.actors import Actor
-from adapters_app.lifecycle.base_models import ensure_family_base, ensure_micro_base
-from adapters_app.lifecycle.errors import LifecycleError
-from adapters_app.management.commands.bench_serving import cpu_model, peak_rss_mib
-from adapters_app.management.progress import progress_bar
+from adapters_app.management.benchmarks import bench_base, cpu_model, peak_rss_mib
 from workers.engine.base_family import FAMILY, SMALLEST
 from workers.engine.report import REPORT_TRAINING, SUITE_ORDER
 
@@ -73,7 +69,7 @@ class Command(BaseCommand):
         except TrainingConfigInvalid as exc:
             raise CommandError(str(exc)) from None
         torch.set_num_threads(options["threads"] or len(os.sched_getaffinity(0)))
-        row = self._base(options["base"])
+        row = bench_base(options["base"], self.stdout)
         bench = TrainingBench(row.path, row.digest, options["people"], config, log=self.stdout.write)
         out = self.stdout.write
         out(bench.header(row.name))
@@ -102,19 +98,6 @@ class Command(BaseCommand):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2))
         out(f"JSON: {path}")
-
-    def _base(self, name: str):
-        try:
-            if name == "micro":
-                return ensure_micro_base()
-            return ensure_family_base(
-                name,
-                actor=Actor.system("cli"),
-                on_step=progress_bar(self.stdout, name),
-                log=self.stdout.write,
-            )
-        except LifecycleError as exc:
-            raise CommandError(str(exc)) from None
 
 
 class Timing:
