@@ -67,3 +67,36 @@ def test_training_and_serving_run_on_cuda_and_match_peft_on_the_cpu(tmp_path):
     assert torch.allclose(gpu_logits, cpu_logits, atol=2e-3), (gpu_logits - cpu_logits).abs().max()
     assert on_gpu.text == cpu_text
     assert on_gpu.text == "Your dog is called Rex."
+
+
+def test_a_shared_multi_adapter_pass_on_cuda_matches_separate_runs(tmp_path):
+    from workers.engine.base_models import load_base, weights_digest
+    from workers.engine.examples import parse_jsonl
+    from workers.engine.micro_base import build_micro_base
+    from workers.engine.multi_training import AdapterData, train_adapters
+    from workers.engine.payload import unpack
+    from workers.engine.training import TrainingConfig, train_adapter
+
+    folder = build_micro_base(tmp_path / "base")
+    digest = weights_digest(folder)
+    examples = parse_jsonl(FACTS).examples
+    for init in ("default", "tail"):
+        config = TrainingConfig(steps=5, learning_rate=0.01, rank=4, batch_size=2, init=init)
+        shared = load_base(folder, digest)
+        results = train_adapters(
+            shared.model, shared.tokenizer, [AdapterData(examples, seed) for seed in (0, 1)], config
+        )
+        for seed, result in zip((0, 1), results, strict=True):
+            alone = load_base(folder, digest)
+            expected = train_adapter(
+                alone.model,
+                alone.tokenizer,
+                examples,
+                TrainingConfig(steps=5, learning_rate=0.01, rank=4, batch_size=2, init=init, seed=seed),
+            )
+            assert result.losses == pytest.approx(expected.losses, rel=1e-3)
+            ours, theirs = unpack(result.payload).tensors, unpack(expected.payload).tensors
+            assert ours.keys() == theirs.keys()
+            for key in ours:
+                scale = float(theirs[key].abs().max()) or 1.0
+                assert torch.allclose(ours[key], theirs[key], atol=1e-3 * scale), key
