@@ -5,11 +5,14 @@ import io
 import pytest
 from django.core.management import call_command
 
+from adapters_app.models import ApiKey
+
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
-def test_the_load_test_serves_every_request_and_prints_the_table(micro_base, redis_server):
+def test_the_load_test_serves_every_request_and_prints_the_table(micro_base, redis_server, django_user_model):
     out = io.StringIO()
+    earlier_run, _ = ApiKey.issue(django_user_model.objects.create(username="load-test"), name="load test")
 
     call_command("load_test", adapters=20, clients=4, requests=20, stdout=out)
 
@@ -19,3 +22,7 @@ def test_the_load_test_serves_every_request_and_prints_the_table(micro_base, red
     assert table["requests"].startswith("20 ")
     assert table["throughput"].endswith("req/s")
     assert all(table[f"latency {q}"].endswith(" ms") for q in ("p50", "p95", "max"))
+    # Each run issues a key and revokes the previous run's: one live key, not one per run.
+    earlier_run.refresh_from_db()
+    assert earlier_run.revoked_at is not None
+    assert ApiKey.objects.filter(name="load test", revoked_at=None).count() == 1

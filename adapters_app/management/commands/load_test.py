@@ -30,6 +30,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.management import processes
@@ -152,6 +153,9 @@ class Command(BaseCommand):
     def _api_key(self) -> str:
         user, _ = get_user_model().objects.get_or_create(username="load-test")
         Group.objects.get_or_create(name="operator")[0].user_set.add(user)
+        # Keys are stored hashed, so a run cannot reuse the last one: revoke it instead of
+        # leaving one live key behind per run.
+        ApiKey.objects.filter(user=user, name="load test", revoked_at=None).update(revoked_at=timezone.now())
         return ApiKey.issue(user, name="load test")[1]
 
 
