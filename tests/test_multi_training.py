@@ -53,10 +53,13 @@ def assert_same_adapter(multi, alone):
 
 
 @pytest.mark.parametrize(
-    "init, targets, replay",
-    [("default", "all-linear", REPLAY), ("tail", "attention", ())],
+    "init, targets, replay, rows_per_forward",
+    # every adapter's rows in one forward, and one adapter's rows per forward
+    [("default", "all-linear", REPLAY, 1000), ("tail", "attention", (), 4)],
 )
-def test_each_adapter_of_a_shared_pass_matches_its_separate_run(base_folder, people, init, targets, replay):
+def test_each_adapter_of_a_shared_pass_matches_its_separate_run(
+    base_folder, people, init, targets, replay, rows_per_forward
+):
     config = TrainingConfig(
         rank=4,
         steps=5,
@@ -67,7 +70,9 @@ def test_each_adapter_of_a_shared_pass_matches_its_separate_run(base_folder, peo
         replay=0.5 if replay else 0.0,
     )
     base = load_base(*base_folder)
-    results = train_adapters(base.model, base.tokenizer, people, config, replay=replay)
+    results = train_adapters(
+        base.model, base.tokenizer, people, config, replay=replay, rows_per_forward=rows_per_forward
+    )
 
     assert len(results) == len(people)
     for person, multi in zip(people, results, strict=True):
