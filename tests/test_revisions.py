@@ -1,5 +1,6 @@
 """Revisions are write-once, numbered per adapter, and their blobs are verified on load."""
 
+import hashlib
 import os
 
 import pytest
@@ -89,6 +90,20 @@ def test_revisions_resolve_by_label_number_or_sha_prefix(make_revision, adapter)
         get_revision(adapter, "r9")
     with pytest.raises(Invalid):
         get_revision(adapter, "latest!")
+
+
+def test_a_sha256_prefix_of_only_digits_still_finds_its_revision(make_revision, adapter, tiny_payload):
+    from workers.engine.payload import pack, unpack
+
+    stored = unpack(tiny_payload)
+    for note in range(1000):  # about one sha256 in sixteen starts with six decimal digits
+        payload = pack(stored.tensors, {**stored.config, "revision_note": note})
+        if hashlib.sha256(payload).hexdigest()[:6].isdigit():
+            break
+    revision = make_revision(payload)
+    digits = revision.sha256[:6]
+    assert get_revision(adapter, digits) == revision  # no revision has that number
+    assert get_revision(adapter, "1") == revision  # a small number is still a revision number
 
 
 def test_model_names_resolve_to_live_pinned_or_base(make_revision, adapter, micro_base):

@@ -85,17 +85,20 @@ def create_revision(
 
 
 def get_revision(adapter: Adapter, ref: str) -> Revision:
-    """`r3`, `3`, or a sha256 prefix of at least 6 hex digits."""
+    """`r3`, `3`, or a sha256 prefix of at least 6 hex digits. A sha256 prefix can be all
+    decimal digits (`4260790094`): a bare number names the revision of that number when
+    there is one, and is otherwise read as a sha256 prefix."""
     ref = (ref or "").strip().lower()
     queryset = Revision.objects.filter(adapter=adapter).select_related("adapter__person")
+    found = None
     if match := REVISION_REF_RE.match(ref):
         found = queryset.filter(number=int(match.group(1))).first()
-    elif SHA_PREFIX_RE.match(ref):
+    if found is None and SHA_PREFIX_RE.match(ref):
         matches = list(queryset.filter(sha256__startswith=ref)[:2])
         if len(matches) > 1:
             raise Invalid(f"sha256 prefix {ref!r} is ambiguous for {adapter.handle}; give more digits")
         found = matches[0] if matches else None
-    else:
+    elif not match and not SHA_PREFIX_RE.match(ref):
         raise Invalid(f"{ref!r} is not a revision reference; use r<N> or a sha256 prefix")
     if found is None:
         raise NotFound(f"{adapter.handle} has no revision {ref!r}")
