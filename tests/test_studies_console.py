@@ -356,3 +356,19 @@ def test_a_study_job_page_and_the_jobs_list_link_back_to_the_study(console, smal
     assert f'href="/studies/{small_study.pk}/"' in page and cell.job.params["cell_label"] in page
     listing = console.get("/jobs/?kind=study").content.decode()
     assert listing.count(f'href="/studies/{small_study.pk}/"') == 4
+
+
+def test_a_long_list_of_cells_that_fell_short_is_cut_to_the_cheapest_dozen(console, micro_base, operator):
+    study = create_study(
+        {"name": "wide", "bases": [micro_base.name], **SMALL_GRID, "ranks": [1, 2, 4, 8, 16, 32, 64]},
+        actor=Actor.from_user(operator, via="console"),
+    )
+    for cell in study.cells.all():  # 14 cells, none reliable
+        record_runs(cell, [False, False], payload_bytes=1000 * cell.rank + (10 if cell.init == "tail" else 0))
+
+    page = console.get(url(study)).content.decode()
+    recommendation = page[
+        page.index('id="recommendation"') : page.index("</section>", page.index('id="recommendation"'))
+    ]
+    assert recommendation.count("<tr><td>rank ") == 12
+    assert "and 2 more: every cell is in the table below" in recommendation
