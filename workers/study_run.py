@@ -55,13 +55,14 @@ class StudyCellRun(JobRun):
         report = ProgressReporter(job)
         total = len(passes) * config.steps
 
+        # train_adapters gives the base back unchanged, so every pass shares one load.
+        base = load_base(base_row.path, base_row.digest)
         for index, chunk in enumerate(passes):
             offset = index * config.steps
             job.append_log(
                 f"pass {index + 1}/{len(passes)}: {len(chunk)} adapters "
                 f"({', '.join(f'{p.handle}/s{seed}' for p, seed in chunk)})"
             )
-            base = load_base(base_row.path, base_row.digest)
             started = time.monotonic()
             results = train_adapters(
                 base.model,
@@ -72,8 +73,8 @@ class StudyCellRun(JobRun):
                 replay=replay,
             )
             seconds = time.monotonic() - started
-            payloads = {hashlib.sha256(r.payload).hexdigest(): r.payload for r in results}
             shas = [hashlib.sha256(r.payload).hexdigest() for r in results]
+            payloads = dict(zip(shas, (r.payload for r in results), strict=True))
             people = list({p.handle: p for p, _ in chunk}.values())  # personas are not hashable
             work = [(sha, p.eval_items(world) + general) for sha, (p, _) in zip(shas, chunk, strict=True)]
             # The bare base answers a person's items the same in every cell of the study: grade
