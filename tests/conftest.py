@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from django.conf import settings
 
 from adapters_app.lifecycle.actors import Actor
-from adapters_app.management.processes import database_url
+from adapters_app.management.processes import celery_worker, database_url
 from mintweb import embedded_redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -207,13 +206,7 @@ class WorkerProcess:
         }
         self.log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "mintweb",
-                "worker",
+            celery_worker(
                 "--pool",
                 "solo",
                 "--queues",
@@ -224,7 +217,7 @@ class WorkerProcess:
                 "INFO",
                 "--without-gossip",
                 "--without-mingle",
-            ],
+            ),
             cwd=ROOT,
             env=env,
             stdout=self.log,

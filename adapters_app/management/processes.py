@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 from django.conf import settings
@@ -27,6 +28,11 @@ def spawn(
         start_new_session=True,
         env={**os.environ, **(env or {})},
     )
+
+
+def celery_worker(*options: str) -> list[str]:
+    """The command line of a Celery worker of this project with `options`."""
+    return [sys.executable, "-m", "celery", "-A", "mintweb", "worker", *options]
 
 
 def stop(process: subprocess.Popen, timeout: float = 15) -> None:

@@ -52,13 +52,7 @@ class Command(BaseCommand):
             log_path = settings.VAR_DIR / "worker.log"
             children.append(
                 processes.spawn(
-                    [
-                        sys.executable,
-                        "-m",
-                        "celery",
-                        "-A",
-                        "mintweb",
-                        "worker",
+                    processes.celery_worker(
                         "--beat",
                         "--loglevel",
                         "INFO",
@@ -68,7 +62,7 @@ class Command(BaseCommand):
                         "demo@%h",
                         "--schedule",
                         str(settings.VAR_DIR / "celerybeat-schedule"),
-                    ],
+                    ),
                     log_path,
                     # Two worker processes share the cores instead of each spinning up
                     # a thread per core and fighting over them.
@@ -83,13 +77,7 @@ class Command(BaseCommand):
             serving_log = settings.VAR_DIR / "serving-worker.log"
             children.append(
                 processes.spawn(
-                    [
-                        sys.executable,
-                        "-m",
-                        "celery",
-                        "-A",
-                        "mintweb",
-                        "worker",
+                    processes.celery_worker(
                         "--pool",
                         "threads",
                         "--concurrency",
@@ -100,7 +88,7 @@ class Command(BaseCommand):
                         "serve@%h",
                         "--queues",
                         serving_queue(),
-                    ],
+                    ),
                     serving_log,
                 )
             )

@@ -234,13 +234,7 @@ def _table(base, adapters, clients, requests, max_tokens, tally: Tally, seconds:
 
 
 def _worker_command(queue: str, clients: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "mintweb",
-        "worker",
+    return processes.celery_worker(
         "--pool",
         "threads",
         "--concurrency",
@@ -253,7 +247,7 @@ def _worker_command(queue: str, clients: int) -> list[str]:
         "INFO",
         "--without-gossip",
         "--without-mingle",
-    ]
+    )
 
 
 def _free_port() -> int:
