@@ -357,7 +357,8 @@ def test_the_adapter_page_says_which_healthy_workers_hold_it_in_memory(console, 
             uses=3,
         )
     page = console.get(adapter_url("adapter")).content.decode()
-    assert "In memory on" in page and "serve-1@h</a> (r1, CPU memory, 2.0\xa0KB, 3 uses)" in page
+    assert "In memory on" in page
+    assert "serve-1@h</a> (r1, batched server, CPU memory, 2.0\xa0KB, 3 uses)" in page
     assert "gone@h" not in page
 
 

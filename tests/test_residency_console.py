@@ -143,6 +143,10 @@ def test_an_operator_sees_the_residency_buttons(db, operator, store, manager, ma
     )  # fmt: skip
     page = operator.get(worker.get_absolute_url()).content.decode()
     assert "Pin</button>" in page and "Prefetch</button>" in page
+    # A pin acts on the batched server's tiers: a copy the one-at-a-time runtime holds has none.
+    ResidentAdapter.objects.filter(worker=worker).update(holder=ResidentAdapter.RUNTIME)
+    page = operator.get(worker.get_absolute_url()).content.decode()
+    assert "one-at-a-time runtime" in page and "Pin</button>" not in page
     form = operator.get(
         reverse(
             "console:revision_prefetch_form",

@@ -8,7 +8,14 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
-from adapters_app.lifecycle.routing import Dispatched, current_loads, route, serving_queue, worker_queue
+from adapters_app.lifecycle.routing import (
+    Dispatched,
+    Route,
+    current_loads,
+    route,
+    serving_queue,
+    worker_queue,
+)
 from adapters_app.models import ResidentAdapter, Worker
 from tests.conftest import generate_directly, wait_until
 
@@ -51,10 +58,19 @@ def fleet():
     cache.delete_many([f"route-load:{w.name}" for w in made])
 
 
-def holding(worker: Worker, sha256: str = SHA) -> Worker:
+def holding(
+    worker: Worker, sha256: str = SHA, *, tier: str = "cpu", holder: str = ResidentAdapter.SERVING
+) -> Worker:
     now = timezone.now()
     ResidentAdapter.objects.create(
-        worker=worker, pid=2, tier="cpu", sha256=sha256, bytes=1000, loaded_at=now, last_used_at=now
+        worker=worker,
+        pid=2,
+        holder=holder,
+        tier=tier,
+        sha256=sha256,
+        bytes=1000,
+        loaded_at=now,
+        last_used_at=now,
     )
     return worker
 
@@ -88,6 +104,24 @@ def test_when_nobody_holds_it_the_least_loaded_worker_cold_loads_it(fleet):
     busy, idle = fleet(), fleet()
     holding(busy, "b" * 64)
     with Dispatched(route("b" * 64)):
+        chosen = route(SHA)
+    assert (chosen.worker, chosen.reason) == (idle.name, "cold")
+
+
+def test_an_adapter_in_memory_beats_one_on_a_local_disk_which_beats_none(fleet):
+    fleet()
+    on_disk = holding(fleet(), tier="disk")
+    assert (route(SHA).worker, route(SHA).reason) == (on_disk.name, "disk")
+    in_memory = holding(fleet(), tier="cpu")
+    holding(in_memory, tier="disk")  # the disk tier is inclusive: both rows
+    assert (route(SHA).worker, route(SHA).reason) == (in_memory.name, "resident")
+
+
+def test_what_only_the_job_runtime_holds_does_not_draw_requests(fleet):
+    # An evaluation loaded it there, but requests are answered by the batched server,
+    # which would still have to load it: the least loaded worker is as good a choice.
+    evaluator, idle = holding(fleet(), holder=ResidentAdapter.RUNTIME), fleet()
+    with Dispatched(Route(worker_queue(evaluator.name), evaluator.name, "cold")):  # busy
         chosen = route(SHA)
     assert (chosen.worker, chosen.reason) == (idle.name, "cold")
 
@@ -169,7 +203,9 @@ def test_requests_follow_the_adapter_to_the_worker_that_holds_it(two_workers, ad
     assert first.reason == "cold" and first.worker in two_workers
     # The worker that served it now holds it, so the next request goes there again.
     wait_until(
-        lambda: ResidentAdapter.objects.filter(worker__name=first.worker, sha256=revision.sha256).exists(),
+        lambda: ResidentAdapter.objects.filter(
+            worker__name=first.worker, sha256=revision.sha256, holder=ResidentAdapter.SERVING
+        ).exists(),
         timeout=20,
     )
     again = ask("alice/assistant")["route"]

@@ -99,6 +99,7 @@ def test_serving_a_revision_leaves_it_and_its_base_resident_on_the_worker(
     row = resident_revision(worker, revision)
     assert row is not None, list(ResidentAdapter.objects.values())
     assert row.kind == ResidentAdapter.ADAPTER and row.sha256 == revision.sha256
+    assert row.holder == ResidentAdapter.SERVING  # the batched server answered it
     assert row.bytes > 0
     assert row.tier == ("gpu" if worker.device == "cuda" else "cpu")
     assert row.pid == process.process.pid  # --pool solo: the main process serves
@@ -201,6 +202,31 @@ def test_the_runtime_tells_its_observer_what_it_loads_uses_and_evicts(db, micro_
     ]
     loaded = {e.sha256: e.bytes for e in events if e.action == "loaded"}
     assert loaded[micro_base.digest] > loaded[first] > 0
+
+
+def test_the_runtime_and_the_batched_server_report_the_same_revision_apart(db, make_revision):
+    # One process may hold a revision twice: an evaluation loaded it into the runtime, and
+    # a request into the bank. Each reporter writes and removes only its own holder's row.
+    from workers.engine.runtime import ResidencyEvent
+    from workers.residency import ResidencyReporter
+
+    revision, worker = make_revision(), a_worker("two-holders@host")
+    runtime, bank = ResidencyReporter(ResidentAdapter.RUNTIME), ResidencyReporter(ResidentAdapter.SERVING)
+    loaded = ResidencyEvent("loaded", "adapter", revision.sha256, revision.adapter.base.digest, "cpu", 1000)
+    runtime.loaded(worker.name, loaded)
+    bank.loaded(worker.name, loaded)
+    holders = ResidentAdapter.objects.filter(worker=worker, sha256=revision.sha256)
+    assert sorted(holders.values_list("holder", flat=True)) == ["runtime", "serving"]
+
+    runtime.evicted(worker.name, revision.sha256, "cpu")
+    assert list(holders.values_list("holder", flat=True)) == ["serving"]
+
+
+def test_a_reporter_names_a_known_holder():
+    from workers.residency import ResidencyReporter
+
+    with pytest.raises(ValueError, match="unknown holder"):
+        ResidencyReporter("evaluations")
 
 
 def test_a_failing_observer_never_fails_the_request(db, micro_base):

@@ -1,4 +1,4 @@
-"""What a worker process's AdapterRuntime holds, kept in ResidentAdapter rows.
+"""What a worker process's AdapterRuntime and batched server hold, kept in ResidentAdapter rows.
 
 The runtime (`workers/engine`, no Django) calls a `ResidencyReporter` whenever it loads,
 uses or evicts a model. The reporter writes only while a Celery worker runs a task, so
@@ -25,7 +25,6 @@ from workers.engine.runtime import ResidencyEvent
 log = logging.getLogger(__name__)
 
 USE_WRITE_SECONDS = 1.0
-MEMORY_TIERS = (ResidentAdapter.GPU, ResidentAdapter.CPU)
 
 
 def worker_name() -> str | None:
@@ -39,9 +38,15 @@ def tier_of(device: str) -> str:
 
 
 class ResidencyReporter:
-    """The runtime's observer in a worker process (see `AdapterRuntime(observer=…)`)."""
+    """The observer of one holder in a worker process: the one-at-a-time runtime's
+    (`AdapterRuntime(observer=…)`, holder `runtime`) or the batched server's bank
+    (`serving.observe`, holder `serving`). Each writes and removes only its holder's rows,
+    so an evaluation loading a revision never looks to the router like a server holding it."""
 
-    def __init__(self, use_write_seconds: float = USE_WRITE_SECONDS):
+    def __init__(self, holder: str, use_write_seconds: float = USE_WRITE_SECONDS):
+        if holder not in dict(ResidentAdapter.HOLDERS):
+            raise ValueError(f"unknown holder {holder!r}")
+        self.holder = holder
         self.use_write_seconds = use_write_seconds
         self._lock = threading.Lock()
         # (worker name, sha256) -> [uses not written yet, time of the newest one]
@@ -70,6 +75,7 @@ class ResidencyReporter:
         ResidentAdapter.objects.update_or_create(
             worker=worker,
             pid=os.getpid(),
+            holder=self.holder,
             sha256=event.sha256,
             tier=tier_of(event.device),
             defaults={
@@ -100,9 +106,8 @@ class ResidencyReporter:
 
     def evicted(self, worker_name: str, sha256: str, tier: str) -> None:
         self._forget(worker_name, sha256)
-        # Only the runtime's row: a copy the residency manager keeps on disk stays listed.
         ResidentAdapter.objects.filter(
-            worker__name=worker_name, pid=os.getpid(), sha256=sha256, tier=tier
+            worker__name=worker_name, pid=os.getpid(), holder=self.holder, sha256=sha256, tier=tier
         ).delete()
 
     def _forget(self, worker_name: str, sha256: str) -> None:
@@ -113,7 +118,11 @@ class ResidencyReporter:
     def _write_uses(self, key: tuple[str, str], uses: int, at) -> None:
         worker_name, sha256 = key
         ResidentAdapter.objects.filter(
-            worker__name=worker_name, pid=os.getpid(), sha256=sha256, tier__in=MEMORY_TIERS
+            worker__name=worker_name,
+            pid=os.getpid(),
+            holder=self.holder,
+            sha256=sha256,
+            tier__in=ResidentAdapter.MEMORY_TIERS,
         ).update(uses=F("uses") + uses, last_used_at=at)
 
     def _arm_flusher(self) -> None:

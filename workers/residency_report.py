@@ -4,8 +4,9 @@ Each worker process serves through one `ResidencyManager` per base
 (`workers.serving.residency_managers()`). A daemon thread of the process writes their
 `snapshot()` every `STATS_SECONDS`: one `ResidencyStats` row per manager and tier
 (budget, bytes used, entries, hits, misses, evictions, cold-load p50/p95), and one
-`ResidentAdapter` row per adapter and tier it holds (the disk tier is inclusive, so an
-adapter in memory and on disk is two rows), which is what the router reads. Only what
+`ResidentAdapter` row per adapter and tier it holds (holder `serving`; the disk tier is
+inclusive, so an adapter in memory and on disk is two rows), which is what the router
+reads. Only what
 changed since the last write is written, so an idle worker costs nothing.
 
 Nothing here runs in the request path: a manager's observer (`TierChangeReporter`)
@@ -72,8 +73,8 @@ def stats_values(tier: dict, cold_loads: dict) -> dict:
 
 class ResidencyStatsReport:
     """Writes one process's managers' snapshots; remembers what it wrote, so it writes
-    only changes and removes only its own ResidentAdapter rows (the runtime's reporter
-    keeps rows of its own in the same table)."""
+    only changes and removes only its own ResidentAdapter rows (holder `serving`; the
+    one-at-a-time runtime's reporter keeps rows of its own in the same table)."""
 
     def __init__(self, worker_name: str, pid: int | None = None):
         self.worker_name = worker_name
@@ -110,19 +111,22 @@ class ResidencyStatsReport:
                         entry["pinned"] or "",
                         digest,
                     )
-        # Compared with the rows as they are, not as last written: the runtime's reporter
-        # deletes a row on a device eviction that the manager turns into a cpu-tier entry.
+        # Compared with the rows as they are, not as last written: the bank's own reporter
+        # (workers/residency.py) deletes a row on a device eviction that the manager turns
+        # into a cpu-tier entry, and the heartbeat wipes a worker's rows when it starts.
+        ours = ResidentAdapter.objects.filter(
+            worker=worker, pid=self.pid, holder=ResidentAdapter.SERVING, kind=ResidentAdapter.ADAPTER
+        )
         rows = {
             (sha256, tier): (nbytes, pinned)
-            for sha256, tier, nbytes, pinned in ResidentAdapter.objects.filter(
-                worker=worker, pid=self.pid, kind=ResidentAdapter.ADAPTER
-            ).values_list("sha256", "tier", "bytes", "pinned")
+            for sha256, tier, nbytes, pinned in ours.values_list("sha256", "tier", "bytes", "pinned")
         }
         for (sha256, memory), (nbytes, pinned, digest) in resident.items():
             if rows.get((sha256, memory)) != (nbytes, pinned):
                 ResidentAdapter.objects.update_or_create(
                     worker=worker,
                     pid=self.pid,
+                    holder=ResidentAdapter.SERVING,
                     sha256=sha256,
                     tier=memory,
                     defaults={"bytes": nbytes, "pinned": pinned},
@@ -137,7 +141,7 @@ class ResidencyStatsReport:
                 )
                 written += 1
         for sha256, memory in (set(self._resident) - set(resident)) & set(rows):
-            ResidentAdapter.objects.filter(worker=worker, pid=self.pid, sha256=sha256, tier=memory).delete()
+            ours.filter(sha256=sha256, tier=memory).delete()
             written += 1
         self._resident = resident
         return written

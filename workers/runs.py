@@ -23,7 +23,7 @@ from adapters_app.lifecycle.jobs import start_evaluation
 from adapters_app.lifecycle.pointer import auto_promote
 from adapters_app.lifecycle.revisions import create_revision
 from adapters_app.lifecycle.storage import get_store
-from adapters_app.models import Evaluation, Job, Revision
+from adapters_app.models import Evaluation, Job, ResidentAdapter, Revision
 from workers import serving
 from workers.engine.examples import Message
 from workers.engine.prompting import render_prompt
@@ -33,9 +33,9 @@ from workers.residency import ResidencyReporter
 
 log = logging.getLogger(__name__)
 
-_reporter = ResidencyReporter()
-_runtime = AdapterRuntime(observer=_reporter)
-serving.observe(_reporter)
+# Two holders in one process, reported apart: routing follows the batched server's only.
+_runtime = AdapterRuntime(observer=ResidencyReporter(ResidentAdapter.RUNTIME))
+serving.observe(ResidencyReporter(ResidentAdapter.SERVING))
 
 
 def runtime() -> AdapterRuntime:

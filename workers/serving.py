@@ -18,8 +18,9 @@ What the bank cannot serve (DoRA, LoRA biases, a rank above MINT_SERVING_MAX_RAN
 raises `Unservable` before any slot is touched; `workers.runs.generate` then serves the
 request through the one-at-a-time `AdapterRuntime`.
 
-The `ResidentAdapter` table hears of the bank through `ResidencyReporter`, as it hears
-of the runtime: the reporter writes only from a Celery task's thread, so the changes the
+The `ResidentAdapter` table hears of the bank through a `ResidencyReporter` of holder
+`serving` (the runtime has one of its own, holder `runtime`; routing follows only the
+bank's rows): the reporter writes only from a Celery task's thread, so the changes the
 generator thread makes are queued and reported by the task threads that wait on it.
 """
 

@@ -17,8 +17,7 @@ from adapters_app.models import Job, ResidencyStats, ResidentAdapter, Worker
 
 TIERS = dict(ResidentAdapter.TIERS)
 STATS_ORDER = [tier for tier, _ in ResidencyStats.TIERS]
-MEMORY_TIERS = (ResidentAdapter.GPU, ResidentAdapter.CPU)
-IN_MEMORY = Q(tier__in=MEMORY_TIERS)
+IN_MEMORY = Q(tier__in=ResidentAdapter.MEMORY_TIERS)
 
 
 def hit_rate(hits: int, misses: int) -> float | None:
@@ -83,7 +82,7 @@ def fleet_summary() -> dict:
 def workers(request: HttpRequest) -> HttpResponse:
     health = request.GET.get("health", "")
     tier = request.GET.get("tier", "")
-    in_memory = Q(resident__tier__in=MEMORY_TIERS)
+    in_memory = Q(resident__tier__in=ResidentAdapter.MEMORY_TIERS)
     queryset = Worker.objects.annotate(
         resident_adapters=Count("resident", filter=Q(resident__kind=ResidentAdapter.ADAPTER) & in_memory),
         resident_bytes=Sum("resident__bytes", filter=in_memory, default=0),
@@ -166,6 +165,7 @@ def adapter_residency(adapter) -> list[ResidentAdapter]:
     newest use first, each with its worker and revision (for the adapter page)."""
     return list(
         ResidentAdapter.objects.filter(
+            IN_MEMORY,
             revision__adapter=adapter,
             kind=ResidentAdapter.ADAPTER,
             worker__in=Worker.objects.with_health(Worker.HEALTHY),

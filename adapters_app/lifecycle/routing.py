@@ -1,11 +1,14 @@
 """Where an inference request goes: residency-aware routing over the worker fleet.
 
 Each worker consumes, besides the fleet's shared queue, a queue of its own
-(`worker_queue(name)`). A request for a revision goes to a healthy worker that
-already holds it in memory (affinity: no cold load), the least loaded of them
-when several do; otherwise to the least loaded healthy worker, which cold-loads
-it. With no healthy worker known the shared queue takes it, so a fleet that has
-not reported yet still serves.
+(`worker_queue(name)`). A request for a revision goes to a healthy worker whose
+batched server already holds it in memory (affinity: no load at all), the least
+loaded of them when several do; else to one that has it on its local disk (a
+load without a trip to the store); otherwise to the least loaded healthy worker,
+which cold-loads it. With no healthy worker known the shared queue takes it, so a
+fleet that has not reported yet still serves. Only the batched server's holdings
+count: an adapter the job runtime loaded for an evaluation is not where requests
+are answered.
 
 "Healthy" and "holds" come from the rows workers keep (`Worker`, `ResidentAdapter`):
 a worker is a candidate only if it also consumes this fleet's shared queue (or its
@@ -47,7 +50,7 @@ def worker_queue(worker_name: str) -> str:
 class Route:
     queue: str
     worker: str | None  # None: the shared queue, any worker
-    reason: str  # "resident", "cold" or "shared"
+    reason: str  # "resident" (in memory), "disk" (on its local disk), "cold" or "shared"
 
 
 def route(sha256: str) -> Route:
@@ -63,16 +66,20 @@ def route(sha256: str) -> Route:
     if not candidates:
         return Route(shared, None, "shared")
     names = [worker.name for worker in candidates]
-    holders = set(
-        ResidentAdapter.objects.filter(worker__name__in=names, sha256=sha256).values_list(
-            "worker__name", flat=True
-        )
-    )
+    held = ResidentAdapter.objects.filter(
+        worker__name__in=names, sha256=sha256, holder=ResidentAdapter.SERVING
+    ).values_list("worker__name", "tier")
+    in_memory = {name for name, tier in held if tier in ResidentAdapter.MEMORY_TIERS}
+    on_disk = {name for name, tier in held if tier == ResidentAdapter.DISK}
+    pool, reason = names, "cold"
+    if in_memory:
+        pool, reason = [name for name in names if name in in_memory], "resident"
+    elif on_disk:
+        pool, reason = [name for name in names if name in on_disk], "disk"
     loads = current_loads(names)
-    pool = [name for name in names if name in holders] or names
     # Least loaded first; the name breaks ties so the choice is stable.
     chosen = min(pool, key=lambda name: (loads.get(name, 0), name))
-    return Route(worker_queue(chosen), chosen, "resident" if holders else "cold")
+    return Route(worker_queue(chosen), chosen, reason)
 
 
 def _load_key(worker_name: str) -> str:

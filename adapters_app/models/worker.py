@@ -94,11 +94,20 @@ class ResidentAdapter(models.Model):
     # adapter in memory and on disk at once: two rows.
     GPU, CPU, DISK = "gpu", "cpu", "disk"
     TIERS = [(GPU, "GPU memory"), (CPU, "CPU memory"), (DISK, "local disk")]
+    MEMORY_TIERS = (GPU, CPU)
+    # Which part of the process holds it. A worker process may hold one revision twice:
+    # in its batched server (workers/serving.py), which answers /v1 requests and is what
+    # routing follows, and in its one-at-a-time runtime (workers/runs.py's
+    # AdapterRuntime), which evaluations, the playground and adapters the batched bank
+    # cannot serve (DoRA, ...) use.
+    SERVING, RUNTIME = "serving", "runtime"
+    HOLDERS = [(SERVING, "batched server"), (RUNTIME, "one-at-a-time runtime")]
 
     worker = models.ForeignKey(Worker, on_delete=models.CASCADE, related_name="resident")
     pid = models.PositiveIntegerField(help_text="The worker process holding it")
     kind = models.CharField(max_length=10, choices=KINDS, default=ADAPTER)
     tier = models.CharField(max_length=10, choices=TIERS)
+    holder = models.CharField(max_length=10, choices=HOLDERS, default=SERVING)
     sha256 = models.CharField(max_length=64, help_text="The revision's sha256, or the base's weight digest")
     revision = models.ForeignKey(
         "adapters_app.Revision", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -117,13 +126,13 @@ class ResidentAdapter(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["worker", "pid", "sha256", "tier"], name="resident_unique_per_process_tier"
+                fields=["worker", "pid", "holder", "sha256", "tier"], name="resident_unique_per_holder_tier"
             )
         ]
         ordering = ["kind", "-last_used_at", "id"]
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.sha256[:12]} on {self.worker_id}/{self.pid} ({self.tier})"
+        return f"{self.kind} {self.sha256[:12]} on {self.worker_id}/{self.pid} ({self.holder}, {self.tier})"
 
 
 class ResidencyStats(models.Model):

@@ -200,8 +200,9 @@ def _response(kind: str, prefix: str, model: str, result: dict, choices: list) -
                 "revision": revision.label if revision else None,
                 "sha256": revision.sha256 if revision else None,
                 "base": result["base"].name,
-                # Which worker the router chose and why: "resident" (it held the adapter),
-                # "cold" (least loaded, loads it now) or "shared" (no worker reported yet).
+                # Which worker the router chose and why: "resident" (it held the adapter in
+                # memory), "disk" (on its local disk), "cold" (least loaded, loads it now)
+                # or "shared" (no worker reported yet).
                 "worker": result["route"].worker,
                 "route": result["route"].reason,
             },
