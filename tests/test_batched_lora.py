@@ -256,6 +256,9 @@ def test_an_adapter_the_bank_cannot_serve_is_refused_clearly(micro, payloads):
         model.load(hashlib.sha256(dora_bytes).hexdigest(), dora_bytes)
     with pytest.raises(BatchedLoraError, match="rank 8"):
         model.load(rank8, payloads[rank8])
+    with pytest.raises(UnsupportedAdapter, match="DoRA"):
+        model.check(unpack(dora_bytes))  # the same refusal, asked before any load
+    model.check(unpack(payloads[rank4]))  # servable: no error
     assert model.slots == {}  # nothing half-written
 
 

@@ -117,10 +117,10 @@ class _Generator(BatchGenerator):
         super().__init__(*args, **kwargs)
         self.server = server
 
-    def _make_resident(self, adapter: str | None, in_use: set) -> bool:
+    def make_resident(self, adapter: str | None, in_use: set) -> bool:
         if adapter is None or adapter in self.model.slots:
             return True
-        return self.server._load_for_rows(adapter, in_use)
+        return self.server.load_for_rows(adapter, in_use)
 
 
 class Server:
@@ -240,7 +240,7 @@ class Server:
         with self._busy_lock:
             return set(self._busy)
 
-    def _load_for_rows(self, sha256: str, in_use: set) -> bool:
+    def load_for_rows(self, sha256: str, in_use: set) -> bool:
         """Called by the generator as it admits a request: bring the adapter into the bank.
         False when every slot holds an adapter the batch uses (the request waits)."""
         self._rows_in_use.adapters = in_use
@@ -250,14 +250,14 @@ class Server:
             return False
         finally:
             self._rows_in_use.adapters = None
-        self.generator._rows_set = False  # slots changed: set the rows again before decoding
+        self.generator.slots_changed()
         return True
 
     def _materialize(self, data: bytes) -> _HostAdapter:
         sha256 = hashlib.sha256(data).hexdigest()
         payload = unpack(data)
         try:
-            self.model._factors(payload)  # refuse before any tier or slot takes it
+            self.model.check(payload)  # refuse before any tier or slot takes it
         except BatchedLoraError as exc:
             raise Unservable(str(exc)) from exc
         nbytes = sum(t.numel() * t.element_size() for t in payload.tensors.values())

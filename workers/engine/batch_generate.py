@@ -243,7 +243,7 @@ class BatchGenerator:
             if request.future.cancelled():
                 continue
             try:
-                resident = self._make_resident(request.adapter, in_use)
+                resident = self.make_resident(request.adapter, in_use)
             except Exception as exc:
                 _resolve(request.future, error=exc)
                 continue
@@ -260,7 +260,13 @@ class BatchGenerator:
                 self._queue.extendleft(reversed(waiting))
         return joining
 
-    def _make_resident(self, adapter: str | None, in_use: set) -> bool:
+    def make_resident(self, adapter: str | None, in_use: set) -> bool:
+        """Put `adapter` (a sha256, None for the bare base) in the bank before its request
+        joins; False when every slot holds an adapter of `in_use` (the request waits a
+        step). Runs on the generator's thread. This one loads through `loader` and evicts
+        the least recently admitted idle adapter; a subclass may bring adapters in its own
+        way (the worker's tiered residency, workers/serving.py) and must then call
+        `slots_changed()` when it loads or unloads anything."""
         if adapter is None or adapter in self.model.slots:
             return True
         if self.loader is None:
@@ -277,7 +283,11 @@ class BatchGenerator:
                     return False
                 self.model.unload(idle[0])
                 self._recent.pop(idle[0], None)
-                self._rows_set = False
+                self.slots_changed()
+
+    def slots_changed(self) -> None:
+        """The bank's slots changed: set the running rows' slot ids again before decoding."""
+        self._rows_set = False
 
     # --- forward passes ---------------------------------------------------------------------
 

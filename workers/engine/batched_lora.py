@@ -292,6 +292,11 @@ class BatchedLoraModel:
             for t in (bank.lora_a, bank.lora_b, bank.scaling)
         )
 
+    def check(self, payload: AdapterPayload) -> None:
+        """Raise `BatchedLoraError` (`UnsupportedAdapter` for a variant a plain low-rank bank
+        cannot serve) if `load` would refuse this payload; touches no slot."""
+        self._factors(payload)
+
     def _factors(self, payload: AdapterPayload) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
         """module name -> (A, B, scaling), validated against this model before any slot is written."""
         config = payload.config
