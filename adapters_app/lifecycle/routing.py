@@ -7,8 +7,8 @@ loaded of them when several do; else to one that has it on its local disk (a
 load without a trip to the store); otherwise to the least loaded healthy worker,
 which cold-loads it. With no healthy worker known the shared queue takes it, so a
 fleet that has not reported yet still serves. Only the batched server's holdings
-count: an adapter the job runtime loaded for an evaluation is not where requests
-are answered.
+count: an adapter the one-at-a-time runtime loaded for an evaluation is not where
+requests are answered.
 
 "Healthy" and "holds" come from the rows workers keep (`Worker`, `ResidentAdapter`):
 a worker is a candidate only if it also consumes this fleet's shared queue (or its
