@@ -6,8 +6,7 @@ Each worker process serves through one `ResidencyManager` per base
 (budget, bytes used, entries, hits, misses, evictions, cold-load p50/p95), and one
 `ResidentAdapter` row per adapter and tier it holds (holder `serving`; the disk tier is
 inclusive, so an adapter in memory and on disk is two rows), which is what the router
-reads. Only what
-changed since the last write is written, so an idle worker costs nothing.
+reads. Only what changed since the last write is written, so an idle worker costs nothing.
 
 Nothing here runs in the request path: a manager's observer (`TierChangeReporter`)
 only wakes the thread, so a cold load shows within moments without waiting on the

@@ -90,16 +90,15 @@ def get_revision(adapter: Adapter, ref: str) -> Revision:
     there is one, and is otherwise read as a sha256 prefix."""
     ref = (ref or "").strip().lower()
     queryset = Revision.objects.filter(adapter=adapter).select_related("adapter__person")
-    found = None
-    if match := REVISION_REF_RE.match(ref):
-        found = queryset.filter(number=int(match.group(1))).first()
-    if found is None and SHA_PREFIX_RE.match(ref):
+    number, sha_prefix = REVISION_REF_RE.match(ref), SHA_PREFIX_RE.match(ref)
+    if not number and not sha_prefix:
+        raise Invalid(f"{ref!r} is not a revision reference; use r<N> or a sha256 prefix")
+    found = queryset.filter(number=int(number.group(1))).first() if number else None
+    if found is None and sha_prefix:
         matches = list(queryset.filter(sha256__startswith=ref)[:2])
         if len(matches) > 1:
             raise Invalid(f"sha256 prefix {ref!r} is ambiguous for {adapter.handle}; give more digits")
         found = matches[0] if matches else None
-    elif not match and not SHA_PREFIX_RE.match(ref):
-        raise Invalid(f"{ref!r} is not a revision reference; use r<N> or a sha256 prefix")
     if found is None:
         raise NotFound(f"{adapter.handle} has no revision {ref!r}")
     return found
