@@ -43,6 +43,40 @@ def redis_server():
     embedded_redis.stop(process)
 
 
+def _is_deadlock(error: BaseException | None) -> bool:
+    while error is not None:
+        if getattr(error, "sqlstate", None) == "40P01":  # PostgreSQL's deadlock_detected
+            return True
+        error = error.__cause__
+    return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def flush_survives_worker_writes():
+    """A transactional test ends by TRUNCATEing every table while the session's worker
+    process may still be writing (a heartbeat, a residency report after the last reply).
+    TRUNCATE locks table after table, the worker's transaction may hold one and want
+    another, and PostgreSQL then aborts one side. When that side is the flush, flush
+    again: it ran in a transaction, so the failed try left nothing behind."""
+    from django.core.management.base import CommandError
+    from django.test import TransactionTestCase
+
+    flush = TransactionTestCase._fixture_teardown
+
+    def flush_retrying_deadlocks(self, attempts: int = 5):
+        for attempt in range(1, attempts + 1):
+            try:
+                return flush(self)
+            except CommandError as error:
+                if attempt == attempts or not _is_deadlock(error):
+                    raise
+                time.sleep(0.2 * attempt)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TransactionTestCase, "_fixture_teardown", flush_retrying_deadlocks)
+        yield
+
+
 @pytest.fixture(scope="session", autouse=True)
 def fresh_store():
     """Each session starts from an empty store under var/test/."""
