@@ -88,6 +88,14 @@ def test_when_nothing_is_reliable_enough_the_recommendation_says_so_with_the_bes
     assert "no finished cell reaches 95%" in none.reason and "r2 attention tail at 50%" in none.reason
 
 
+def test_when_no_run_passed_anywhere_the_recommendation_names_no_best_cell():
+    (none,) = recommend([footprint(1, 0.0), footprint(2, 0.0, init="tail")], 0.95)
+    assert none.chosen is None
+    assert none.reason == (
+        "no finished cell reaches 95% of runs passing; not one of 8 runs in 2 finished cell(s) passed"
+    )
+
+
 def test_each_base_gets_its_own_recommendation():
     picks = recommend([footprint(2, 1.0), footprint(1, 1.0, base="mint-m")], 0.9)
     assert [(p.base, p.chosen.rank) for p in picks] == [("mint-m", 1), ("mint-s", 2)]

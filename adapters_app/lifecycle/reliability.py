@@ -141,14 +141,7 @@ def recommend(footprints: Sequence[Footprint], target: float) -> list[Recommenda
         judged = [f for f in mine if f.complete and f.reliability.pass_rate is not None]
         chosen = next((f for f in judged if f.reliability.pass_rate >= target), None)
         if chosen is None:
-            best = max(judged, key=lambda f: f.reliability.pass_rate, default=None)
-            reason = f"no finished cell reaches {target:.0%} of runs passing" + (
-                f"; the best is {best.base} r{best.rank} {best.targets} {best.init} at "
-                f"{best.reliability.pass_rate:.0%}"
-                if best
-                else ""
-            )
-            out.append(Recommendation(base, target, None, judged, reason))
+            out.append(Recommendation(base, target, None, judged, _why_none(judged, target)))
             continue
         smaller = [f for f in judged if f.payload_bytes < chosen.payload_bytes]
         reason = (
@@ -159,3 +152,18 @@ def recommend(footprints: Sequence[Footprint], target: float) -> list[Recommenda
         )
         out.append(Recommendation(base, target, chosen, smaller, reason))
     return out
+
+
+def _why_none(judged: Sequence[Footprint], target: float) -> str:
+    reason = f"no finished cell reaches {target:.0%} of runs passing"
+    best = max(judged, key=lambda f: f.reliability.pass_rate, default=None)
+    if best is None:
+        return reason
+    if best.reliability.pass_rate == 0:
+        # Naming a "best" among cells that all scored 0% would point at an arbitrary one.
+        runs = sum(f.reliability.runs for f in judged)
+        return f"{reason}; not one of {runs} runs in {len(judged)} finished cell(s) passed"
+    return (
+        f"{reason}; the best is {best.base} r{best.rank} {best.targets} {best.init} at "
+        f"{best.reliability.pass_rate:.0%}"
+    )

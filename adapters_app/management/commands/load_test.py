@@ -34,6 +34,7 @@ from django.utils import timezone
 
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.management import processes
+from adapters_app.management.benchmarks import bench_base
 from adapters_app.models import Adapter, ApiKey
 from mintweb import embedded_redis
 
@@ -65,7 +66,7 @@ class Command(BaseCommand):
     def handle(self, *args, adapters, clients, requests, max_tokens, base, seed, **options):
         if min(adapters, clients, requests) < 1:
             raise CommandError("--adapters, --clients and --requests must be at least 1")
-        base_row = self._base(base)
+        base_row = bench_base(base, self.stdout)
         models = self._fleet(base_row, adapters)
         key = self._api_key()
         children: list[subprocess.Popen] = []
@@ -107,13 +108,6 @@ class Command(BaseCommand):
             for failure in tally.failures[:5]:
                 self.stderr.write(f"failed: {failure}")
             raise CommandError(f"{len(tally.failures)} of {requests} requests failed")
-
-    def _base(self, name: str):
-        from adapters_app.lifecycle.base_models import ensure_family_base, ensure_micro_base
-
-        if name == "micro":
-            return ensure_micro_base()
-        return ensure_family_base(name, actor=Actor.system("cli"), log=self.stdout.write)
 
     def _fleet(self, base, count: int) -> list[str]:
         """`count` people with a live random-init adapter each (created once); their models."""
