@@ -139,6 +139,9 @@ MINT_STALE_JOB_SECONDS = envint("MINT_STALE_JOB_SECONDS", "60")
 MINT_STUDY_ADAPTERS_PER_PASS = envint("MINT_STUDY_ADAPTERS_PER_PASS", "16")
 # Each worker upserts its Worker row this often; three missed beats make it "stale".
 MINT_WORKER_HEARTBEAT_SECONDS = envint("MINT_WORKER_HEARTBEAT_SECONDS", "10")
+# A worker silent this long is presumed dead: the sweep marks it stopped and removes the
+# residency it reported (adapters_app/lifecycle/fleet.py).
+MINT_SILENT_WORKER_SECONDS = envint("MINT_SILENT_WORKER_SECONDS", "3600")
 # Blobs no revision or dataset references, older than this, are removed by the sweep.
 MINT_ORPHAN_BLOB_GRACE_SECONDS = envint("MINT_ORPHAN_BLOB_GRACE_SECONDS", "3600")
 MINT_INFERENCE_TIMEOUT_SECONDS = envint("MINT_INFERENCE_TIMEOUT_SECONDS", "120")
@@ -185,7 +188,7 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
-    "sweep-stale-jobs-and-orphan-blobs": {
+    "sweep-stale-jobs-orphan-blobs-and-silent-workers": {
         "task": "workers.tasks.sweep",
         "schedule": float(envint("MINT_SWEEP_EVERY_SECONDS", "30")),
     },

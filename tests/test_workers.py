@@ -11,10 +11,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from adapters_app.console.workers import fleet_summary
+from adapters_app.lifecycle.fleet import sweep_silent_workers
 from adapters_app.lifecycle.inference import complete
 from adapters_app.lifecycle.routing import worker_queue
 from adapters_app.lifecycle.storage import get_store
-from adapters_app.models import ResidentAdapter, Worker
+from adapters_app.models import AuditEvent, ResidencyStats, ResidentAdapter, Worker
 from mintweb.version import code_version
 from tests.conftest import FACTS, wait_until
 from workers.engine.examples import parse_jsonl
@@ -88,6 +89,18 @@ def test_a_running_worker_reports_itself_healthy_within_seconds_and_keeps_beatin
 
 @pytest.mark.integration
 @pytest.mark.django_db(transaction=True)
+def test_a_worker_presumed_dead_that_comes_back_announces_itself_again(spawn_worker, settings):
+    _, worker = start_worker(spawn_worker, settings, "revenant")
+    # As if it had been wedged past the silence limit: the sweep marks it stopped.
+    assert sweep_silent_workers(silent_for=0) == [worker.name]
+    assert Worker.objects.get(pk=worker.pk).health == Worker.STOPPED
+
+    back = wait_until(lambda: Worker.objects.filter(pk=worker.pk, stopped_at=None).first(), timeout=5)
+    assert back.health == Worker.HEALTHY
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
 def test_serving_a_revision_leaves_it_and_its_base_resident_on_the_worker(
     spawn_worker, settings, make_revision, micro_base
 ):
@@ -157,6 +170,36 @@ def test_a_stopped_worker_is_stopped_however_recently_it_was_seen(db):
     worker = a_worker("w1@host", stopped_at=timezone.now())
     assert worker.health == Worker.STOPPED
     assert list(Worker.objects.with_health(Worker.STOPPED)) == [worker]
+
+
+def test_a_worker_silent_past_the_limit_is_marked_stopped_and_forgets_what_it_held(db, make_revision):
+    revision = make_revision()
+    an_hour_ago = timezone.now() - timedelta(hours=1, seconds=1)
+    dead = a_worker("dead@host", last_seen_at=an_hour_ago)
+    resident(dead, revision)
+    ResidencyStats.objects.create(
+        worker=dead, pid=dead.pid, base_digest="b" * 64, tier="cpu", memory="cpu", updated_at=an_hour_ago
+    )
+    merely_stale = a_worker("stale@host", last_seen_at=timezone.now() - timedelta(minutes=5))
+    resident(merely_stale, revision)
+
+    assert sweep_silent_workers() == ["dead@host"]
+
+    dead.refresh_from_db()
+    assert dead.health == Worker.STOPPED and dead.stopped_at == an_hour_ago
+    assert not ResidentAdapter.objects.filter(worker=dead).exists()
+    assert not ResidencyStats.objects.filter(worker=dead).exists()
+    assert Worker.objects.get(name="stale@host").health == Worker.STALE
+    assert ResidentAdapter.objects.filter(worker=merely_stale).exists()
+    event = AuditEvent.objects.get(action="worker.presume_dead")
+    assert (event.object_repr, event.actor_name) == ("dead@host", "mint-sweeper")
+    assert event.after["resident_rows_removed"] == 1
+
+
+def test_a_stopped_worker_is_not_swept_again(db):
+    a_worker("gone@host", stopped_at=timezone.now(), last_seen_at=timezone.now() - timedelta(days=1))
+    assert sweep_silent_workers() == []
+    assert not AuditEvent.objects.filter(action="worker.presume_dead").exists()
 
 
 def test_the_summary_counts_what_healthy_workers_hold_and_leaves_out_stale_ones(db, make_revision):

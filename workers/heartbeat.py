@@ -4,7 +4,8 @@
 `celery worker` main process. On `worker_ready` the row is written as a fresh start and
 a daemon thread keeps it fresh; on `worker_shutdown` (a warm shutdown: SIGTERM, Ctrl-C)
 the worker is marked stopped and what its processes held is removed, since their memory
-is gone with them. A worker killed outright stops beating and turns stale.
+is gone with them. A worker killed outright stops beating and turns stale, and after
+MINT_SILENT_WORKER_SECONDS the sweep marks it stopped too (adapters_app/lifecycle/fleet.py).
 
 Only Celery is imported at module level: Django may not be set up yet when this loads.
 """
@@ -88,8 +89,11 @@ class WorkerHeartbeat:
         updated = Worker.objects.filter(name=self.name, stopped_at=None).update(
             last_seen_at=timezone.now(), **self.facts()
         )
-        if not updated and not Worker.objects.filter(name=self.name).exists():
-            self.announce()  # the row was deleted (by hand, in the admin)
+        if not updated:
+            # The row was deleted (by hand, in the admin), or the sweep presumed this
+            # worker dead after a long silence (a wedged process that came back): start
+            # afresh. What the pool's processes hold reappears as they next report.
+            self.announce()
         pids = self.pool_pids()
         if pids:
             ResidentAdapter.objects.filter(worker__name=self.name).exclude(pid__in=pids).delete()

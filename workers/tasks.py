@@ -33,9 +33,14 @@ def generate(**request) -> list[dict]:
 
 @shared_task(name="workers.tasks.sweep")
 def sweep() -> dict:
+    from adapters_app.lifecycle.fleet import sweep_silent_workers
     from adapters_app.lifecycle.jobs import sweep_orphan_blobs, sweep_stale_jobs
 
-    return {"stale_jobs": sweep_stale_jobs(), "orphan_blobs": len(sweep_orphan_blobs())}
+    return {
+        "stale_jobs": sweep_stale_jobs(),
+        "orphan_blobs": len(sweep_orphan_blobs()),
+        "silent_workers": sweep_silent_workers(),
+    }
 
 
 # The console's residency actions (adapters_app/lifecycle/residency.py), sent to one worker's queue.
