@@ -43,22 +43,22 @@ class WorkerHeartbeat:
         from django.db import transaction
         from django.utils import timezone
 
-        from adapters_app.models import ResidencyStats, ResidentAdapter, Worker
+        from adapters_app.models import Worker
 
         self._stop.set()
         self._thread.join(timeout=self.interval + 5)
         now = timezone.now()
+        this_worker = Worker.objects.filter(name=self.name)
         with transaction.atomic():
-            Worker.objects.filter(name=self.name).update(stopped_at=now, last_seen_at=now)
-            ResidentAdapter.objects.filter(worker__name=self.name).delete()
-            ResidencyStats.objects.filter(worker__name=self.name).delete()
+            this_worker.update(stopped_at=now, last_seen_at=now)
+            this_worker.forget_residency()
 
     def announce(self) -> None:
         """Write the row as a fresh start: whatever a previous run under this name held is gone."""
         from django.db import transaction
         from django.utils import timezone
 
-        from adapters_app.models import ResidencyStats, ResidentAdapter, Worker
+        from adapters_app.models import Worker
         from mintweb.version import code_version
         from workers.engine.base_models import pick_device
 
@@ -75,8 +75,7 @@ class WorkerHeartbeat:
                     "stopped_at": None,
                 },
             )
-            ResidentAdapter.objects.filter(worker=worker).delete()
-            ResidencyStats.objects.filter(worker=worker).delete()
+            Worker.objects.filter(pk=worker.pk).forget_residency()
 
     def beat(self) -> None:
         """Refresh the row, drop what processes no longer in the pool were holding, and

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from adapters_app.lifecycle import audit
 from adapters_app.lifecycle.actors import Actor
-from adapters_app.models import ResidencyStats, ResidentAdapter, Worker
+from adapters_app.models import Worker
 
 
 def sweep_silent_workers(*, silent_for: float | None = None) -> list[str]:
@@ -34,8 +34,7 @@ def sweep_silent_workers(*, silent_for: float | None = None) -> list[str]:
             # query keeps the worker running.
             if not silent.filter(pk=worker.pk).update(stopped_at=worker.last_seen_at):
                 continue
-            held = ResidentAdapter.objects.filter(worker=worker).delete()[0]
-            ResidencyStats.objects.filter(worker=worker).delete()
+            held = Worker.objects.filter(pk=worker.pk).forget_residency()
             audit.record(
                 Actor.system("sweeper"),
                 "worker.presume_dead",

@@ -21,6 +21,13 @@ class WorkerQuerySet(models.QuerySet):
     def with_health(self, health: str, now: datetime | None = None) -> "WorkerQuerySet":
         return self.filter(Worker.health_filter(health, now))
 
+    def forget_residency(self) -> int:
+        """Remove what these workers' processes reported holding (their ResidentAdapter and
+        ResidencyStats rows): after a stop, a fresh start or a presumed death that memory
+        is gone. Returns how many ResidentAdapter rows went."""
+        ResidencyStats.objects.filter(worker__in=self).delete()
+        return ResidentAdapter.objects.filter(worker__in=self).delete()[0]
+
 
 class Worker(models.Model):
     """One Celery worker (`celery worker` main process), upserted by its heartbeat thread."""
