@@ -131,15 +131,19 @@ class JobRun:
         with Heartbeat(job, settings.MINT_HEARTBEAT_SECONDS):
             try:
                 self.run(job)
+            # Each final state and its log line in one transaction: whoever sees the job
+            # cancelled or failed also sees the line that says where and why.
             except JobCancelled:
-                job.mark_cancelled()
-                job.append_log(f"cancelled at step {job.step} of {job.total_steps}")
+                with transaction.atomic():
+                    job.mark_cancelled()
+                    job.append_log(f"cancelled at step {job.step} of {job.total_steps}")
                 log.info("job %s cancelled", job.pk)
             except JobLost:
                 log.warning("job %s was ended elsewhere while running", job.pk)
             except Exception as exc:
-                job.fail(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
-                job.append_log(f"failed: {type(exc).__name__}: {exc}")
+                with transaction.atomic():
+                    job.fail(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+                    job.append_log(f"failed: {type(exc).__name__}: {exc}")
                 log.exception("job %s failed", job.pk)
 
     def run(self, job: Job) -> None:
