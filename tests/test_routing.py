@@ -12,7 +12,9 @@ from adapters_app.lifecycle.routing import (
     Dispatched,
     Route,
     current_loads,
+    note_served_one_at_a_time,
     route,
+    served_one_at_a_time,
     serving_queue,
     worker_queue,
 )
@@ -55,7 +57,7 @@ def fleet():
         return made[-1]
 
     yield worker
-    cache.delete_many([f"route-load:{w.name}" for w in made])
+    cache.delete_many([f"route-load:{w.name}" for w in made] + [f"route-one-at-a-time:{SHA}"])
 
 
 def holding(
@@ -124,6 +126,17 @@ def test_what_only_the_job_runtime_holds_does_not_draw_requests(fleet):
     with Dispatched(Route(worker_queue(evaluator.name), evaluator.name, "cold")):  # busy
         chosen = route(SHA)
     assert (chosen.worker, chosen.reason) == (idle.name, "cold")
+
+
+def test_a_revision_the_bank_refused_follows_the_runtime_that_answers_it(fleet):
+    # A DoRA adapter, say: every request for it is answered by a worker's runtime, so
+    # what that runtime holds is where the revision is resident.
+    answering, idle = holding(fleet(), holder=ResidentAdapter.RUNTIME), fleet()
+    note_served_one_at_a_time(SHA)
+    assert served_one_at_a_time(SHA) and not served_one_at_a_time("b" * 64)
+    with Dispatched(Route(worker_queue(answering.name), answering.name, "cold")):  # busy
+        chosen = route(SHA)
+    assert (chosen.worker, chosen.reason) == (answering.name, "resident")
 
 
 def test_a_serving_only_worker_of_this_fleet_is_routed_to(fleet):

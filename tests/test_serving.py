@@ -126,6 +126,7 @@ def test_what_the_bank_refuses_is_unservable_and_takes_no_slot(micro_base, serve
 
 @pytest.mark.django_db
 def test_the_worker_serves_a_refused_adapter_one_at_a_time_instead(micro_base, settings):
+    from adapters_app.lifecycle import routing
     from workers import runs, serving
 
     settings.MINT_SERVING_MAX_RANK = 4
@@ -144,3 +145,5 @@ def test_the_worker_serves_a_refused_adapter_one_at_a_time_instead(micro_base, s
         serving._servers.pop(micro_base.digest).stop()
 
     assert result["text"] == peft_answer(micro_base, wide, PROMPTS[1])
+    # Routing now follows the runtime's holdings for it (see test_routing).
+    assert routing.served_one_at_a_time(wide)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 
+from adapters_app.lifecycle import routing
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.datasets import load_eval_items, load_examples
 from adapters_app.lifecycle.evaluations import record_suite_results
@@ -338,6 +339,8 @@ def generate(request: dict) -> list[dict]:
             )
         except serving.Unservable as exc:
             log.info("serving %s one at a time: %s", request["revision_sha256"][:12], exc)
+            if request["revision_sha256"]:  # so the next request for it comes back here
+                routing.note_served_one_at_a_time(request["revision_sha256"])
             generations = runtime().generate(
                 request["base_path"],
                 request["base_digest"],

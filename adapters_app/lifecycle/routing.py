@@ -8,7 +8,10 @@ load without a trip to the store); otherwise to the least loaded healthy worker,
 which cold-loads it. With no healthy worker known the shared queue takes it, so a
 fleet that has not reported yet still serves. Only the batched server's holdings
 count: an adapter the one-at-a-time runtime loaded for an evaluation is not where
-requests are answered.
+requests are answered. The exception is a revision the bank refused (DoRA, a rank
+above MINT_SERVING_MAX_RANK, …): the worker that served it through its runtime says
+so (`note_served_one_at_a_time`), and from then on the runtime's holdings are where
+that revision is resident.
 
 "Healthy" and "holds" come from the rows workers keep (`Worker`, `ResidentAdapter`):
 a worker is a candidate only if it also consumes this fleet's shared queue (or its
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 WORKER_QUEUE_PREFIX = "mint.worker."
 # A counter left behind by a web process killed mid-request expires by itself.
 LOAD_TTL_SECONDS = 600
+# Renewed by every request the runtime answers; a revision nobody asks for is forgotten.
+ONE_AT_A_TIME_TTL_SECONDS = 24 * 3600
 
 
 def serving_queue() -> str:
@@ -66,8 +71,11 @@ def route(sha256: str) -> Route:
     if not candidates:
         return Route(shared, None, "shared")
     names = [worker.name for worker in candidates]
+    holders = [ResidentAdapter.SERVING]
+    if served_one_at_a_time(sha256):
+        holders.append(ResidentAdapter.RUNTIME)
     held = ResidentAdapter.objects.filter(
-        worker__name__in=names, sha256=sha256, holder=ResidentAdapter.SERVING
+        worker__name__in=names, sha256=sha256, holder__in=holders
     ).values_list("worker__name", "tier")
     in_memory = {name for name, tier in held if tier in ResidentAdapter.MEMORY_TIERS}
     on_disk = {name for name, tier in held if tier == ResidentAdapter.DISK}
@@ -80,6 +88,27 @@ def route(sha256: str) -> Route:
     # Least loaded first; the name breaks ties so the choice is stable.
     chosen = min(pool, key=lambda name: (loads.get(name, 0), name))
     return Route(worker_queue(chosen), chosen, reason)
+
+
+def _one_at_a_time_key(sha256: str) -> str:
+    return f"route-one-at-a-time:{sha256}"
+
+
+def note_served_one_at_a_time(sha256: str) -> None:
+    """A worker's batched bank refused this revision and its runtime answered instead.
+    Keyed by content: the same bytes are refused for the same reason everywhere."""
+    try:
+        cache.set(_one_at_a_time_key(sha256), 1, timeout=ONE_AT_A_TIME_TTL_SECONDS)
+    except Exception:  # the cache is down: routing loses affinity for it, serving goes on
+        log.warning("could not note a revision served one at a time", exc_info=True)
+
+
+def served_one_at_a_time(sha256: str) -> bool:
+    try:
+        return bool(cache.get(_one_at_a_time_key(sha256)))
+    except Exception:
+        log.warning("routing without one-at-a-time notes: cache unreachable", exc_info=True)
+        return False
 
 
 def _load_key(worker_name: str) -> str:
