@@ -138,6 +138,22 @@ def study_new(request: HttpRequest) -> HttpResponse:
     return redirect(study)
 
 
+# The recommendation lists this many smaller cells that fell short; every cell is in the
+# cell table below it and in the exports anyway.
+SHORT_OF_TARGET_SHOWN = 12
+
+
+def _recommendation_rows(report) -> list[dict]:
+    return [
+        {
+            "rec": rec,
+            "short": rec.smaller_failing[:SHORT_OF_TARGET_SHOWN],
+            "more": max(0, len(rec.smaller_failing) - SHORT_OF_TARGET_SHOWN),
+        }
+        for rec in report.recommendations
+    ]
+
+
 def _scores_by_cell(study: Study) -> dict[int, list[dict]]:
     out: dict[int, list[dict]] = {}
     for cell_id, scores in StudyRun.objects.filter(cell__study=study).values_list("cell_id", "scores"):
@@ -158,6 +174,7 @@ def study(request: HttpRequest, study_id: int) -> HttpResponse:
         "progress_percent": round(100 * report.runs_done / report.runs_total) if report.runs_total else 0,
         "can_cancel": bool(counts.get("queued") or counts.get("running")),
         "can_resume": any(counts.get(s) for s in ("failed", "cancelled", "pending")),
+        "recommendations": _recommendation_rows(report),
         "groups": groups,
         "figures": study_charts.figures(groups),
         "alpha_per_rank": studies.ALPHA_PER_RANK,
