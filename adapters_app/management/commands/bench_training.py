@@ -8,7 +8,10 @@ seeded i on both sides:
   separate   for each person: a fresh `load_base`, then `train_adapter`
   shared     `load_base` once, then `train_adapters` over everyone
 
-Both sides run the same steps on the same rows in the same precision. Then every adapter
+Both sides run the same steps on the same rows in the same precision, in `--rounds` rounds
+that alternate which side goes first (A B, B A, …, so a drift in the machine's speed
+falls on both); the speedup is the median of the rounds' ratios, with their min-max. Then
+every adapter of the first round
 (2 per person) is graded on its person's held-out items plus the general items in one
 batched generation (`grade_many`), and the suite scores of each person's two adapters are
 compared: the shared pass must teach what the separate runs teach.
@@ -50,6 +53,12 @@ class Command(BaseCommand):
         parser.add_argument("--steps", type=int, default=REPORT_TRAINING["steps"])
         parser.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
         parser.add_argument(
+            "--rounds",
+            type=int,
+            default=5,
+            help="pairs of runs, alternating which side goes first (one pair is ~5 minutes on mint-s here)",
+        )
+        parser.add_argument(
             "--json",
             dest="json_path",
             default=str(Path(settings.VAR_DIR) / "reports" / "bench-training.json"),
@@ -62,6 +71,8 @@ class Command(BaseCommand):
 
         if options["people"] < 1:
             raise CommandError("--people must be at least 1")
+        if options["rounds"] < 1:
+            raise CommandError("--rounds must be at least 1")
         try:
             config = TrainingConfig.from_dict(
                 {**REPORT_TRAINING, "rank": options["rank"], "steps": options["steps"]}
@@ -74,23 +85,28 @@ class Command(BaseCommand):
         out = self.stdout.write
         out(bench.header(row.name))
         bench.warm_up()
-        timings = {"separate": bench.train_separately(), "shared": bench.train_shared()}
+        rounds = [bench.train_round(index, options["rounds"]) for index in range(options["rounds"])]
+        ratios = [speedup_of(timings) for timings in rounds]
+        timings = rounds[0]  # graded, and shown in detail
         out(timing_table(timings, bench))
+        out(rounds_table(rounds))
         bare = bench.bare_base_cost()
         out(bare_base_table(bare, bench))
         comparison = bench.grade(timings)
         out(comparison.table())
-        out(summary(timings, comparison))
+        out(summary(ratios, rounds, comparison))
         load = os.getloadavg()[0]
         out(f"\npeak RSS of this process: {peak_rss_mib():.0f} MiB; load average {load:.1f} at end")
         report = {
             "base": row.name,
             "conditions": bench.conditions(),
-            "timing": {side: timing.as_dict(bench) for side, timing in timings.items()},
+            "rounds": [{side: t.as_dict(bench) for side, t in timings.items()} for timings in rounds],
             "bare_base_step": bare,
             "scores": comparison.as_dict(),
-            "speedup": timings["separate"].seconds / timings["shared"].seconds,
-            "speedup_from_median_steps": steady_speedup(timings),
+            "speedup": statistics.median(ratios),
+            "speedup_per_round": ratios,
+            "speedup_from_median_steps": statistics.median(steady_speedup(t) for t in rounds),
+            "same_payloads_every_round": same_payloads(rounds),
             "targets": {"speedup": TARGET_SPEEDUP, "max_score_difference": TARGET_SCORE_DIFFERENCE},
             "peak_rss_mib": peak_rss_mib(),
         }
@@ -234,6 +250,13 @@ class TrainingBench:
         base = load_base(self.folder, self.digest)
         train_adapters(base.model, base.tokenizer, self.data[:2], short, replay=self.replay)
         self.log("warmed up: 2 untimed steps of each side")
+
+    def train_round(self, index: int, of: int) -> dict[str, Timing]:
+        """Both sides once; odd rounds run the shared pass first."""
+        order = SIDES if index % 2 == 0 else SIDES[::-1]
+        self.log(f"round {index + 1} of {of}: {order[0]} first")
+        train = {"separate": self.train_separately, "shared": self.train_shared}
+        return {side: train[side]() for side in order}
 
     def train_separately(self) -> Timing:
         from dataclasses import replace
@@ -450,11 +473,40 @@ def bare_base_table(bare: dict, bench: TrainingBench) -> str:
     return "\n".join(lines)
 
 
-def summary(timings: dict[str, Timing], comparison: ScoreComparison) -> str:
-    speedup = timings["separate"].seconds / timings["shared"].seconds
+def speedup_of(timings: dict[str, Timing]) -> float:
+    return timings["separate"].seconds / timings["shared"].seconds
+
+
+def same_payloads(rounds: list[dict[str, Timing]]) -> bool:
+    """Training is seeded: every round must make the very same adapters."""
+    first = rounds[0]
+    return all(t[side].payloads == first[side].payloads for t in rounds for side in SIDES)
+
+
+def rounds_table(rounds: list[dict[str, Timing]]) -> str:
+    lines = ["", f"{'round':>5} {'first':>9} {'separate s':>11} {'shared s':>9} {'ratio':>6}"]
+    for index, timings in enumerate(rounds, start=1):
+        first = next(iter(timings))
+        lines.append(
+            f"{index:5d} {first:>9} {timings['separate'].seconds:11.1f} {timings['shared'].seconds:9.1f} "
+            f"{speedup_of(timings):6.2f}"
+        )
+    if not same_payloads(rounds):
+        lines.append("WARNING: a later round trained different adapters than the first (not deterministic)")
+    return "\n".join(lines)
+
+
+def summary(ratios: list[float], rounds: list[dict[str, Timing]], comparison: ScoreComparison) -> str:
+    speedup = statistics.median(ratios)
     difference = comparison.max_difference()
+    spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if len(ratios) > 1 else "one round"
     rows = [
-        ("speedup: separate / shared wall time", speedup, f"≥ {TARGET_SPEEDUP:g}", speedup >= TARGET_SPEEDUP),
+        (
+            f"speedup: separate / shared (median of {len(ratios)})",
+            speedup,
+            f"≥ {TARGET_SPEEDUP:g}",
+            speedup >= TARGET_SPEEDUP,
+        ),
         (
             "max per-person suite score |Δ|",
             difference,
@@ -462,17 +514,13 @@ def summary(timings: dict[str, Timing], comparison: ScoreComparison) -> str:
             difference <= TARGET_SCORE_DIFFERENCE + 1e-9,  # pass rates: 0.52 - 0.50 is 0.020000000000000018
         ),
     ]
-    lines = ["", f"{'target':40} {'value':>8} {'target':>8}  verdict"]
+    lines = ["", f"{'target':44} {'value':>8} {'target':>8}  verdict"]
     for name, value, target, met in rows:
-        lines.append(f"{name:40} {value:8.3f} {target:>8}  {'met' if met else 'MISSED'}")
-    separate, shared = timings["separate"], timings["shared"]
-    steady = (
-        separate.median_step()
-        * len(separate.step_seconds)
-        / (shared.median_step() * len(shared.step_seconds))
-    )
+        lines.append(f"{name:44} {value:8.3f} {target:>8}  {'met' if met else 'MISSED'}")
+    steady = statistics.median(steady_speedup(timings) for timings in rounds)
     lines.append(
-        f"(from median step times alone, less sensitive to other work on the machine: {steady:.2f}x)"
+        f"(rounds' ratios {spread}; from median step times alone, less sensitive to other work on "
+        f"the machine: {steady:.2f}x)"
     )
     return "\n".join(lines)
 
