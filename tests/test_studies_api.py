@@ -131,8 +131,10 @@ def test_the_detail_reports_progress_reliability_and_the_recommendation(api, sma
     assert all(c["payload_bytes"] and c["reliability"]["runs"] == 2 for c in detail["cells"])
 
 
-def test_results_come_as_json_or_streamed_csv(api, small):
-    study_id = api("post", "/api/studies", small, expect=201)["study"]["id"]
+def test_results_come_as_json_or_streamed_csv_with_each_runs_recipe(api, small):
+    study_id = api("post", "/api/studies", {**small, "training": {"learning_rate": 0.001}}, expect=201)[
+        "study"
+    ]["id"]
     finish(Study.objects.get(pk=study_id))
     results = api("get", f"/api/studies/{study_id}/results")
     assert len(results["runs"]) == 8 and len(results["cells"]) == 4
@@ -141,6 +143,10 @@ def test_results_come_as_json_or_streamed_csv(api, small):
     assert response["Content-Type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
     assert len(rows) == 8 and tuple(rows[0]) == RESULT_COLUMNS
+    assert {(row["rank"], row["learning_rate"], row["alpha"]) for row in rows} == {
+        ("1", "0.001", "2"),
+        ("4", "0.001", "8"),
+    }
     api("get", f"/api/studies/{study_id}/results?format=xml", expect=400)
 
 

@@ -402,6 +402,9 @@ def study_report(study: Study) -> StudyReport:
 
 # --- export ------------------------------------------------------------------------------
 
+# The recipe each run trained with (as `cell_config` makes it), so a file of runs from
+# several studies says which learning rate made which.
+RECIPE_COLUMNS = ("learning_rate", "steps", "batch_size", "replay", "alpha")
 RESULT_COLUMNS = (
     "study",
     "base",
@@ -411,6 +414,7 @@ RESULT_COLUMNS = (
     "trainable_parameters",
     "stored_parameters",
     "payload_bytes",
+    *RECIPE_COLUMNS,
     "person",
     "seed",
     *[f"score_{s}" for s in SUITES],
@@ -429,11 +433,15 @@ def result_rows(study: Study) -> Iterator[dict]:
     """Every recorded run of the study, flat, in grid order."""
     runs = (
         StudyRun.objects.filter(cell__study=study)
-        .select_related("cell__base")
+        .select_related("cell__base", "cell__study")
         .order_by("cell__base__name", "cell__targets", "cell__init", "cell__rank", "person", "seed")
     )
+    recipes: dict[int, dict] = {}
     for run in runs.iterator(chunk_size=500):
         cell = run.cell
+        if cell.pk not in recipes:
+            config = cell_config(cell, seed=0).as_dict()
+            recipes[cell.pk] = {key: config[key] for key in RECIPE_COLUMNS}
         yield {
             "study": study.pk,
             "base": cell.base.name,
@@ -443,6 +451,7 @@ def result_rows(study: Study) -> Iterator[dict]:
             "trainable_parameters": cell.trainable_parameters,
             "stored_parameters": cell.stored_parameters,
             "payload_bytes": cell.payload_bytes,
+            **recipes[cell.pk],
             "person": run.person,
             "seed": run.seed,
             **{f"score_{s}": run.scores.get(s) for s in SUITES},
