@@ -131,7 +131,8 @@ def test_what_only_the_job_runtime_holds_does_not_draw_requests(fleet):
 def test_a_revision_the_bank_refused_follows_the_runtime_that_answers_it(fleet):
     # A DoRA adapter, say: every request for it is answered by a worker's runtime, so
     # what that runtime holds is where the revision is resident.
-    answering, idle = holding(fleet(), holder=ResidentAdapter.RUNTIME), fleet()
+    answering = holding(fleet(), holder=ResidentAdapter.RUNTIME)
+    fleet()  # idle, holding nothing: it would win on load alone
     note_served_one_at_a_time(SHA)
     assert served_one_at_a_time(SHA) and not served_one_at_a_time("b" * 64)
     with Dispatched(Route(worker_queue(answering.name), answering.name, "cold")):  # busy

@@ -56,7 +56,7 @@ class Command(BaseCommand):
             "--rounds",
             type=int,
             default=5,
-            help="pairs of runs, alternating which side goes first (one pair is ~5 minutes on mint-s here)",
+            help="pairs of runs, alternating which side goes first (one pair is 5-8 minutes on mint-s here)",
         )
         parser.add_argument(
             "--json",
