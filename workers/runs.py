@@ -339,8 +339,9 @@ def generate(request: dict) -> list[dict]:
             )
         except serving.Unservable as exc:
             log.info("serving %s one at a time: %s", request["revision_sha256"][:12], exc)
-            if request["revision_sha256"]:  # so the next request for it comes back here
-                routing.note_served_one_at_a_time(request["revision_sha256"])
+            # Only a revision is ever refused (the bare base always fits the bank); noting it
+            # brings the next request for it back to the runtime that now holds it.
+            routing.note_served_one_at_a_time(request["revision_sha256"])
             generations = runtime().generate(
                 request["base_path"],
                 request["base_digest"],
