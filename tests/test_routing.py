@@ -2,6 +2,7 @@
 
 import itertools
 from datetime import timedelta
+from unittest.mock import patch
 
 import pytest
 from django.conf import settings
@@ -138,6 +139,21 @@ def test_a_revision_the_bank_refused_follows_the_runtime_that_answers_it(fleet):
     with Dispatched(Route(worker_queue(answering.name), answering.name, "cold")):  # busy
         chosen = route(SHA)
     assert (chosen.worker, chosen.reason) == (answering.name, "resident")
+
+
+def test_a_request_reads_the_shared_cache_once(fleet):
+    # Load figures and the one-at-a-time note come back in one round trip to Redis.
+    busy, idle = fleet(), fleet()
+    note_served_one_at_a_time(SHA)
+    with (
+        Dispatched(Route(worker_queue(busy.name), busy.name, "cold")),
+        patch.object(cache, "get_many", wraps=cache.get_many) as get_many,
+        patch.object(cache, "get", side_effect=AssertionError("a second round trip")),
+    ):
+        chosen = route(SHA)
+    reads = get_many.call_args_list
+    assert chosen.worker == idle.name
+    assert len(reads) == 1
 
 
 def test_a_serving_only_worker_of_this_fleet_is_routed_to(fleet):

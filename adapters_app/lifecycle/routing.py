@@ -71,8 +71,9 @@ def route(sha256: str) -> Route:
     if not candidates:
         return Route(shared, None, "shared")
     names = [worker.name for worker in candidates]
+    one_at_a_time, loads = route_figures(sha256, names)
     holders = [ResidentAdapter.SERVING]
-    if served_one_at_a_time(sha256):
+    if one_at_a_time:
         holders.append(ResidentAdapter.RUNTIME)
     held = ResidentAdapter.objects.filter(
         worker__name__in=names, sha256=sha256, holder__in=holders
@@ -84,7 +85,6 @@ def route(sha256: str) -> Route:
         pool, reason = [name for name in names if name in in_memory], "resident"
     elif on_disk:
         pool, reason = [name for name in names if name in on_disk], "disk"
-    loads = current_loads(names)
     # Least loaded first; the name breaks ties so the choice is stable.
     chosen = min(pool, key=lambda name: (loads.get(name, 0), name))
     return Route(worker_queue(chosen), chosen, reason)
@@ -104,11 +104,7 @@ def note_served_one_at_a_time(sha256: str) -> None:
 
 
 def served_one_at_a_time(sha256: str) -> bool:
-    try:
-        return bool(cache.get(_one_at_a_time_key(sha256)))
-    except Exception:
-        log.warning("routing without one-at-a-time notes: cache unreachable", exc_info=True)
-        return False
+    return route_figures(sha256, [])[0]
 
 
 def _load_key(worker_name: str) -> str:
@@ -116,12 +112,24 @@ def _load_key(worker_name: str) -> str:
 
 
 def current_loads(worker_names: list[str]) -> dict[str, int]:
+    return route_figures(None, worker_names)[1]
+
+
+def route_figures(sha256: str | None, worker_names: list[str]) -> tuple[bool, dict[str, int]]:
+    """What routing reads from the shared cache for one request, in one round trip: was
+    `sha256` served one at a time, and how many requests each worker has in flight."""
+    one_key = _one_at_a_time_key(sha256) if sha256 else None
+    load_keys = {name: _load_key(name) for name in worker_names}
+    keys = [*load_keys.values(), *([one_key] if one_key else [])]
+    if not keys:
+        return False, {}
     try:
-        found = cache.get_many([_load_key(name) for name in worker_names])
-    except Exception:  # the cache is down: route without load, never fail the request
-        log.warning("routing without load figures: cache unreachable", exc_info=True)
-        return {}
-    return {name: int(found.get(_load_key(name), 0)) for name in worker_names}
+        found = cache.get_many(keys)
+    except Exception:  # the cache is down: route without load or notes, never fail the request
+        log.warning("routing without load figures or one-at-a-time notes: cache unreachable", exc_info=True)
+        return False, {}
+    one_at_a_time = bool(found.get(one_key)) if one_key else False
+    return one_at_a_time, {name: int(found.get(key, 0)) for name, key in load_keys.items()}
 
 
 class Dispatched:

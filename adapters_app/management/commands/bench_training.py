@@ -87,6 +87,7 @@ class Command(BaseCommand):
         bench.warm_up()
         rounds = [bench.train_round(index, options["rounds"]) for index in range(options["rounds"])]
         ratios = [speedup_of(timings) for timings in rounds]
+        steady = statistics.median(steady_speedup(timings) for timings in rounds)
         timings = rounds[0]  # graded, and shown in detail
         out(timing_table(timings, bench))
         out(rounds_table(rounds))
@@ -94,7 +95,7 @@ class Command(BaseCommand):
         out(bare_base_table(bare, bench))
         comparison = bench.grade(timings)
         out(comparison.table())
-        out(summary(ratios, rounds, comparison))
+        out(summary(ratios, steady, comparison))
         load = os.getloadavg()[0]
         out(f"\npeak RSS of this process: {peak_rss_mib():.0f} MiB; load average {load:.1f} at end")
         report = {
@@ -105,7 +106,7 @@ class Command(BaseCommand):
             "scores": comparison.as_dict(),
             "speedup": statistics.median(ratios),
             "speedup_per_round": ratios,
-            "speedup_from_median_steps": statistics.median(steady_speedup(t) for t in rounds),
+            "speedup_from_median_steps": steady,
             "same_payloads_every_round": same_payloads(rounds),
             "targets": {"speedup": TARGET_SPEEDUP, "max_score_difference": TARGET_SCORE_DIFFERENCE},
             "peak_rss_mib": peak_rss_mib(),
@@ -496,7 +497,8 @@ def rounds_table(rounds: list[dict[str, Timing]]) -> str:
     return "\n".join(lines)
 
 
-def summary(ratios: list[float], rounds: list[dict[str, Timing]], comparison: ScoreComparison) -> str:
+def summary(ratios: list[float], steady: float, comparison: ScoreComparison) -> str:
+    """The verdicts; `steady` is the median over rounds of the ratio from median step times."""
     speedup = statistics.median(ratios)
     difference = comparison.max_difference()
     spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if len(ratios) > 1 else "one round"
@@ -517,7 +519,6 @@ def summary(ratios: list[float], rounds: list[dict[str, Timing]], comparison: Sc
     lines = ["", f"{'target':44} {'value':>8} {'target':>8}  verdict"]
     for name, value, target, met in rows:
         lines.append(f"{name:44} {value:8.3f} {target:>8}  {'met' if met else 'MISSED'}")
-    steady = statistics.median(steady_speedup(timings) for timings in rounds)
     lines.append(
         f"(rounds' ratios {spread}; from median step times alone, less sensitive to other work on "
         f"the machine: {steady:.2f}x)"
