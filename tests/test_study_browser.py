@@ -81,3 +81,27 @@ def test_an_operator_launches_a_study_and_watches_it_finish(
         page.wait_for_load_state("networkidle")
         page.screenshot(path=str(SCREENSHOTS / "study-page.png"), full_page=True)
         assert page.problems == []
+
+
+def test_choosing_people_of_the_fleet_swaps_the_cohort_fields_and_counts_their_runs(
+    open_console,  # noqa: F811
+    live_server,
+    micro_base,
+):
+    assert CHROMIUM
+    with open_console() as page:
+        page.goto(f"{live_server.url}/studies/new")
+        assert page.locator("#study-people").is_visible() and page.locator("#study-adapters").is_hidden()
+
+        page.check("input[name=cohort][value=fleet]")
+        assert page.locator("#study-people").is_hidden() and page.locator("#study-world-seed").is_hidden()
+        page.fill("#study-adapters", "alice/assistant\nbob/assistant\nalice/assistant")
+        # The default grid (1 base x 6 ranks x 2 target sets x 4 inits x 3 seeds) for the two
+        # different adapters named: a handle named twice is one member.
+        assert page.locator("#study-runs").inner_text() == "288"
+        page.screenshot(path=str(SCREENSHOTS / "study-new-fleet-cohort.png"), full_page=True)
+
+        page.check("input[name=cohort][value=generated]")
+        assert page.locator("#study-adapters").is_hidden() and page.locator("#study-people").is_visible()
+        assert page.locator("#study-runs").inner_text() == "576"  # 4 generated people
+        assert page.problems == []

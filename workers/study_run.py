@@ -3,24 +3,73 @@
 A cell's runs (person x seed) share every setting but the seed, so they train together in
 multi-adapter passes over the base (workers/engine/multi_training.py), at most
 `settings.MINT_STUDY_ADAPTERS_PER_PASS` adapters a pass. After each pass its adapters
-and the bare base are graded on each person's held-out items and the general set in one
-batched generation, and the pass's runs are recorded in one transaction. A cancelled or
-failed cell therefore keeps every finished pass; the job that resumes it skips them.
-Study adapters are measurements, not people's revisions: nothing goes to the store.
+and the bare base are graded on each person's items (a generated person's held-out items
+and the general set; a fleet adapter's evaluation set) in one batched generation, and
+the pass's runs are recorded in one transaction. A cancelled or failed cell therefore
+keeps every finished pass; the job that resumes it skips them. Study adapters are
+measurements, not people's revisions: nothing goes to the store.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
 
+from adapters_app.lifecycle.datasets import load_eval_items, load_examples
 from adapters_app.lifecycle.reliability import judge_run
 from adapters_app.lifecycle.studies import cell_config
-from adapters_app.models import Job, StudyCell, StudyRun
+from adapters_app.models import Dataset, Job, Study, StudyCell, StudyRun
 from workers.runs import JobRun, ProgressReporter, _thin
+
+
+class CohortDataGone(Exception):
+    """A fleet member's pinned dataset is no longer there (its person was erased)."""
+
+
+@dataclass(frozen=True)
+class CohortMember:
+    """One person of a study's cohort: what their adapters train on and are graded on."""
+
+    handle: str  # "alice" for a generated person, "alice/assistant" for a fleet adapter
+    examples: list
+    items: list
+
+
+def cohort_members(study: Study) -> list[CohortMember]:
+    """Generated people are made again from the world seed (same seed, same people); fleet
+    members' datasets are read by the id and sha256 the study pinned, hash-verified."""
+    from workers.engine.examples import parse_jsonl
+    from workers.engine.persona_world import generate_world, jsonl
+
+    if "adapters" not in study.cohort:
+        world = generate_world(study.cohort["world_seed"], people=study.people)
+        general = world.general_items()
+        return [
+            CohortMember(
+                p.handle, parse_jsonl(jsonl(p.training_rows())).examples, p.eval_items(world) + general
+            )
+            for p in world.people
+        ]
+    members = []
+    for member in study.cohort["adapters"]:
+        train, evaluation = (_pinned(member, part) for part in ("train", "eval"))
+        members.append(CohortMember(member["handle"], load_examples(train), load_eval_items(evaluation)))
+    return members
+
+
+def _pinned(member: dict, part: str) -> Dataset:
+    pin = member[part]
+    found = Dataset.objects.filter(pk=pin["id"], sha256=pin["sha256"]).first()
+    if found is None:
+        raise CohortDataGone(
+            f"{member['handle']}: the {part} set the study pinned ({pin['name']}, {pin['sha256'][:12]}) "
+            "is gone; its person was erased or the dataset deleted"
+        )
+    return found
 
 
 class StudyCellRun(JobRun):
@@ -28,17 +77,15 @@ class StudyCellRun(JobRun):
         from workers.engine.base_family import replay_examples
         from workers.engine.base_models import load_base
         from workers.engine.batch_grading import grade_many
-        from workers.engine.examples import parse_jsonl
         from workers.engine.multi_training import AdapterData, train_adapters
         from workers.engine.payload import unpack
-        from workers.engine.persona_world import generate_world, jsonl
         from workers.engine.suites import scores
 
         cell = StudyCell.objects.select_related("study", "base").get(pk=job.params["cell"])
         study, base_row = cell.study, cell.base
-        world = generate_world(study.cohort["world_seed"], people=study.people)
         done = set(StudyRun.objects.filter(cell=cell).values_list("person", "seed"))
-        pending = [(p, seed) for p in world.people for seed in study.seeds if (p.handle, seed) not in done]
+        cohort = cohort_members(study)
+        pending = [(p, seed) for p in cohort for seed in study.seeds if (p.handle, seed) not in done]
         job.append_log(
             f"{cell}: {len(done)} of {cell.runs_total} runs recorded already, {len(pending)} to go"
         )
@@ -50,8 +97,6 @@ class StudyCellRun(JobRun):
         passes = [pending[i : i + per_pass] for i in range(0, len(pending), per_pass)]
         config = cell_config(cell, seed=0)
         replay = replay_examples(base_row.path) if config.replay else []
-        examples = {p.handle: parse_jsonl(jsonl(p.training_rows())).examples for p, _ in pending}
-        general = world.general_items()
         report = ProgressReporter(job)
         total = len(passes) * config.steps
 
@@ -67,7 +112,7 @@ class StudyCellRun(JobRun):
             results = train_adapters(
                 base.model,
                 base.tokenizer,
-                [AdapterData(examples[p.handle], seed) for p, seed in chunk],
+                [AdapterData(p.examples, seed) for p, seed in chunk],
                 config,
                 on_step=lambda step, _, loss, offset=offset: report(offset + step, total, loss),
                 replay=replay,
@@ -75,8 +120,8 @@ class StudyCellRun(JobRun):
             seconds = time.monotonic() - started
             shas = [hashlib.sha256(r.payload).hexdigest() for r in results]
             payloads = dict(zip(shas, (r.payload for r in results), strict=True))
-            people = list({p.handle: p for p, _ in chunk}.values())  # personas are not hashable
-            work = [(sha, p.eval_items(world) + general) for sha, (p, _) in zip(shas, chunk, strict=True)]
+            people = list({p.handle: p for p, _ in chunk}.values())
+            work = [(sha, p.items) for sha, (p, _) in zip(shas, chunk, strict=True)]
             # The bare base answers a person's items the same in every cell of the study: grade
             # it once per person and base, and reuse what an earlier pass recorded.
             bare = dict(
@@ -85,7 +130,7 @@ class StudyCellRun(JobRun):
                 ).values_list("person", "bare_scores")
             )
             unseen = [p for p in people if p.handle not in bare]
-            work += [(None, p.eval_items(world) + general) for p in unseen]
+            work += [(None, p.items) for p in unseen]
             graded = grade_many(base_row.path, base_row.digest, work, payloads)
             bare.update({p.handle: scores(g) for p, g in zip(unseen, graded[len(chunk) :], strict=True)})
             runs = []

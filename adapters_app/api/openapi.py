@@ -465,8 +465,18 @@ def openapi_document(server_url: str) -> dict:
                             "oneOf": [{"type": "integer"}, {"type": "array", "items": {"type": "integer"}}],
                             "description": "a count (seeds 0..n-1) or a list of seeds",
                         },
-                        "people": {"type": "integer", "minimum": 2},
+                        "people": {"type": "integer", "minimum": 2, "description": "generated people"},
                         "world_seed": {"type": "integer", "minimum": 0},
+                        "adapters": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "minItems": 2,
+                            "maxItems": 100,
+                            "description": "instead of people and world_seed: a cohort of fleet adapters "
+                            '("person/adapter"); each trains on the data behind its live revision (its '
+                            "person's newest training set if untrained) and is graded on its gate's "
+                            "evaluation set, both pinned by sha256 when the study is made",
+                        },
                         "training": {
                             "type": "object",
                             "description": "steps, learning_rate, batch_size, replay, max_length, dropout",

@@ -29,6 +29,8 @@ TRAINING_FIELDS = (
     ("replay", "Replay share", float),
 )
 COHORT_FIELDS = (("seeds", int), ("people", int), ("world_seed", int), ("reliability_target", float))
+# Left out when the cohort is people of the fleet (the form still posts them, hidden).
+GENERATED_COHORT_FIELDS = ("people", "world_seed")
 # Errors the form shows next to a field; any other key is shown above the form.
 FORM_FIELDS = (*studies.REQUEST_FIELDS, "grid")
 # While a study runs its page polls for the live part this often.
@@ -65,13 +67,20 @@ def _number(raw: str, kind: type):
 def study_request(post) -> dict:
     """The launch form's fields as the request `create_study` validates. A number left blank
     is left out, so the service's default applies, as for the training settings."""
+    fleet = post.get("cohort") == "fleet"
+    skipped = GENERATED_COHORT_FIELDS if fleet else ()
     return {
         "name": post.get("name", ""),
         "bases": post.getlist("bases"),
         "ranks": [_number(v, int) for v in post.getlist("ranks")],
         "targets": post.getlist("targets"),
         "inits": post.getlist("inits"),
-        **{name: _number(post[name], kind) for name, kind in COHORT_FIELDS if post.get(name, "").strip()},
+        **{
+            name: _number(post[name], kind)
+            for name, kind in COHORT_FIELDS
+            if post.get(name, "").strip() and name not in skipped
+        },
+        **({"adapters": post.get("adapters", "").replace(",", " ").split()} if fleet else {}),
         "training": {
             name: _number(post[name], kind) for name, _, kind in TRAINING_FIELDS if post.get(name, "").strip()
         },
@@ -93,13 +102,18 @@ def _form_context(chosen: dict, errors: dict | None = None) -> dict:
         "alpha_per_rank": studies.ALPHA_PER_RANK,
         "max_runs": studies.MAX_RUNS,
         "runs": _planned_runs(chosen),
+        # A request naming adapters is a fleet cohort (the form only sends them then).
+        "fleet_cohort": "adapters" in chosen,
+        "adapters_text": "\n".join(map(str, chosen.get("adapters") or [])),
     }
 
 
 def _planned_runs(chosen: dict) -> int | str:
     """How many runs the chosen grid makes, as the page's script counts it; "—" while unreadable."""
     sizes = [chosen.get(key) for key in ("bases", "ranks", "targets", "inits")]
-    counts = [chosen.get("seeds"), chosen.get("people")]
+    adapters = chosen.get("adapters")
+    people = len(set(adapters)) if isinstance(adapters, list) else chosen.get("people")
+    counts = [chosen.get("seeds"), people]
     if not all(isinstance(s, list) for s in sizes) or not all(isinstance(c, int) for c in counts):
         return "—"
     return math.prod(len(s) for s in sizes) * math.prod(counts)

@@ -6,7 +6,7 @@ from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.errors import Conflict, Invalid, NotFound
 from adapters_app.lifecycle.roles import authorize
 from adapters_app.lifecycle.storage import get_store
-from adapters_app.models import Adapter, BaseModel, Dataset, Person, Revision
+from adapters_app.models import Adapter, BaseModel, Dataset, Person, Revision, StudyRun
 from adapters_app.models.person import validate_handle
 
 
@@ -69,7 +69,8 @@ def get_adapter(person_handle: str, name: str) -> Adapter:
 
 
 def erase_person(person: Person, *, actor: Actor, reason: str) -> dict:
-    """Delete a person with their adapters, revisions, datasets and blobs.
+    """Delete a person with their adapters, revisions, datasets and blobs, and the runs
+    footprint studies trained on their data (a fleet cohort's runs name the adapter).
 
     The audit event that remains (a tombstone) names what was erased, not the data.
     """
@@ -78,16 +79,19 @@ def erase_person(person: Person, *, actor: Actor, reason: str) -> dict:
     revisions = Revision.objects.filter(adapter__person=person)
     revision_blobs = set(revisions.values_list("sha256", flat=True))
     dataset_blobs = set(Dataset.objects.filter(person=person).values_list("sha256", flat=True))
+    study_runs = StudyRun.objects.filter(person__in=[a.handle for a in person.adapters.all()])
     counts = {
         "adapters": person.adapters.count(),
         "revisions": revisions.count(),
         "datasets": len(dataset_blobs),
+        "study_runs": study_runs.count(),
     }
     handle = person.handle
     with transaction.atomic():
         Adapter.objects.filter(person=person).update(live_revision=None)
         # Revisions are write-once, but erasure is the one sanctioned delete.
         Revision.objects.filter(adapter__person=person).delete()
+        study_runs.delete()
         person.delete()
         audit.record(actor, "person.erase", person, person_handle=handle, after={**counts, "reason": reason})
     store = get_store()

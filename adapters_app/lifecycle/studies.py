@@ -1,12 +1,15 @@
 """Footprint studies: launch, cancel, resume, and read their results.
 
-A study is a grid (bases x ranks x target modules x inits) over a cohort of generated
-people and several seeds. Creating one writes the study, one cell per grid point and
-one `study` job per cell in one transaction; workers run the cells in parallel where
-there are workers to run them (workers/study_run.py). Cancelling stops every cell's job;
-resuming starts a new job for each unfinished cell, which skips the runs already
-recorded, so finished work is never redone. Reliability and the recommendation are
-computed from the recorded runs by `lifecycle/reliability.py`.
+A study is a grid (bases x ranks x target modules x inits) over a cohort and several
+seeds. The cohort is either generated people (workers/engine/persona_world.py), or people
+of the fleet named by their adapters: each trains on the data behind its live revision
+and is graded on its gate's evaluation set, both pinned by sha256 when the study is made.
+Creating one writes the study, one cell per grid point and one `study` job per cell in
+one transaction; workers run the cells in parallel where there are workers to run them
+(workers/study_run.py). Cancelling stops every cell's job; resuming starts a new job for
+each unfinished cell, which skips the runs already recorded, so finished work is never
+redone. Reliability and the recommendation are computed from the recorded runs by
+`lifecycle/reliability.py`.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ from adapters_app.lifecycle.reliability import (
     recommend,
 )
 from adapters_app.lifecycle.roles import authorize
-from adapters_app.models import BaseModel, Job, Study, StudyCell, StudyRun
+from adapters_app.models import Adapter, BaseModel, Dataset, Job, Study, StudyCell, StudyRun
 from workers.engine.report import REPORT_TRAINING
+from workers.engine.suites import SUITE_FORMAT
 from workers.engine.training import TARGET_PRESETS, TrainingConfig, TrainingConfigInvalid
 
 STUDY_INITS = ("default", "pissa", "olora", "tail")
@@ -52,6 +56,7 @@ DEFAULT_TRAINING = {k: v for k, v in REPORT_TRAINING.items() if k in SHARED_TRAI
 ALPHA_PER_RANK = 2
 MAX_RANK = 64
 MAX_PEOPLE = 20
+MAX_FLEET_ADAPTERS = 100
 MAX_SEEDS = 10
 MAX_RUNS = 5000
 # What a study request may hold (the API's body, the console form's fields).
@@ -64,6 +69,7 @@ REQUEST_FIELDS = (
     "seeds",
     "people",
     "world_seed",
+    "adapters",
     "training",
     "reliability_target",
 )
@@ -106,12 +112,8 @@ def validate_study(raw: dict) -> dict:
         seeds = list(range(seeds)) if 1 <= seeds <= MAX_SEEDS else None
     if not _list_of(seeds, int) or not 1 <= len(seeds) <= MAX_SEEDS or any(s < 0 for s in seeds):
         errors["seeds"] = f"must be a count from 1 to {MAX_SEEDS}, or a list of that many seeds >= 0"
-    people = raw.get("people", DEFAULT_COHORT["people"])
-    if not isinstance(people, int) or isinstance(people, bool) or not 2 <= people <= MAX_PEOPLE:
-        errors["people"] = f"must be a whole number from 2 to {MAX_PEOPLE}"
-    world_seed = raw.get("world_seed", DEFAULT_COHORT["world_seed"])
-    if not isinstance(world_seed, int) or isinstance(world_seed, bool) or world_seed < 0:
-        errors["world_seed"] = "must be a whole number >= 0"
+    fleet = raw.get("adapters") is not None
+    cohort = _fleet_cohort(raw, errors) if fleet else _generated_cohort(raw, errors)
     target = raw.get("reliability_target", 0.95)
     if not isinstance(target, int | float) or isinstance(target, bool) or not 0 < target <= 1:
         errors["reliability_target"] = "must be a share in (0, 1], e.g. 0.95"
@@ -133,6 +135,7 @@ def validate_study(raw: dict) -> dict:
                 errors["training"] = str(exc)
 
     if not errors:
+        people = cohort["people"]
         runs = len(bases) * len(set(ranks)) * len(set(targets)) * len(set(inits)) * len(seeds) * people
         if runs > MAX_RUNS:
             errors["grid"] = f"{runs:,} runs; a study may have at most {MAX_RUNS:,}"
@@ -147,9 +150,76 @@ def validate_study(raw: dict) -> dict:
             "inits": [i for i in STUDY_INITS if i in inits],
             "seeds": list(dict.fromkeys(seeds)),
         },
-        "cohort": {"world_seed": world_seed, "people": people},
+        "cohort": cohort,
         "training": {**DEFAULT_TRAINING, **training},
         "reliability_target": float(target),
+    }
+
+
+def _generated_cohort(raw: dict, errors: dict) -> dict:
+    people = raw.get("people", DEFAULT_COHORT["people"])
+    if not isinstance(people, int) or isinstance(people, bool) or not 2 <= people <= MAX_PEOPLE:
+        errors["people"] = f"must be a whole number from 2 to {MAX_PEOPLE}"
+    world_seed = raw.get("world_seed", DEFAULT_COHORT["world_seed"])
+    if not isinstance(world_seed, int) or isinstance(world_seed, bool) or world_seed < 0:
+        errors["world_seed"] = "must be a whole number >= 0"
+    return {"world_seed": world_seed, "people": people}
+
+
+def _fleet_cohort(raw: dict, errors: dict) -> dict:
+    """People of the fleet, named by adapter handle ("person/adapter"). What each trains on
+    and is graded on is pinned now, by id and sha256, so every cell (and a cell resumed
+    after a newer revision was promoted) sees the same bytes."""
+    for other in ("people", "world_seed"):
+        if other in raw:
+            errors[other] = "a cohort of fleet adapters has no generated people; leave it out"
+    handles = raw["adapters"]
+    if not _list_of(handles, str):
+        errors["adapters"] = 'must be a list of adapter handles ("person/adapter")'
+        return {"adapters": [], "people": 0}
+    handles = list(dict.fromkeys(h.strip() for h in handles))
+    if not 2 <= len(handles) <= MAX_FLEET_ADAPTERS:
+        errors["adapters"] = f"name from 2 to {MAX_FLEET_ADAPTERS} different adapters"
+        return {"adapters": [], "people": 0}
+    members, problems = [], []
+    for handle in handles:
+        try:
+            members.append(fleet_member(handle))
+        except Invalid as exc:
+            problems.append(exc.message)
+    if problems:
+        errors["adapters"] = "; ".join(problems)
+    return {"adapters": members, "people": len(handles)}
+
+
+def fleet_member(handle: str) -> dict:
+    """One fleet adapter as a cohort member: the training set behind its live revision
+    (its person's newest one if it has none yet: a study may come before the first
+    training) and its gate's evaluation set (else the newest graded one)."""
+    person, _, name = handle.partition("/")
+    adapter = (
+        Adapter.objects.select_related("live_revision__dataset", "eval_dataset")
+        .filter(person__handle=person, name=name)
+        .first()
+    )
+    if adapter is None:
+        raise Invalid(f"{handle}: no such adapter")
+    live = adapter.live_revision
+    train = live.dataset if live is not None else None
+    if train is None:
+        train = Dataset.objects.filter(person_id=adapter.person_id, purpose=Dataset.TRAIN).first()
+    graded = Dataset.objects.filter(person_id=adapter.person_id, purpose=Dataset.EVAL, format=SUITE_FORMAT)
+    evaluation = adapter.eval_dataset
+    if evaluation is None or evaluation.format != SUITE_FORMAT:
+        evaluation = graded.first()
+    if train is None:
+        raise Invalid(f"{handle}: its person has no training data")
+    if evaluation is None:
+        raise Invalid(f"{handle}: its person has no evaluation set with graded items")
+    return {
+        "handle": adapter.handle,
+        "train": {"id": train.pk, "sha256": train.sha256, "name": train.name},
+        "eval": {"id": evaluation.pk, "sha256": evaluation.sha256, "name": evaluation.name},
     }
 
 
@@ -322,7 +392,7 @@ def cell_state(runs_done: int, runs_total: int, job_state: str | None) -> str:
         Job.RUNNING: CellState.RUNNING,
         Job.FAILED: CellState.FAILED,
         Job.CANCELLED: CellState.CANCELLED,
-        # a job that succeeded without recording every run (people added? never) is pending
+        # a job that succeeded without every run recorded (a fleet member erased since) is pending
         Job.SUCCEEDED: CellState.PENDING,
     }[job_state]
 

@@ -6,7 +6,7 @@ from adapters_app.models.append_only import AppendOnlyModel
 
 class Study(models.Model):
     """A footprint study: a grid of adapter settings, each trained and evaluated for a
-    cohort of generated people and several seeds, to find how small an adapter can be
+    cohort (generated people, or people of the fleet) and several seeds, to find how small an adapter can be
     and still behave reliably (see docs/studies.md).
 
     The grid and recipe never change after creation; the cells carry the progress."""
@@ -14,7 +14,9 @@ class Study(models.Model):
     name = models.CharField(max_length=100)
     # {"bases": [names], "ranks": [...], "targets": [...], "inits": [...], "seeds": [...]}
     grid = models.JSONField()
-    # {"world_seed": int, "people": int}: generated people from workers/engine/persona_world.py
+    # {"world_seed": int, "people": int}: generated people from workers/engine/persona_world.py;
+    # or {"adapters": [{"handle", "train": {"id", "sha256", "name"}, "eval": {…}}], "people": int}:
+    # people of the fleet, with the datasets they train and are graded on pinned at creation.
     cohort = models.JSONField()
     # TrainingConfig settings every cell shares (rank, targets, init, seed and alpha are per cell/run)
     training = models.JSONField(default=dict)
@@ -35,6 +37,11 @@ class Study(models.Model):
     @property
     def people(self) -> int:
         return int(self.cohort["people"])
+
+    @property
+    def fleet_handles(self) -> list[str]:
+        """The fleet adapters the cohort is made of; empty for generated people."""
+        return [member["handle"] for member in self.cohort.get("adapters", [])]
 
     @property
     def seeds(self) -> list[int]:

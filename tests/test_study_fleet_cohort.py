@@ -1,0 +1,246 @@
+"""A footprint study over people of the fleet: each adapter trains on the data behind its
+live revision and is graded on its gate's evaluation set, pinned when the study is made."""
+
+import pytest
+
+from adapters_app.lifecycle.datasets import upload_dataset
+from adapters_app.lifecycle.errors import Invalid
+from adapters_app.lifecycle.gates import configure_gate
+from adapters_app.lifecycle.people import create_adapter, create_person, erase_person
+from adapters_app.lifecycle.pointer import promote
+from adapters_app.lifecycle.studies import create_study, resume_study, study_report
+from adapters_app.models import Job, Person, Study, StudyCell, StudyRun
+from tests.conftest import OTHER_FACTS, wait_until
+from tests.test_study_integration import TRAINING, finished
+from workers.engine.persona_world import generate_world, jsonl
+from workers.engine.suites import items_jsonl
+
+GRID = {"ranks": [2], "targets": ["attention"], "inits": ["default"], "seeds": 1, "training": TRAINING}
+
+
+def fleet_study(micro_base, actor, adapters, **extra):
+    raw = {"name": "fleet", "bases": [micro_base.name], "adapters": adapters, **GRID, **extra}
+    return create_study(raw, actor=actor)
+
+
+@pytest.fixture
+def untrained(micro_base, actor):
+    """Makes a person whose adapter is untrained: a training set and an evaluation set
+    uploaded, no revision, no gate."""
+
+    def make(handle: str):
+        person = create_person(handle, actor=actor)
+        adapter = create_adapter(person, "assistant", base=micro_base, actor=actor)
+        upload_dataset(person, OTHER_FACTS, name=f"{handle}-facts", actor=actor)
+        upload_dataset(person, held_out_items(), name=f"{handle}-eval", purpose="eval", actor=actor)
+        return adapter
+
+    return make
+
+
+@pytest.fixture
+def bob(untrained):
+    return untrained("bob")
+
+
+@pytest.fixture
+def dora(untrained):
+    return untrained("dora")
+
+
+def held_out_items() -> bytes:
+    world = generate_world(0, people=2)
+    return items_jsonl(world.people[0].eval_items(world)[:2])
+
+
+# --- what the cohort pins ----------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_each_adapter_is_pinned_to_its_live_revisions_data_and_its_gates_evaluation_set(
+    micro_base, actor, adapter, dataset, eval_set, make_revision, bob
+):
+    live = make_revision()
+    promote(live, actor=actor, override_reason="test: no evaluation yet")
+    configure_gate(adapter, actor=actor, eval_dataset=eval_set)
+    # Uploaded after the live revision was trained: not what made alice's current state.
+    upload_dataset(adapter.person, OTHER_FACTS, name="newer", actor=actor)
+
+    study = fleet_study(micro_base, actor, ["alice/assistant", "bob/assistant"])
+
+    alice_pin, bob_pin = study.cohort["adapters"]
+    assert study.people == 2 and study.fleet_handles == ["alice/assistant", "bob/assistant"]
+    assert (alice_pin["train"]["id"], alice_pin["train"]["sha256"]) == (dataset.pk, dataset.sha256)
+    assert (alice_pin["eval"]["id"], alice_pin["eval"]["sha256"]) == (eval_set.pk, eval_set.sha256)
+    # bob has trained nothing yet: his newest training set, his newest graded set.
+    assert (bob_pin["train"]["name"], bob_pin["eval"]["name"]) == ("bob-facts", "bob-eval")
+    assert StudyCell.objects.get(study=study).runs_total == 2
+
+
+@pytest.mark.django_db
+def test_every_adapter_the_cohort_cannot_use_is_named_and_nothing_is_written(micro_base, actor, adapter, bob):
+    create_adapter(create_person("carol", actor=actor), "assistant", base=micro_base, actor=actor)
+    with pytest.raises(Invalid) as refused:
+        fleet_study(
+            micro_base, actor, ["alice/assistant", "ghost/assistant", "carol/assistant", "bob/assistant"]
+        )
+    problem = refused.value.details["adapters"]
+    assert "ghost/assistant: no such adapter" in problem
+    assert "alice/assistant: its person has no training data" in problem
+    assert "carol/assistant: its person has no training data" in problem
+    assert "bob" not in problem
+    assert not Study.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"people": 3}, "people"),
+        ({"world_seed": 1}, "world_seed"),
+        ({"adapters": ["bob/assistant"]}, "adapters"),
+        ({"adapters": ["bob/assistant", " bob/assistant"]}, "adapters"),  # one adapter, twice
+        ({"adapters": "bob/assistant"}, "adapters"),
+    ],
+)
+def test_a_fleet_cohort_refuses_generated_settings_and_fewer_than_two_adapters(
+    micro_base, actor, bob, dora, change, field
+):
+    raw = {
+        "name": "fleet",
+        "bases": [micro_base.name],
+        "adapters": ["bob/assistant", "dora/assistant"],
+        **GRID,
+    }
+    with pytest.raises(Invalid) as refused:
+        create_study({**raw, **change}, actor=actor)
+    assert field in refused.value.details
+    assert not Study.objects.exists()
+
+
+# --- the console form ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def console(client, actor, django_user_model):
+    client.force_login(django_user_model.objects.get(pk=actor.user_id))
+    return client
+
+
+@pytest.mark.django_db
+def test_the_form_launches_a_fleet_cohort_from_one_handle_per_line(console, micro_base, bob, dora):
+    client = console
+
+    page = client.get("/studies/new")
+    assert b'value="fleet"' in page.content and b"study-adapters" in page.content
+    response = client.post(
+        "/studies/new",
+        {
+            "name": "fleet from the form",
+            "bases": [micro_base.name],
+            "ranks": ["2"],
+            "targets": ["attention"],
+            "inits": ["default"],
+            "seeds": "1",
+            "cohort": "fleet",
+            "people": "4",  # hidden on the page, still posted: ignored for a fleet cohort
+            "world_seed": "0",
+            "adapters": "bob/assistant\r\n dora/assistant\r\n",
+        },
+    )
+    study = Study.objects.get()
+    assert response.status_code == 302 and response["Location"] == study.get_absolute_url()
+    assert study.fleet_handles == ["bob/assistant", "dora/assistant"]
+    shown = client.get(study.get_absolute_url()).content.decode()
+    assert "2 adapters of the fleet (bob/assistant, dora/assistant;" in shown
+
+
+@pytest.mark.django_db
+def test_the_form_keeps_the_fleet_choice_and_names_the_problem(console, micro_base, bob):
+    client = console
+    response = client.post(
+        "/studies/new",
+        {
+            "name": "x",
+            "bases": [micro_base.name],
+            "ranks": ["2"],
+            "targets": ["attention"],
+            "inits": ["default"],
+            "seeds": "1",
+            "cohort": "fleet",
+            "adapters": "bob/assistant\nghost/x",
+        },
+    )
+    body = response.content.decode()
+    assert response.status_code == 400
+    assert "ghost/x: no such adapter" in body
+    assert 'value="fleet" checked' in body and "bob/assistant\nghost/x</textarea>" in body
+    assert not Study.objects.exists()
+
+
+# --- erasure ---------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_erasing_a_person_removes_the_study_runs_trained_on_their_data_only(micro_base, actor, bob, dora):
+    study = fleet_study(micro_base, actor, ["bob/assistant", "dora/assistant"])
+    cell = study.cells.get()
+    for handle in ("bob/assistant", "dora/assistant", "bob"):  # "bob": a generated person's run
+        StudyRun.objects.create(
+            cell=cell,
+            person=handle,
+            seed=0,
+            scores={"recall": 0.5},
+            bare_scores={"recall": 0.0},
+            passed=False,
+            collapsed=False,
+            first_loss=2.0,
+            final_loss=1.0,
+            train_seconds=1.0,
+        )
+
+    counts = erase_person(bob.person, actor=actor, reason="asked to be forgotten")
+
+    assert counts["study_runs"] == 1
+    assert sorted(StudyRun.objects.values_list("person", flat=True)) == ["bob", "dora/assistant"]
+
+
+# --- through a real worker -----------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_a_fleet_cohort_trains_and_grades_each_adapter_on_its_own_data_on_a_worker(
+    micro_base, actor, celery_worker_process
+):
+    world = generate_world(0, people=2)
+    handles = []
+    for persona in world.people:
+        person = create_person(persona.handle, actor=actor)
+        adapter = create_adapter(person, "assistant", base=micro_base, actor=actor)
+        upload_dataset(person, jsonl(persona.training_rows()), name="train", actor=actor)
+        # Held-out personal items only: no retention suite in this cohort's evaluation sets.
+        held_out = items_jsonl(persona.eval_items(world))
+        evaluation, _ = upload_dataset(person, held_out, name="heldout", purpose="eval", actor=actor)
+        configure_gate(adapter, actor=actor, eval_dataset=evaluation)
+        handles.append(adapter.handle)
+
+    study = fleet_study(micro_base, actor, handles)
+    report = wait_until(lambda: finished(study), timeout=600)
+
+    runs = list(StudyRun.objects.filter(cell__study=study))
+    assert sorted(r.person for r in runs) == sorted(handles)
+    for run in runs:
+        assert "retention" not in run.scores  # graded on the person's own set, not the generated world's
+        assert set(run.scores) >= {"recall", "tool"} and run.bare_scores.keys() == run.scores.keys()
+    assert report.runs_done == 2
+
+    # Erasing one person takes their run away; resuming cannot retrain it from data that is gone.
+    erase_person(Person.objects.get(handle=world.people[0].handle), actor=actor, reason="asked")
+    assert sorted(StudyRun.objects.filter(cell__study=study).values_list("person", flat=True)) == [handles[1]]
+    assert resume_study(study, actor=actor) == 1
+    cell = StudyCell.objects.select_related("job").get(study=study)
+    wait_until(lambda: Job.objects.get(pk=cell.job_id).state == Job.FAILED, timeout=120)
+    error = Job.objects.get(pk=cell.job_id).error
+    assert f"{handles[0]}: the train set the study pinned" in error and "is gone" in error
+    assert study_report(study).runs_done == 1
