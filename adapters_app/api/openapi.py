@@ -78,6 +78,32 @@ def openapi_document(server_url: str) -> dict:
                     ),
                 ),
             },
+            "/api/people/{person}/erase": {
+                "post": _op(
+                    "Erase a person: their adapters, revisions, datasets, stored blobs and the study "
+                    "runs trained on their data (admin role; an audit tombstone names what was erased)",
+                    "200",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "erased": {"type": "string"},
+                            "adapters": {"type": "integer"},
+                            "revisions": {"type": "integer"},
+                            "datasets": {"type": "integer"},
+                            "study_runs": {"type": "integer"},
+                        },
+                    },
+                    params=("person",),
+                    errors=(400, 401, 403, 404),
+                    body=_json(
+                        {
+                            "type": "object",
+                            "required": ["reason"],
+                            "properties": {"reason": {"type": "string", "minLength": 1}},
+                        }
+                    ),
+                ),
+            },
             "/api/people/{person}/adapters": {
                 "post": _op(
                     "Create an adapter bound to a base model",

@@ -8,6 +8,7 @@ urlpatterns = [
     path("openapi.json", views.openapi_json, name="openapi"),
     path("people", views.people_collection, name="people"),
     path("people/<str:person>/adapters", views.person_adapters, name="person-adapters"),
+    path("people/<str:person>/erase", views.person_erase, name="person-erase"),
     path("adapters/<str:person>/<str:adapter>", views.adapter_detail, name="adapter"),
     path("adapters/<str:person>/<str:adapter>/datasets", views.adapter_datasets, name="datasets"),
     path("adapters/<str:person>/<str:adapter>/train", views.adapter_train, name="train"),

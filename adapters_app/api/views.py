@@ -36,6 +36,15 @@ def people_collection(request):
 
 
 @api_endpoint("POST")
+def person_erase(request, person):
+    """Erasure on request: the person, their adapters, revisions, datasets, blobs and
+    the study runs trained on their data. Admins only; a reason is required (audited)."""
+    owner = people.get_person(person)
+    counts = people.erase_person(owner, actor=request.actor, reason=str(json_body(request).get("reason", "")))
+    return JsonResponse({"erased": person, **counts})
+
+
+@api_endpoint("POST")
 def person_adapters(request, person):
     owner = people.get_person(person)
     body = json_body(request)

@@ -74,6 +74,7 @@ def erase_person(person: Person, *, actor: Actor, reason: str) -> dict:
 
     The audit event that remains (a tombstone) names what was erased, not the data.
     """
+    authorize(actor, "person.erase")
     if not reason.strip():
         raise Invalid("erasing a person needs a reason")
     revisions = Revision.objects.filter(adapter__person=person)

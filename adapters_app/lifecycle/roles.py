@@ -32,6 +32,7 @@ REQUIRED = {
     "study.run": OPERATOR,
     # admins manage who and what exists
     "person.create": ADMIN,
+    "person.erase": ADMIN,
     "adapter.create": ADMIN,
     "base_model.register": ADMIN,
 }
