@@ -3,6 +3,7 @@ live revision and is graded on its gate's evaluation set, pinned when the study 
 
 import pytest
 
+from adapters_app.lifecycle.base_models import MICRO_BASE_NAME
 from adapters_app.lifecycle.datasets import upload_dataset
 from adapters_app.lifecycle.errors import Invalid
 from adapters_app.lifecycle.gates import configure_gate
@@ -11,7 +12,7 @@ from adapters_app.lifecycle.pointer import promote
 from adapters_app.lifecycle.studies import create_study, resume_study, study_report
 from adapters_app.models import Job, Person, Study, StudyCell, StudyRun
 from tests.conftest import OTHER_FACTS, wait_until
-from tests.test_study_integration import TRAINING, finished
+from tests.test_study_integration import TRAINING, finished, recorded_run
 from workers.engine.persona_world import generate_world, jsonl
 from workers.engine.suites import items_jsonl
 
@@ -121,6 +122,20 @@ def test_a_fleet_cohort_refuses_generated_settings_and_fewer_than_two_adapters(
 # --- the console form ----------------------------------------------------------------------
 
 
+def fleet_form(**fields) -> dict:
+    """The launch form as posted for a one-cell grid with "people of the fleet" chosen."""
+    return {
+        "name": "fleet",
+        "bases": [MICRO_BASE_NAME],
+        "ranks": ["2"],
+        "targets": ["attention"],
+        "inits": ["default"],
+        "seeds": "1",
+        "cohort": "fleet",
+        **fields,
+    }
+
+
 @pytest.fixture
 def console(client, actor, django_user_model):
     client.force_login(django_user_model.objects.get(pk=actor.user_id))
@@ -129,48 +144,27 @@ def console(client, actor, django_user_model):
 
 @pytest.mark.django_db
 def test_the_form_launches_a_fleet_cohort_from_one_handle_per_line(console, micro_base, bob, dora):
-    client = console
-
-    page = client.get("/studies/new")
+    page = console.get("/studies/new")
     assert b'value="fleet"' in page.content and b"study-adapters" in page.content
-    response = client.post(
+    response = console.post(
         "/studies/new",
-        {
-            "name": "fleet from the form",
-            "bases": [micro_base.name],
-            "ranks": ["2"],
-            "targets": ["attention"],
-            "inits": ["default"],
-            "seeds": "1",
-            "cohort": "fleet",
-            "people": "4",  # hidden on the page, still posted: ignored for a fleet cohort
-            "world_seed": "0",
-            "adapters": "bob/assistant\r\n dora/assistant\r\n",
-        },
+        fleet_form(
+            name="fleet from the form",
+            people="4",  # hidden on the page, still posted: ignored for a fleet cohort
+            world_seed="0",
+            adapters="bob/assistant\r\n dora/assistant\r\n",
+        ),
     )
     study = Study.objects.get()
     assert response.status_code == 302 and response["Location"] == study.get_absolute_url()
     assert study.fleet_handles == ["bob/assistant", "dora/assistant"]
-    shown = client.get(study.get_absolute_url()).content.decode()
+    shown = console.get(study.get_absolute_url()).content.decode()
     assert "2 adapters of the fleet (bob/assistant, dora/assistant;" in shown
 
 
 @pytest.mark.django_db
 def test_the_form_keeps_the_fleet_choice_and_names_the_problem(console, micro_base, bob):
-    client = console
-    response = client.post(
-        "/studies/new",
-        {
-            "name": "x",
-            "bases": [micro_base.name],
-            "ranks": ["2"],
-            "targets": ["attention"],
-            "inits": ["default"],
-            "seeds": "1",
-            "cohort": "fleet",
-            "adapters": "bob/assistant\nghost/x",
-        },
-    )
+    response = console.post("/studies/new", fleet_form(adapters="bob/assistant\nghost/x"))
     body = response.content.decode()
     assert response.status_code == 400
     assert "ghost/x: no such adapter" in body
@@ -186,18 +180,7 @@ def test_erasing_a_person_removes_the_study_runs_trained_on_their_data_only(micr
     study = fleet_study(micro_base, actor, ["bob/assistant", "dora/assistant"])
     cell = study.cells.get()
     for handle in ("bob/assistant", "dora/assistant", "bob"):  # "bob": a generated person's run
-        StudyRun.objects.create(
-            cell=cell,
-            person=handle,
-            seed=0,
-            scores={"recall": 0.5},
-            bare_scores={"recall": 0.0},
-            passed=False,
-            collapsed=False,
-            first_loss=2.0,
-            final_loss=1.0,
-            train_seconds=1.0,
-        )
+        recorded_run(cell, handle)
 
     counts = erase_person(bob.person, actor=actor, reason="asked to be forgotten")
 

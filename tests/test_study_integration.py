@@ -28,6 +28,22 @@ def small_study(micro_base, actor, **grid):
     return create_study(raw, actor=actor)
 
 
+def recorded_run(cell, person: str, seed: int = 0) -> StudyRun:
+    """A run as a finished pass records it (a passing adapter, recall 1.0)."""
+    return StudyRun.objects.create(
+        cell=cell,
+        person=person,
+        seed=seed,
+        scores={"recall": 1.0},
+        bare_scores={"recall": 0.0},
+        passed=True,
+        collapsed=False,
+        first_loss=2.0,
+        final_loss=0.5,
+        train_seconds=1.0,
+    )
+
+
 def finished(study):
     report = study_report(study)
     failed = [c.cell.job for c in report.cells if c.cell.job and c.cell.job.state == Job.FAILED]
@@ -75,18 +91,7 @@ def test_a_resumed_study_keeps_its_recorded_runs_and_trains_only_the_rest(
     assert cell.job.state == Job.CANCELLED
     # As if a first pass had finished before the cancel: one person's run is recorded.
     first_person = generate_world(0, people=2).people[0].handle
-    kept = StudyRun.objects.create(
-        cell=cell,
-        person=first_person,
-        seed=0,
-        scores={"recall": 1.0},
-        bare_scores={"recall": 0.0},
-        passed=True,
-        collapsed=False,
-        first_loss=2.0,
-        final_loss=0.5,
-        train_seconds=1.0,
-    )
+    kept = recorded_run(cell, first_person)
 
     assert resume_study(study, actor=actor) == 1
     report = wait_until(lambda: finished(study), timeout=300)
