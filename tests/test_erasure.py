@@ -59,3 +59,33 @@ def test_the_command_erases_a_person_and_says_what_went(adapter, dataset, capsys
     assert not Person.objects.exists()
     with pytest.raises(CommandError, match="no person"):
         call_command("erase_person", "alice", reason="again")
+
+
+# --- from the console ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def admin_console(client, actor, django_user_model):
+    client.force_login(django_user_model.objects.get(pk=actor.user_id))
+    return client
+
+
+def test_an_admin_erases_a_person_from_their_page_after_typing_the_handle(admin_console, adapter, dataset):
+    page = admin_console.get("/people/alice/").content.decode()
+    assert "Erase this person and everything made from their data" in page
+
+    refused = admin_console.post("/people/alice/erase", {"reason": "asked", "confirm": "alic"}, follow=True)
+    assert "Nothing was erased: type alice to confirm." in refused.content.decode()
+    assert Person.objects.filter(handle="alice").exists()
+
+    done = admin_console.post("/people/alice/erase", {"reason": "asked", "confirm": "alice"}, follow=True)
+    assert done.redirect_chain[-1][0] == "/people/"
+    assert "Erased alice (adapters 1, revisions 0, datasets 1, study runs 0)." in done.content.decode()
+    assert not Person.objects.exists() and not Dataset.objects.exists()
+
+
+def test_an_operator_sees_no_erase_form_and_a_forged_post_is_refused(client, django_user_model, adapter):
+    client.force_login(with_role(django_user_model.objects.create_user("otto"), "operator"))
+    assert 'action="/people/alice/erase"' not in client.get("/people/alice/").content.decode()
+    assert client.post("/people/alice/erase", {"reason": "asked", "confirm": "alice"}).status_code == 403
+    assert Person.objects.filter(handle="alice").exists()

@@ -31,6 +31,7 @@ urlpatterns = [
     path("people/new", views.person_create, name="person_create"),
     path("people/<slug:handle>/", views.person, name="person"),
     path("people/<slug:handle>/upload", views.dataset_upload, name="dataset_upload"),
+    path("people/<slug:handle>/erase", views.person_erase, name="person_erase"),
     path("people/<slug:handle>/new-adapter", views.adapter_create, name="adapter_create"),
     path("people/<slug:handle>/<slug:adapter>/", views.adapter, name="adapter"),
     path("people/<slug:handle>/<slug:adapter>/train", views.train, name="train"),

@@ -31,7 +31,14 @@ from adapters_app.lifecycle.gates import (
     verdict,
 )
 from adapters_app.lifecycle.inference import InferenceUnavailable, complete
-from adapters_app.lifecycle.people import create_adapter, create_person, get_adapter, get_person
+from adapters_app.lifecycle.people import (
+    create_adapter,
+    create_person,
+    describe_erasure,
+    erase_person,
+    get_adapter,
+    get_person,
+)
 from adapters_app.lifecycle.revisions import export_archive, get_revision
 from adapters_app.models import (
     Adapter,
@@ -340,6 +347,24 @@ def person_create(request: HttpRequest) -> HttpResponse:
         return redirect("console:people")
     messages.success(request, f"Created person {created.handle}.")
     return redirect(created)
+
+
+@login_required
+@require_POST
+@requires("person.erase")
+def person_erase(request: HttpRequest, handle: str) -> HttpResponse:
+    subject = _person_or_404(handle)
+    # Typing the handle again is the confirmation: erasure cannot be undone.
+    if request.POST.get("confirm", "").strip() != subject.handle:
+        messages.error(request, f"Nothing was erased: type {subject.handle} to confirm.")
+        return redirect(subject)
+    try:
+        counts = erase_person(subject, actor=_actor(request), reason=request.POST.get("reason", "").strip())
+    except LifecycleError as exc:
+        _refused(request, exc)
+        return redirect(subject)
+    messages.success(request, f"Erased {handle} ({describe_erasure(counts)}).")
+    return redirect("console:people")
 
 
 @login_required

@@ -102,3 +102,8 @@ def erase_person(person: Person, *, actor: Actor, reason: str) -> dict:
     for sha in (revision_blobs | dataset_blobs) - still_used:
         store.delete(sha)
     return counts
+
+
+def describe_erasure(counts: dict) -> str:
+    """What `erase_person` deleted, for a message: "adapters 1, revisions 0, …"."""
+    return ", ".join(f"{what.replace('_', ' ')} {count}" for what, count in counts.items())

@@ -2,7 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.errors import LifecycleError
-from adapters_app.lifecycle.people import erase_person, get_person
+from adapters_app.lifecycle.people import describe_erasure, erase_person, get_person
 
 
 class Command(BaseCommand):
@@ -20,5 +20,4 @@ class Command(BaseCommand):
             counts = erase_person(get_person(handle), actor=Actor.system(via="cli"), reason=reason)
         except LifecycleError as exc:
             raise CommandError(exc.message) from None
-        shown = ", ".join(f"{what.replace('_', ' ')} {count}" for what, count in counts.items())
-        self.stdout.write(f"erased {handle}: {shown}")
+        self.stdout.write(f"erased {handle}: {describe_erasure(counts)}")
