@@ -80,9 +80,10 @@ def erase_person(person: Person, *, actor: Actor, reason: str) -> dict:
     revisions = Revision.objects.filter(adapter__person=person)
     revision_blobs = set(revisions.values_list("sha256", flat=True))
     dataset_blobs = set(Dataset.objects.filter(person=person).values_list("sha256", flat=True))
-    study_runs = StudyRun.objects.filter(person__in=[a.handle for a in person.adapters.all()])
+    adapter_handles = [adapter.handle for adapter in person.adapters.all()]
+    study_runs = StudyRun.objects.filter(person__in=adapter_handles)
     counts = {
-        "adapters": person.adapters.count(),
+        "adapters": len(adapter_handles),
         "revisions": revisions.count(),
         "datasets": len(dataset_blobs),
         "study_runs": study_runs.count(),

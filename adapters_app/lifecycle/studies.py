@@ -208,10 +208,10 @@ def fleet_member(handle: str) -> dict:
     train = live.dataset if live is not None else None
     if train is None:
         train = Dataset.objects.filter(person_id=adapter.person_id, purpose=Dataset.TRAIN).first()
-    graded = Dataset.objects.filter(person_id=adapter.person_id, purpose=Dataset.EVAL, format=SUITE_FORMAT)
     evaluation = adapter.eval_dataset
     if evaluation is None or evaluation.format != SUITE_FORMAT:
-        evaluation = graded.first()
+        graded = Dataset.objects.filter(person_id=adapter.person_id, purpose=Dataset.EVAL)
+        evaluation = graded.filter(format=SUITE_FORMAT).first()
     if train is None:
         raise Invalid(f"{handle}: its person has no training data")
     if evaluation is None:
