@@ -118,6 +118,27 @@ def micro_base(db):
 
 
 @pytest.fixture
+def server_with(micro_base, settings):
+    """Start batched servers (workers/serving.py) on the micro base in this process;
+    keyword arguments override MINT_SERVING_* settings. All stopped at teardown."""
+    from workers.serving import Server
+
+    started = []
+
+    def start(**overrides) -> Server:
+        settings.MINT_SERVING_MAX_WAIT_MS = 200  # threads' requests land in one batch
+        for name, value in overrides.items():
+            setattr(settings, f"MINT_SERVING_{name.upper()}", value)
+        server = Server(micro_base.path, micro_base.digest, observer=None)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
 def alice(db, actor):
     from adapters_app.lifecycle.people import create_person
 

@@ -40,6 +40,25 @@ def test_an_admin_erases_a_person_with_their_adapters_revisions_datasets_and_blo
     assert tombstone.person_handle == "alice" and tombstone.after["reason"] == "asked to be forgotten"
 
 
+def test_a_person_with_a_retrain_chain_and_a_promotion_history_is_erased_whole(make_revision, actor):
+    from adapters_app.lifecycle.people import erase_person
+    from adapters_app.lifecycle.pointer import promote, rollback
+    from adapters_app.models import PointerEvent
+
+    first = make_revision()
+    second = make_revision(parent=first)
+    third = make_revision(parent=second)
+    promote(first, actor=actor, override_reason="test")
+    promote(third, actor=actor, override_reason="test")
+    rollback(first.adapter, to=first, actor=actor, reason="regressed")
+
+    counts = erase_person(first.adapter.person, actor=actor, reason="asked to be forgotten")
+
+    assert counts["revisions"] == 3
+    assert not Revision.objects.exists() and not PointerEvent.objects.exists()
+    assert not Person.objects.exists()
+
+
 def test_an_operator_may_not_erase_anyone(operator_call, adapter):
     response = operator_call("/api/people/alice/erase", {"reason": "asked"})
     assert response.status_code == 403

@@ -51,23 +51,6 @@ def generate_together(server: Server, requests: list[tuple[str, str | None]]) ->
     return texts
 
 
-@pytest.fixture
-def server_with(micro_base, settings):
-    started = []
-
-    def start(**overrides) -> Server:
-        settings.MINT_SERVING_MAX_WAIT_MS = 200  # threads' requests land in one batch
-        for name, value in overrides.items():
-            setattr(settings, f"MINT_SERVING_{name.upper()}", value)
-        server = Server(micro_base.path, micro_base.digest, observer=None)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
 @pytest.mark.django_db
 def test_rows_with_different_adapters_in_one_batch_answer_as_peft_does(micro_base, server_with):
     server = server_with()

@@ -89,6 +89,10 @@ class ResidencyReporter:
             },
         )
         self._forget(worker_name, event.sha256)
+        if event.kind == ResidentAdapter.ADAPTER:
+            from workers.residency_report import ensure_reporting
+
+            ensure_reporting(worker_name)  # its rounds also drop erased revisions' copies
 
     def used(self, worker_name: str, sha256: str) -> None:
         key, now = (worker_name, sha256), time.monotonic()

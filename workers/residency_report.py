@@ -11,8 +11,9 @@ reads. Only what changed since the last write is written, so an idle worker cost
 Nothing here runs in the request path: a manager's observer (`TierChangeReporter`)
 only wakes the thread, so a cold load shows within moments without waiting on the
 database. The thread starts on the first sign of a manager in a worker process (a
-tier change inside a task, a console action, or the heartbeat in a solo pool), and a
-forked child starts its own.
+tier change inside a task, a console action, the one-at-a-time runtime loading an
+adapter, or the heartbeat in a solo pool), and a forked child starts its own. Each round
+it also drops what this process holds of erased revisions (workers/forgetting.py).
 """
 
 from __future__ import annotations
@@ -148,7 +149,10 @@ class ResidencyStatsReport:
 
 class _ReportingThread:
     def __init__(self, worker_name: str):
+        from workers.forgetting import Forgetter
+
         self.report = ResidencyStatsReport(worker_name)
+        self.forgetter = Forgetter(worker_name)
         self.pid = os.getpid()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="residency-report", daemon=True)
@@ -165,6 +169,11 @@ class _ReportingThread:
             time.sleep(max(0.0, STATS_SECONDS - (time.monotonic() - last)))
             self._wake.clear()
             last = time.monotonic()
+            try:
+                self.forgetter.tick()  # first, so the report that follows no longer shows them
+            except Exception:
+                log.exception("could not drop erased revisions; trying again in %ss", STATS_SECONDS)
+                connection.close()
             try:
                 self.report.flush(managers_here())
             except Exception:

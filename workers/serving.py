@@ -220,6 +220,14 @@ class Server:
     def stop(self) -> None:
         self.generator.stop(timeout=10)
 
+    def forget(self, sha256: str) -> bool:
+        """Drop an erased revision from the bank, the cpu tier and the local cache; False
+        (nothing touched) while a submitted request still uses it: ask again later."""
+        if self.residency.forget(sha256, unless_in=self._protected) is None:
+            return False
+        self._refused.pop(sha256, None)
+        return True
+
     # --- the bank as the device tier ------------------------------------------------------
 
     def _hold(self, sha256: str | None, rows: int) -> None:
@@ -327,6 +335,18 @@ def residency_managers() -> list[ResidencyManager]:
     """Every server's residency manager in this process."""
     with _servers_lock:
         return [server.residency for server in _servers.values()]
+
+
+def held_revisions() -> set[str]:
+    """The sha256 of every revision some server of this process holds in a tier."""
+    return {sha for manager in residency_managers() for sha in manager.held()}
+
+
+def forget_revisions(sha256s: set[str]) -> set[str]:
+    """Drop these (erased) revisions from every server here; those still in use stay."""
+    with _servers_lock:
+        servers = list(_servers.values())
+    return {sha for sha in sha256s for server in servers if not server.forget(sha)}
 
 
 def _tensor_bytes(tensors) -> int:

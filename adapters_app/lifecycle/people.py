@@ -1,3 +1,7 @@
+import logging
+import uuid
+
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
@@ -6,8 +10,14 @@ from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.errors import Conflict, Invalid, NotFound
 from adapters_app.lifecycle.roles import authorize
 from adapters_app.lifecycle.storage import get_store
-from adapters_app.models import Adapter, BaseModel, Dataset, Person, Revision, StudyRun
+from adapters_app.models import Adapter, BaseModel, Dataset, Person, PointerEvent, Revision, StudyRun
 from adapters_app.models.person import validate_handle
+
+log = logging.getLogger(__name__)
+
+# Changed on every erasure; worker processes watch it to know when to drop what they
+# hold of revisions that are gone (workers/forgetting.py).
+ERASURE_MARK_KEY = "erasure-mark"
 
 
 def _valid_handle(value: str, what: str) -> str:
@@ -91,8 +101,13 @@ def erase_person(person: Person, *, actor: Actor, reason: str) -> dict:
     handle = person.handle
     with transaction.atomic():
         Adapter.objects.filter(person=person).update(live_revision=None)
-        # Revisions are write-once, but erasure is the one sanctioned delete.
-        Revision.objects.filter(adapter__person=person).delete()
+        # Revisions are write-once, but erasure is the one sanctioned delete. Promotions
+        # and rollbacks protect the revisions they name, and a retrain its parent: the
+        # pointer history goes first, then revisions newest first (a child is always
+        # newer than its parent), since a protected row cannot go in one bulk delete.
+        PointerEvent.objects.filter(adapter__person=person).delete()
+        for revision in revisions.order_by("-pk"):
+            revision.delete()
         study_runs.delete()
         person.delete()
         audit.record(actor, "person.erase", person, person_handle=handle, after={**counts, "reason": reason})
@@ -102,7 +117,22 @@ def erase_person(person: Person, *, actor: Actor, reason: str) -> dict:
     ) | set(Dataset.objects.filter(sha256__in=dataset_blobs).values_list("sha256", flat=True))
     for sha in (revision_blobs | dataset_blobs) - still_used:
         store.delete(sha)
+    mark_erasure()
     return counts
+
+
+def mark_erasure() -> None:
+    """Tell worker processes that revisions are gone, so they drop their copies. Best
+    effort: the erasure itself is done, and workers also look on their own now and then."""
+    try:
+        cache.set(ERASURE_MARK_KEY, uuid.uuid4().hex, timeout=None)
+    except Exception:
+        log.exception("could not tell the workers of an erasure; their periodic sweep will find it")
+
+
+def erasure_mark() -> str | None:
+    """The mark `mark_erasure` set last (None when unset, or the cache was emptied)."""
+    return cache.get(ERASURE_MARK_KEY)
 
 
 def describe_erasure(counts: dict) -> str:

@@ -29,7 +29,8 @@ Loads verify the bytes: the store's `get` checks the sha256, and so does a read 
 disk cache; a local file whose bytes no longer hash to its name is deleted and the
 adapter is fetched from the store again. Pinned adapters are never evicted from their
 tier (nor lower: a pin also keeps the local file). A prefetch loads without counting as
-a request in the hit/miss statistics.
+a request in the hit/miss statistics. `forget` is erasure's: the adapter leaves every
+tier at once, pin and local file included, nothing demoted.
 
 How an adapter becomes a host object and a device object is injected (`Transfers`), so
 the engine's batched LoRA bank can plug in; `BYTES` (payload bytes as they are) and
@@ -373,6 +374,33 @@ class ResidencyManager:
     def unpin(self, sha256: str) -> bool:
         with self._lock:
             return self._pins.pop(sha256, None) is not None
+
+    def forget(self, sha256: str, *, unless_in: Callable[[], Container] | None = None) -> list[str] | None:
+        """Drop the adapter from every tier at once, pin and local file included: its
+        revision was erased, so nothing may keep its bytes (`workers/forgetting.py`).
+
+        Unlike an eviction nothing is demoted or counted. Returns the tiers it left, or
+        None, touching nothing, while `unless_in()` (asked under the manager's lock, so
+        no load can slip in between) holds it: a request still running with it."""
+        _check_key(sha256)
+        with self._lock:
+            if unless_in is not None and sha256 in unless_in():
+                return None
+            self._pins.pop(sha256, None)
+            left = []
+            for tier in self._tiers.values():
+                if sha256 in tier.held:
+                    value = self._take(tier, sha256)
+                    if tier.name == DEVICE:
+                        self.transfers.to_host(value)  # how the device lets go: a bank clears its slot
+                    left.append(tier.name)
+            self.local.delete(sha256)  # also a file the disk tier never adopted
+            return left
+
+    def held(self) -> set[str]:
+        """Every sha256 some tier of this manager holds."""
+        with self._lock:
+            return {sha for tier in self._tiers.values() for sha in tier.held}
 
     def tier_of(self, sha256: str) -> str:
         """The fastest tier holding the adapter ("store" when no cache has it)."""

@@ -105,6 +105,32 @@ class AdapterRuntime:
         self._notify("used", "adapter", revision_sha, base)
         return base, wrapper
 
+    def held(self) -> set[str]:
+        """The sha256 of every revision attached to a base here."""
+        with self._lock:
+            return {sha for attached in self._attached.values() for sha in attached.values()}
+
+    def forget(self, revision_sha: str) -> bool:
+        """Detach an erased revision from every base here; False when none held it.
+
+        Waits for a generation in progress (the runtime's lock). When the last adapter
+        on a base goes, the PEFT wrapper is unloaded too, leaving the base's own modules:
+        PEFT cannot run a wrapper that has no adapter left."""
+        name, forgotten = adapter_slot(revision_sha), False
+        with self._lock:
+            for digest, attached in self._attached.items():
+                if attached.pop(name, None) is None:
+                    continue
+                forgotten = True
+                wrapper = self._wrappers[digest]
+                if attached:
+                    wrapper.delete_adapter(name)
+                else:
+                    wrapper.unload()
+                    del self._wrappers[digest]
+                self._notify("evicted", "adapter", revision_sha, self._bases[digest])
+        return forgotten
+
     def _notify(self, action: str, kind: str, sha256: str, base: LoadedBase, nbytes: int = 0) -> None:
         if self.observer is None:
             return
