@@ -5,7 +5,7 @@ import json
 import pytest
 
 from adapters_app.models import ApiKey, AuditEvent, Dataset, Job
-from tests.conftest import FACTS, with_role
+from tests.conftest import FACTS, OTHER_FACTS, with_role
 
 pytestmark = pytest.mark.django_db
 
@@ -109,6 +109,38 @@ def test_people_are_listed_with_keyset_pagination(client, key, post):
     assert [p["handle"] for p in page["data"]] == ["abe", "bo"]
     rest = client.get(f"/api/people?limit=2&after={page['next_after']}", **headers).json()
     assert [p["handle"] for p in rest["data"]] == ["cara"] and rest["next_after"] is None
+
+
+def test_a_persons_adapters_are_listed_by_name_a_page_at_a_time(client, key, post, alice_adapter):
+    for name in ("writer", "coder"):
+        post("/api/people/alice/adapters", {"name": name})
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+
+    page = client.get("/api/people/alice/adapters?limit=2", **headers).json()
+    assert [a["name"] for a in page["data"]] == ["assistant", "coder"] and page["next_after"] == "coder"
+    rest = client.get("/api/people/alice/adapters?limit=2&after=coder", **headers).json()
+    assert [a["id"] for a in rest["data"]] == ["alice/writer"] and rest["next_after"] is None
+    assert client.get("/api/people/nobody/adapters", **headers).status_code == 404
+
+
+def test_a_persons_datasets_are_listed_oldest_first_and_filtered_by_purpose(client, key, post, alice_adapter):
+    url = "/api/adapters/alice/assistant/datasets"
+    post(f"{url}?name=facts", raw=FACTS)
+    post(f"{url}?name=more", raw=OTHER_FACTS)
+    held_out = post(f"{url}?name=held-out&purpose=eval", raw=FACTS.replace(b"dog", b"cat")).json()
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+
+    page = client.get(f"{url}?limit=2", **headers).json()
+    assert [d["name"] for d in page["data"]] == ["facts", "more"]
+    rest = client.get(f"{url}?limit=2&after={page['next_after']}", **headers).json()
+    assert [d["id"] for d in rest["data"]] == [held_out["id"]] and rest["next_after"] is None
+    evaluation = client.get(f"{url}?purpose=eval", **headers).json()["data"]
+    assert [(d["name"], d["sha256"]) for d in evaluation] == [("held-out", held_out["sha256"])]
+
+    for bad in ("purpose=test", "after=x", "limit=many"):
+        response = client.get(f"{url}?{bad}", **headers)
+        assert response.status_code == 400, bad
+        assert response.json()["error"]["message"]
 
 
 def test_the_openapi_document_describes_every_route(client):

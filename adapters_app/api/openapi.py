@@ -39,6 +39,17 @@ def _op(
 ADAPTER = ("person", "adapter")
 
 
+def _list_of(schema: str) -> dict:
+    """A keyset page: the rows, and the cursor of the next page (null on the last)."""
+    return {
+        "type": "object",
+        "properties": {
+            "data": {"type": "array", "items": _ref(schema)},
+            "next_after": {"type": ["string", "integer", "null"]},
+        },
+    }
+
+
 def openapi_document(server_url: str) -> dict:
     return {
         "openapi": "3.1.0",
@@ -56,13 +67,7 @@ def openapi_document(server_url: str) -> dict:
                 "get": _op(
                     "List people (keyset pagination: ?after=<handle>&limit=)",
                     "200",
-                    {
-                        "type": "object",
-                        "properties": {
-                            "data": {"type": "array", "items": _ref("Person")},
-                            "next_after": {"type": ["string", "null"]},
-                        },
-                    },
+                    _list_of("Person"),
                 ),
                 "post": _op(
                     "Create a person",
@@ -105,6 +110,12 @@ def openapi_document(server_url: str) -> dict:
                 ),
             },
             "/api/people/{person}/adapters": {
+                "get": _op(
+                    "List a person's adapters (keyset pagination: ?after=<name>&limit=)",
+                    "200",
+                    _list_of("Adapter"),
+                    params=("person",),
+                ),
                 "post": _op(
                     "Create an adapter bound to a base model",
                     "201",
@@ -133,6 +144,12 @@ def openapi_document(server_url: str) -> dict:
                 ),
             },
             "/api/adapters/{person}/{adapter}/datasets": {
+                "get": _op(
+                    "List the person's datasets, oldest first (?after=<id>&purpose=train|eval&limit=)",
+                    "200",
+                    _list_of("Dataset"),
+                    params=ADAPTER,
+                ),
                 "post": _op(
                     "Upload JSONL (chat `messages` or `prompt`/`completion`); ?name=&purpose=train|eval. "
                     "Invalid files get line-numbered errors in error.details and create nothing.",

@@ -9,7 +9,7 @@ from adapters_app.lifecycle import gates, jobs, people, pointer
 from adapters_app.lifecycle.datasets import get_dataset, upload_dataset
 from adapters_app.lifecycle.errors import Invalid, NotFound
 from adapters_app.lifecycle.revisions import export_archive, get_revision
-from adapters_app.models import BaseModel, Job, Person
+from adapters_app.models import BaseModel, Dataset, Job, Person
 
 PAGE_LIMIT = 100
 
@@ -30,9 +30,7 @@ def people_collection(request):
     after = request.GET.get("after", "")
     limit = _limit(request)
     rows = list(Person.objects.filter(handle__gt=after).order_by("handle")[: limit + 1])
-    body = {"data": [out.person_dict(p) for p in rows[:limit]]}
-    body["next_after"] = rows[limit - 1].handle if len(rows) > limit else None
-    return JsonResponse(body)
+    return JsonResponse(_page(rows, limit, out.person_dict, cursor=lambda person: person.handle))
 
 
 @api_endpoint("POST")
@@ -44,9 +42,15 @@ def person_erase(request, person):
     return JsonResponse({"erased": person, **counts})
 
 
-@api_endpoint("POST")
+@api_endpoint("GET", "POST")
 def person_adapters(request, person):
     owner = people.get_person(person)
+    if request.method == "GET":
+        # Keyset on the name, unique per person, as the people list pages on the handle.
+        after, limit = request.GET.get("after", ""), _limit(request)
+        adapters = owner.adapters.select_related("person", "base", "live_revision")
+        rows = list(adapters.filter(name__gt=after).order_by("name")[: limit + 1])
+        return JsonResponse(_page(rows, limit, out.adapter_dict, cursor=lambda adapter: adapter.name))
     body = json_body(request)
     base_name = body.get("base")
     base = BaseModel.objects.filter(name=base_name).first() if base_name else BaseModel.objects.first()
@@ -67,9 +71,12 @@ def adapter_detail(request, person, adapter):
     return JsonResponse(out.adapter_dict(people.get_adapter(person, adapter), detail=True))
 
 
-@api_endpoint("POST")
+@api_endpoint("GET", "POST")
 def adapter_datasets(request, person, adapter):
     target = people.get_adapter(person, adapter)
+    if request.method == "GET":
+        # Datasets belong to the person, so every adapter of theirs lists the same ones.
+        return JsonResponse(_dataset_page(request, target.person))
     dataset, created = upload_dataset(
         target.person,
         request.body,
@@ -202,6 +209,27 @@ def _required(body: dict, key: str) -> str:
     if value in (None, ""):
         raise Invalid(f"{key} is required")
     return str(value)
+
+
+def _dataset_page(request, person: Person) -> dict:
+    """The person's datasets, oldest first, keyset on the id (?after=<id>&purpose=&limit=)."""
+    after, limit = request.GET.get("after", "0"), _limit(request)
+    if not after.isdigit():
+        raise Invalid("after must be a dataset id")
+    datasets = Dataset.objects.filter(person=person, pk__gt=int(after))
+    purpose = request.GET.get("purpose")
+    if purpose is not None:
+        if purpose not in dict(Dataset.PURPOSES):
+            raise Invalid(f"purpose must be one of {', '.join(dict(Dataset.PURPOSES))}")
+        datasets = datasets.filter(purpose=purpose)
+    rows = list(datasets.order_by("pk")[: limit + 1])
+    return _page(rows, limit, out.dataset_dict, cursor=lambda dataset: dataset.pk)
+
+
+def _page(rows: list, limit: int, serialize, *, cursor) -> dict:
+    """One page of a keyset list from up to limit + 1 rows (an extra one says more follow)."""
+    more, rows = len(rows) > limit, rows[:limit]
+    return {"data": [serialize(row) for row in rows], "next_after": cursor(rows[-1]) if more else None}
 
 
 def _limit(request) -> int:
