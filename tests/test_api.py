@@ -143,13 +143,40 @@ def test_a_persons_datasets_are_listed_oldest_first_and_filtered_by_purpose(clie
         assert response.json()["error"]["message"]
 
 
+def test_jobs_are_listed_newest_first_filtered_by_adapter_state_and_kind(client, key, post, alice_adapter):
+    from adapters_app.models import Adapter
+
+    post("/api/people/alice/adapters", {"name": "writer"})
+    assistant, writer = Adapter.objects.get(name="assistant"), Adapter.objects.get(name="writer")
+    done = Job.objects.create(kind=Job.TRAIN, adapter=assistant, state=Job.SUCCEEDED, log="trained\n")
+    running = Job.objects.create(kind=Job.EVALUATE, adapter=assistant, state=Job.RUNNING)
+    elsewhere = Job.objects.create(kind=Job.TRAIN, adapter=writer, state=Job.QUEUED)
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+
+    def ids(query: str) -> list[int]:
+        return [job["id"] for job in client.get(f"/api/jobs?{query}", **headers).json()["data"]]
+
+    page = client.get("/api/jobs?limit=2", **headers).json()
+    assert [job["id"] for job in page["data"]] == [elsewhere.pk, running.pk]
+    assert page["next_before"] == running.pk and "log" not in page["data"][0]  # the job's URL has it
+    assert ids(f"limit=2&before={running.pk}") == [done.pk]
+    assert ids("adapter=alice/assistant") == [running.pk, done.pk]
+    assert ids("state=running") == [running.pk] and ids("kind=train") == [elsewhere.pk, done.pk]
+
+    for bad in ("state=sleeping", "kind=dance", "before=yesterday"):
+        assert client.get(f"/api/jobs?{bad}", **headers).status_code == 400, bad
+    assert client.get("/api/jobs?adapter=alice/nothing", **headers).status_code == 404
+
+
 def test_the_openapi_document_describes_every_route(client):
     doc = client.get("/api/openapi.json").json()
     assert doc["openapi"].startswith("3.")
     for route in (
         "/api/people",
         "/api/adapters/{person}/{adapter}/train",
+        "/api/jobs",
         "/api/jobs/{job_id}",
+        "/api/people/{person}/adapters",
         "/api/revisions/{person}/{adapter}/{rev}/download",
         "/v1/chat/completions",
     ):

@@ -271,6 +271,20 @@ def openapi_document(server_url: str) -> dict:
                     ),
                 ),
             },
+            "/api/jobs": {
+                "get": _op(
+                    "List jobs newest first (?before=<id>&adapter=<person/adapter>"
+                    "&state=queued|running|succeeded|failed|cancelled&kind=train|evaluate|infer|study&limit=)",
+                    "200",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "data": {"type": "array", "items": _ref("Job")},
+                            "next_before": {"type": ["integer", "null"]},
+                        },
+                    },
+                ),
+            },
             "/api/jobs/{job_id}": {
                 "get": _op("A job with its progress", "200", _ref("Job"), params=("job_id",))
             },

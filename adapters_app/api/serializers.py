@@ -99,8 +99,9 @@ def dataset_dict(dataset: Dataset) -> dict:
     }
 
 
-def job_dict(job: Job) -> dict:
-    return {
+def job_dict(job: Job, *, detail: bool = True) -> dict:
+    """A job; lists leave out its log and loss curve (`detail=False`): the job's own URL has them."""
+    body = {
         "id": job.pk,
         "kind": job.kind,
         "state": job.state,
@@ -113,17 +114,19 @@ def job_dict(job: Job) -> dict:
             "total": job.total_steps,
             "percent": job.progress_percent,
             "eta_seconds": job.eta_seconds,
-            "loss": job.loss_points,
         },
         "params": job.params,
         "result": job.result,
         "worker": job.worker,
         "heartbeat_at": _time(job.heartbeat_at),
         "error": job.error,
-        "log": job.log.splitlines(),
         "cancel_requested": job.cancel_requested,
         "created_by": job.created_by,
         "created_at": _time(job.created_at),
         "started_at": _time(job.started_at),
         "finished_at": _time(job.finished_at),
     }
+    if detail:
+        body["progress"]["loss"] = job.loss_points
+        body["log"] = job.log.splitlines()
+    return body

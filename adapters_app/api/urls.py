@@ -17,6 +17,7 @@ urlpatterns = [
     path("adapters/<str:person>/<str:adapter>/gate", views.adapter_gate, name="gate"),
     path("adapters/<str:person>/<str:adapter>/promote", views.adapter_promote, name="promote"),
     path("adapters/<str:person>/<str:adapter>/rollback", views.adapter_rollback, name="rollback"),
+    path("jobs", views.jobs_collection, name="jobs"),
     path("jobs/<int:job_id>", views.job_detail, name="job"),
     path("jobs/<int:job_id>/cancel", views.job_cancel, name="job-cancel"),
     path("revisions/<str:person>/<str:adapter>/<str:rev>/download", views.revision_download, name="download"),
