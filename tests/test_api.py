@@ -195,7 +195,7 @@ def test_an_unknown_model_is_a_404_in_openai_error_shape(post):
 
 
 def test_bad_sampling_parameters_are_refused_before_reaching_a_worker(post, alice_adapter):
-    for body in ({"max_tokens": 0}, {"temperature": 9}, {"n": 99}, {"stop": 5}):
+    for body in ({"max_tokens": 0}, {"temperature": 9}, {"top_p": 0}, {"n": 99}, {"stop": 5}):
         response = post("/v1/completions", {"model": "mint-micro", "prompt": "hi", **body})
         assert response.status_code == 400, body
         assert response.json()["error"]["type"] == "invalid_request_error"

@@ -154,10 +154,14 @@ def sampling_params(body: dict, *, chat: bool = False) -> SamplingParams:
     length_key = (
         "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
     )
+    top_p = _float(body, "top_p", 1.0, 0.0, 1.0)
+    if top_p == 0.0:
+        # A nucleus of mass 0 holds no token: the engine samples with top_p in (0, 1].
+        raise Invalid("top_p must be greater than 0 (at most 1); for greedy answers set temperature to 0")
     return SamplingParams(
         max_tokens=_int(body, length_key, 16, 1, 1024),
         temperature=_float(body, "temperature", 1.0, 0.0, 2.0),
-        top_p=_float(body, "top_p", 1.0, 0.0, 1.0),
+        top_p=top_p,
         stop=tuple(stop),
         seed=seed,
     )
