@@ -158,12 +158,12 @@ def test_jobs_are_listed_newest_first_filtered_by_adapter_state_and_kind(client,
 
     page = client.get("/api/jobs?limit=2", **headers).json()
     assert [job["id"] for job in page["data"]] == [elsewhere.pk, running.pk]
-    assert page["next_before"] == running.pk and "log" not in page["data"][0]  # the job's URL has it
-    assert ids(f"limit=2&before={running.pk}") == [done.pk]
+    assert page["next_after"] == running.pk and "log" not in page["data"][0]  # the job's URL has it
+    assert ids(f"limit=2&after={running.pk}") == [done.pk]
     assert ids("adapter=alice/assistant") == [running.pk, done.pk]
     assert ids("state=running") == [running.pk] and ids("kind=train") == [elsewhere.pk, done.pk]
 
-    for bad in ("state=sleeping", "kind=dance", "before=yesterday"):
+    for bad in ("state=sleeping", "kind=dance", "after=yesterday"):
         assert client.get(f"/api/jobs?{bad}", **headers).status_code == 400, bad
     assert client.get("/api/jobs?adapter=alice/nothing", **headers).status_code == 404
 

@@ -273,16 +273,10 @@ def openapi_document(server_url: str) -> dict:
             },
             "/api/jobs": {
                 "get": _op(
-                    "List jobs newest first (?before=<id>&adapter=<person/adapter>"
+                    "List jobs newest first (?after=<the last id seen>&adapter=<person/adapter>"
                     "&state=queued|running|succeeded|failed|cancelled&kind=train|evaluate|infer|study&limit=)",
                     "200",
-                    {
-                        "type": "object",
-                        "properties": {
-                            "data": {"type": "array", "items": _ref("Job")},
-                            "next_before": {"type": ["integer", "null"]},
-                        },
-                    },
+                    _list_of("Job"),
                 ),
             },
             "/api/jobs/{job_id}": {

@@ -177,13 +177,14 @@ def adapter_rollback(request, person, adapter):
 
 @api_endpoint("GET")
 def jobs_collection(request):
-    """Jobs newest first, keyset on the id (?before=<id>&adapter=<person/adapter>&state=&kind=&limit=)."""
-    before, limit = request.GET.get("before", ""), _limit(request)
+    """Jobs newest first, keyset on the id as the studies list: ?after=<the last id seen>
+    (&adapter=<person/adapter>&state=&kind=&limit=)."""
+    after, limit = request.GET.get("after", ""), _limit(request)
     found = Job.objects.select_related("adapter__person", "revision", "result_revision")
-    if before:
-        if not before.isdigit():
-            raise Invalid("before must be a job id")
-        found = found.filter(pk__lt=int(before))
+    if after:
+        if not after.isdigit():
+            raise Invalid("after must be a job id")
+        found = found.filter(pk__lt=int(after))
     if handle := request.GET.get("adapter"):
         person, _, name = handle.partition("/")
         found = found.filter(adapter=people.get_adapter(person, name))
@@ -193,8 +194,9 @@ def jobs_collection(request):
                 raise Invalid(f"{field} must be one of {', '.join(dict(choices))}")
             found = found.filter(**{field: value})
     rows = list(found.order_by("-pk")[: limit + 1])
-    page = _page(rows, limit, lambda job: out.job_dict(job, detail=False), cursor=lambda job: job.pk)
-    return JsonResponse({"data": page["data"], "next_before": page["next_after"]})
+    return JsonResponse(
+        _page(rows, limit, lambda job: out.job_dict(job, detail=False), cursor=lambda job: job.pk)
+    )
 
 
 @api_endpoint("GET")
