@@ -188,6 +188,19 @@ def test_erasing_a_person_removes_the_study_runs_trained_on_their_data_only(micr
     assert sorted(StudyRun.objects.values_list("person", flat=True)) == ["bob", "dora/assistant"]
 
 
+@pytest.mark.django_db
+def test_a_cell_reads_the_data_of_the_members_it_still_has_to_run_only(micro_base, actor, bob, dora):
+    from workers.study_run import CohortDataGone, cohort_members
+
+    study = fleet_study(micro_base, actor, ["bob/assistant", "dora/assistant"])
+    erase_person(dora.person, actor=actor, reason="asked to be forgotten")
+
+    [member] = cohort_members(study, wanted=lambda handle: handle == "bob/assistant")
+    assert member.handle == "bob/assistant" and member.examples and member.items
+    with pytest.raises(CohortDataGone, match="dora/assistant: the train set the study pinned"):
+        cohort_members(study)
+
+
 # --- through a real worker -----------------------------------------------------------------
 
 

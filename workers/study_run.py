@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -39,9 +40,11 @@ class CohortMember:
     items: list
 
 
-def cohort_members(study: Study) -> list[CohortMember]:
-    """Generated people are made again from the world seed (same seed, same people); fleet
-    members' datasets are read by the id and sha256 the study pinned, hash-verified."""
+def cohort_members(study: Study, wanted: Callable[[str], bool] = lambda handle: True) -> list[CohortMember]:
+    """The cohort's members that `wanted` names (by handle), with their data: generated
+    people are made again from the world seed (same seed, same people); fleet members'
+    datasets are read by the id and sha256 the study pinned, hash-verified, and only for
+    the members wanted (a resumed cell reads no data of the people it has finished)."""
     from workers.engine.examples import parse_jsonl
     from workers.engine.persona_world import generate_world, jsonl
 
@@ -53,9 +56,12 @@ def cohort_members(study: Study) -> list[CohortMember]:
                 p.handle, parse_jsonl(jsonl(p.training_rows())).examples, p.eval_items(world) + general
             )
             for p in world.people
+            if wanted(p.handle)
         ]
     members = []
     for member in study.cohort["adapters"]:
+        if not wanted(member["handle"]):
+            continue
         train, evaluation = (_pinned(member, part) for part in ("train", "eval"))
         members.append(CohortMember(member["handle"], load_examples(train), load_eval_items(evaluation)))
     return members
@@ -84,7 +90,7 @@ class StudyCellRun(JobRun):
         cell = StudyCell.objects.select_related("study", "base").get(pk=job.params["cell"])
         study, base_row = cell.study, cell.base
         done = set(StudyRun.objects.filter(cell=cell).values_list("person", "seed"))
-        cohort = cohort_members(study)
+        cohort = cohort_members(study, lambda handle: any((handle, s) not in done for s in study.seeds))
         pending = [(p, seed) for p in cohort for seed in study.seeds if (p.handle, seed) not in done]
         job.append_log(
             f"{cell}: {len(done)} of {cell.runs_total} runs recorded already, {len(pending)} to go"
