@@ -201,6 +201,19 @@ def test_a_cell_reads_the_data_of_the_members_it_still_has_to_run_only(micro_bas
         cohort_members(study)
 
 
+@pytest.mark.django_db
+def test_a_pass_does_not_record_runs_of_a_person_erased_while_it_trained(micro_base, actor, bob, dora):
+    from workers.study_run import still_pinned
+
+    study = fleet_study(micro_base, actor, ["bob/assistant", "dora/assistant"])
+    both = {"bob/assistant", "dora/assistant"}
+    assert still_pinned(study, both) == both
+
+    erase_person(dora.person, actor=actor, reason="asked to be forgotten")
+
+    assert still_pinned(study, both) == {"bob/assistant"}
+
+
 # --- through a real worker -----------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ from django.db import transaction
 from adapters_app.lifecycle.datasets import load_eval_items, load_examples
 from adapters_app.lifecycle.reliability import judge_run
 from adapters_app.lifecycle.studies import cell_config
-from adapters_app.models import Dataset, Job, Study, StudyCell, StudyRun
+from adapters_app.models import Dataset, Job, Person, Study, StudyCell, StudyRun
 from workers.runs import JobRun, ProgressReporter, _thin
 
 
@@ -76,6 +76,30 @@ def _pinned(member: dict, part: str) -> Dataset:
             "is gone; its person was erased or the dataset deleted"
         )
     return found
+
+
+def still_pinned(study: Study, handles: set[str]) -> set[str]:
+    """Those of `handles` whose pinned data is still there, checked under a lock on their
+    people's rows (inside the caller's transaction). Erasure takes the same lock first, so a
+    pass that read a person's data before their erasure cannot record runs of it after:
+    either this sees the data gone, or the erasure waits and then deletes these runs too.
+    Generated people are never erased: all of them stay."""
+    pins = {member["handle"]: member for member in study.cohort.get("adapters", [])}
+    if not pins:
+        return set(handles)
+    wanted = [pins[handle] for handle in handles if handle in pins]
+    owners = {member["handle"].split("/", 1)[0] for member in wanted}
+    list(Person.objects.select_for_update().filter(handle__in=owners).values_list("pk", flat=True))
+    present = set(
+        Dataset.objects.filter(
+            pk__in=[member[part]["id"] for member in wanted for part in ("train", "eval")]
+        ).values_list("pk", "sha256")
+    )
+    return {
+        member["handle"]
+        for member in wanted
+        if all((member[part]["id"], member[part]["sha256"]) in present for part in ("train", "eval"))
+    }
 
 
 class StudyCellRun(JobRun):
@@ -161,6 +185,11 @@ class StudyCellRun(JobRun):
                     )
                 )
             with transaction.atomic():
+                kept = still_pinned(study, {run.person for run in runs})
+                if len(kept) < len({run.person for run in runs}):
+                    gone = sorted({run.person for run in runs} - kept)
+                    job.append_log(f"not recording the runs of {', '.join(gone)}: erased during this pass")
+                    runs = [run for run in runs if run.person in kept]
                 StudyRun.objects.bulk_create(runs)
                 if cell.payload_bytes is None:
                     first = results[0]

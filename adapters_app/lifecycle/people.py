@@ -87,19 +87,26 @@ def erase_person(person: Person, *, actor: Actor, reason: str) -> dict:
     authorize(actor, "person.erase")
     if not reason.strip():
         raise Invalid("erasing a person needs a reason")
-    revisions = Revision.objects.filter(adapter__person=person)
-    revision_blobs = set(revisions.values_list("sha256", flat=True))
-    dataset_blobs = set(Dataset.objects.filter(person=person).values_list("sha256", flat=True))
-    adapter_handles = [adapter.handle for adapter in person.adapters.all()]
-    study_runs = StudyRun.objects.filter(person__in=adapter_handles)
-    counts = {
-        "adapters": len(adapter_handles),
-        "revisions": revisions.count(),
-        "datasets": len(dataset_blobs),
-        "study_runs": study_runs.count(),
-    }
     handle = person.handle
     with transaction.atomic():
+        # Locks first, and what is counted and deleted is read after them. The person's row:
+        # a study pass recording runs trained on their data takes it too
+        # (workers/study_run.py:still_pinned). Their adapters' rows: a training job writing
+        # a revision takes its adapter's (lifecycle/revisions.py), so no revision (nor its
+        # blob) can slip in between the reads below and the deletes.
+        list(Person.objects.select_for_update().filter(pk=person.pk).values_list("pk", flat=True))
+        adapters = list(Adapter.objects.select_for_update().filter(person=person).select_related("person"))
+        adapter_handles = [adapter.handle for adapter in adapters]
+        revisions = Revision.objects.filter(adapter__person=person)
+        revision_blobs = set(revisions.values_list("sha256", flat=True))
+        dataset_blobs = set(Dataset.objects.filter(person=person).values_list("sha256", flat=True))
+        study_runs = StudyRun.objects.filter(person__in=adapter_handles)
+        counts = {
+            "adapters": len(adapter_handles),
+            "revisions": revisions.count(),
+            "datasets": len(dataset_blobs),
+            "study_runs": study_runs.count(),
+        }
         Adapter.objects.filter(person=person).update(live_revision=None)
         # Revisions are write-once, but erasure is the one sanctioned delete. Promotions
         # and rollbacks protect the revisions they name, and a retrain its parent: the
