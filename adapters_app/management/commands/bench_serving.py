@@ -56,6 +56,12 @@ class Command(BaseCommand):
         parser.add_argument("--batch", type=int, default=64)
         parser.add_argument("--adapters", type=int, default=64, help="distinct adapters in the batch")
         parser.add_argument("--rank", type=int, default=8)
+        parser.add_argument(
+            "--targets",
+            default="all-linear",
+            choices=["all-linear", "attention"],
+            help="the linear modules each adapter adapts (the product's default: all-linear)",
+        )
         parser.add_argument("--new-tokens", type=int, default=32)
         parser.add_argument("--prompt-tokens", type=int, default=24, help="longest prompt; others shorter")
         parser.add_argument("--rounds", type=int, default=5, help="timed rounds after one warm-up round")
@@ -116,8 +122,11 @@ class ServingBench:
         self.batch, self.rank, self.new_tokens = options["batch"], options["rank"], options["new_tokens"]
         self.base = load_base(folder, digest)  # the bare base: a plain HF model
         self.device = self.base.device
-        self.modules = lora_target_shapes(self.base.model)
-        self.payloads = random_payloads(self.modules, options["adapters"], self.rank, options["seed"])
+        self.targets = options["targets"]
+        self.modules = lora_target_shapes(self.base.model, self.targets)
+        self.payloads = random_payloads(
+            self.modules, options["adapters"], self.rank, options["seed"], targets=self.targets
+        )
         self.shas = list(self.payloads)
         self.row_adapters = [self.shas[i % len(self.shas)] for i in range(self.batch)]
         self.ids, self.mask = prompts(self.base.tokenizer, self.batch, options["prompt_tokens"], self.device)
@@ -158,6 +167,7 @@ class ServingBench:
             "batch": self.batch,
             "distinct_adapters": len(self.shas),
             "rank": self.rank,
+            "targets": self.targets,
             "adapted_modules": len(self.modules),
             "new_tokens": self.new_tokens,
             "prompt_tokens": int(self.mask.sum(1).max()),
@@ -178,8 +188,9 @@ class ServingBench:
             f"device {c['device']}{gpu}; torch {c['torch']}, transformers {c['transformers']}, "
             f"peft {c['peft']}\n"
             f"batch {c['batch']}, {c['distinct_adapters']} distinct adapters, rank {c['rank']} on "
-            f"{c['adapted_modules']} linear modules (all-linear), prompts up to {c['prompt_tokens']} tokens "
-            f"(left-padded), {c['new_tokens']} new tokens, greedy, seed {c['seed']}\n"
+            f"{c['adapted_modules']} linear modules ({c['targets']}), prompts up to "
+            f"{c['prompt_tokens']} tokens (left-padded), {c['new_tokens']} new tokens, greedy, "
+            f"seed {c['seed']}\n"
             "adapters: random-init LoRA factors from the seed (not trained; throughput does not "
             "depend on what they learned)\n"
         )
@@ -396,19 +407,26 @@ def greedy(model, ids, mask, new_tokens: int, **extra):
     return torch.cat(produced, dim=1)
 
 
-def lora_target_shapes(model) -> dict[str, tuple[int, int]]:
-    """module name -> (in, out) of every linear layer PEFT's "all-linear" targets."""
+def lora_target_shapes(model, targets: str = "all-linear") -> dict[str, tuple[int, int]]:
+    """module name -> (in, out) of every linear layer PEFT adapts for `targets` ("all-linear":
+    every linear layer but the output head; "attention": the q/k/v/o projections)."""
     from torch import nn
+
+    from workers.engine.training import ATTENTION_MODULES
 
     head = model.get_output_embeddings()
     return {
         name: (m.in_features, m.out_features)
         for name, m in model.named_modules()
-        if isinstance(m, nn.Linear) and m is not head
+        if isinstance(m, nn.Linear)
+        and m is not head
+        and (targets == "all-linear" or name.rsplit(".", 1)[-1] in ATTENTION_MODULES)
     }
 
 
-def random_payloads(modules: dict, count: int, rank: int, seed: int) -> dict[str, bytes]:
+def random_payloads(
+    modules: dict, count: int, rank: int, seed: int, *, targets: str = "all-linear"
+) -> dict[str, bytes]:
     """`count` distinct rank-`rank` adapter payloads with random factors, keyed by sha256."""
     import hashlib
 
@@ -417,7 +435,7 @@ def random_payloads(modules: dict, count: int, rank: int, seed: int) -> dict[str
     from workers.engine.payload import pack
     from workers.engine.training import TrainingConfig, peft_config_dict
 
-    config = peft_config_dict(TrainingConfig(rank=rank, alpha=2 * rank).lora_config())
+    config = peft_config_dict(TrainingConfig(rank=rank, alpha=2 * rank, targets=targets).lora_config())
     generator = torch.Generator().manual_seed(seed)
     payloads = {}
     for _ in range(count):
