@@ -1,7 +1,7 @@
-"""An erased person's revisions leave the workers' caches too: the residency tiers (bank
-slots, parked payloads, local files), the one-at-a-time runtime, and the rows that say
-who holds what. Real managers, a real server and runtime on the micro base, and a real
-worker process for the whole path."""
+"""An erased person's revisions leave the workers' caches too: the batched server's bank
+and tiers, the one-at-a-time runtime, and the rows that say who holds what. A real server
+and runtime on the micro base, and a real worker process for the whole path.
+(`ResidencyManager.forget` on its own: tests/test_residency.py.)"""
 
 import pytest
 from django.conf import settings as django_settings
@@ -14,65 +14,9 @@ from adapters_app.models import ResidentAdapter
 from tests.conftest import wait_until
 from tests.test_serving import GREEDY, PROMPTS, generate_together, peft_answer, random_adapters
 from tests.test_workers import SHORT, start_worker
-from workers.engine.residency import CPU, DEVICE, DISK, STORE, ResidencyManager
 from workers.engine.runtime import AdapterRuntime
 from workers.engine.store import AdapterStore
 from workers.forgetting import FULL_SWEEP_SECONDS, Forgetter, unnamed
-
-SIZE = 100
-
-
-@pytest.fixture
-def store(tmp_path):
-    return AdapterStore(tmp_path / "store")
-
-
-@pytest.fixture
-def manager(store, tmp_path):
-    return ResidencyManager(store, tmp_path / "cache", {DEVICE: SIZE, CPU: SIZE, DISK: 10 * SIZE})
-
-
-def put(store, label: str) -> str:
-    return store.put(f"adapter payload {label}:".encode().ljust(SIZE, b".")).sha256
-
-
-# --- one residency manager --------------------------------------------------------------
-
-
-def test_a_forgotten_adapter_leaves_every_tier_with_its_pin_and_local_file(manager, store):
-    on_device, parked = put(store, "a"), put(store, "b")
-    manager.get(parked)
-    manager.get(on_device)  # the device holds one: `parked` moves down to the cpu tier
-    manager.pin(on_device, DEVICE)
-
-    assert manager.forget(on_device) == [DEVICE, DISK]
-    assert manager.forget(parked) == [CPU, DISK]
-
-    assert manager.held() == set()
-    assert manager.tier_of(on_device) == manager.tier_of(parked) == STORE
-    assert not manager.local.exists(on_device) and not manager.local.exists(parked)
-    snapshot = manager.snapshot()
-    assert snapshot["pins"] == {}
-    assert sum(tier.get("evictions", 0) for tier in snapshot["tiers"]) == 1  # only the demotion above
-
-
-def test_an_adapter_a_running_request_uses_is_kept_until_asked_again(manager, store):
-    sha = put(store, "busy")
-    manager.get(sha)
-
-    assert manager.forget(sha, unless_in=lambda: {sha}) is None
-    assert manager.tier_of(sha) == DEVICE and manager.local.exists(sha)
-
-    assert manager.forget(sha, unless_in=set) == [DEVICE, DISK]
-
-
-def test_forgetting_what_a_manager_never_held_changes_nothing(manager, store):
-    kept = put(store, "kept")
-    manager.get(kept)
-
-    assert manager.forget(put(store, "other")) == []
-    assert manager.held() == {kept}
-
 
 # --- the batched server and the runtime on the micro base -------------------------------
 

@@ -314,3 +314,43 @@ def test_its_observer_hears_every_move_between_tiers(store, make_manager):
         ("added", CPU, a),
         ("added", DEVICE, b),
     ]
+
+
+# --- erasure ------------------------------------------------------------------------------
+
+
+def test_a_forgotten_adapter_leaves_every_tier_with_its_pin_and_local_file(store, make_manager):
+    manager = make_manager()
+    on_device, parked = put(store, "a"), put(store, "b")
+    manager.get(parked)
+    manager.get(on_device)  # the device holds one: `parked` moves down to the cpu tier
+    manager.pin(on_device, DEVICE)
+
+    assert manager.forget(on_device) == [DEVICE, DISK]
+    assert manager.forget(parked) == [CPU, DISK]
+
+    assert manager.held() == set()
+    assert manager.tier_of(on_device) == manager.tier_of(parked) == STORE
+    assert not manager.local.exists(on_device) and not manager.local.exists(parked)
+    assert manager.snapshot()["pins"] == {}
+    assert tier_stats(manager, DEVICE)["evictions"] == 1  # the demotion above; forgetting is not one
+
+
+def test_an_adapter_a_running_request_uses_is_kept_until_asked_again(store, make_manager):
+    manager = make_manager()
+    sha = put(store, "busy")
+    manager.get(sha)
+
+    assert manager.forget(sha, unless_in=lambda: {sha}) is None
+    assert manager.tier_of(sha) == DEVICE and manager.local.exists(sha)
+
+    assert manager.forget(sha, unless_in=set) == [DEVICE, DISK]
+
+
+def test_forgetting_what_a_manager_never_held_changes_nothing(store, make_manager):
+    manager = make_manager()
+    kept = put(store, "kept")
+    manager.get(kept)
+
+    assert manager.forget(put(store, "other")) == []
+    assert manager.held() == {kept}
