@@ -29,6 +29,13 @@ def test_a_run_below_a_gate_threshold_fails_and_says_which():
     assert verdict.gate_failures == ["tool 0.500 (needs >= 0.8)"]
 
 
+def test_a_run_is_judged_by_the_gate_it_is_given():
+    lax_tool = {"recall": {"min": 0.8}, "tool": {"min": 0.4}}
+    assert judge_run({**GOOD, "tool": 0.5}, BARE, FALLING, lax_tool).passed
+    strict_recall = {"recall": {"min": 0.99}}
+    assert judge_run(GOOD, BARE, FALLING, strict_recall).gate_failures == ["recall 0.950 (needs >= 0.99)"]
+
+
 def test_losing_more_retention_than_the_gate_allows_fails():
     verdict = judge_run({**GOOD, "retention": 0.05}, BARE, FALLING)
     assert verdict.gate_failures == ["retention_drop 0.060 (needs <= 0.02)"]

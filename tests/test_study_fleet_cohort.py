@@ -6,11 +6,11 @@ import pytest
 from adapters_app.lifecycle.base_models import MICRO_BASE_NAME
 from adapters_app.lifecycle.datasets import upload_dataset
 from adapters_app.lifecycle.errors import Invalid
-from adapters_app.lifecycle.gates import configure_gate
+from adapters_app.lifecycle.gates import DEFAULT_GATE, configure_gate
 from adapters_app.lifecycle.people import create_adapter, create_person, erase_person
 from adapters_app.lifecycle.pointer import promote
 from adapters_app.lifecycle.studies import create_study, resume_study, study_report
-from adapters_app.models import Job, Person, Study, StudyCell, StudyRun
+from adapters_app.models import Adapter, Job, Person, Study, StudyCell, StudyRun
 from tests.conftest import OTHER_FACTS, wait_until
 from tests.test_study_integration import TRAINING, finished, recorded_run
 from workers.engine.persona_world import generate_world, jsonl
@@ -63,7 +63,7 @@ def test_each_adapter_is_pinned_to_its_live_revisions_data_and_its_gates_evaluat
 ):
     live = make_revision()
     promote(live, actor=actor, override_reason="test: no evaluation yet")
-    configure_gate(adapter, actor=actor, eval_dataset=eval_set)
+    configure_gate(adapter, actor=actor, eval_dataset=eval_set, thresholds={"recall": {"min": 0.6}})
     # Uploaded after the live revision was trained: not what made alice's current state.
     upload_dataset(adapter.person, OTHER_FACTS, name="newer", actor=actor)
 
@@ -75,6 +75,9 @@ def test_each_adapter_is_pinned_to_its_live_revisions_data_and_its_gates_evaluat
     assert (alice_pin["eval"]["id"], alice_pin["eval"]["sha256"]) == (eval_set.pk, eval_set.sha256)
     # bob has trained nothing yet: his newest training set, his newest graded set.
     assert (bob_pin["train"]["name"], bob_pin["eval"]["name"]) == ("bob-facts", "bob-eval")
+    # Each run is judged by its adapter's own gate, pinned too: alice's is laxer on recall.
+    assert alice_pin["gate"] == {**DEFAULT_GATE, "recall": {"min": 0.6}}
+    assert bob_pin["gate"] == DEFAULT_GATE
     assert StudyCell.objects.get(study=study).runs_total == 2
 
 
@@ -233,6 +236,10 @@ def test_a_fleet_cohort_trains_and_grades_each_adapter_on_its_own_data_on_a_work
         evaluation, _ = upload_dataset(person, held_out, name="heldout", purpose="eval", actor=actor)
         configure_gate(adapter, actor=actor, eval_dataset=evaluation)
         handles.append(adapter.handle)
+    # The first person's operator accepts anything: their runs must pass by their own gate.
+    anything = {suite: {"min": 0.0} for suite in ("recall", "tool", "preference", "leakage")}
+    lenient = Adapter.objects.get(person__handle=world.people[0].handle)
+    configure_gate(lenient, actor=actor, thresholds={**anything, "retention_drop": {"max": 1.0}})
 
     study = fleet_study(micro_base, actor, handles)
     report = wait_until(lambda: finished(study), timeout=600)
@@ -243,6 +250,8 @@ def test_a_fleet_cohort_trains_and_grades_each_adapter_on_its_own_data_on_a_work
         assert "retention" not in run.scores  # graded on the person's own set, not the generated world's
         assert set(run.scores) >= {"recall", "tool"} and run.bare_scores.keys() == run.scores.keys()
     assert report.runs_done == 2
+    judged = {run.person: run for run in runs}
+    assert judged[handles[0]].passed and judged[handles[0]].gate_failures == []
 
     # Erasing one person takes their run away; resuming cannot retrain it from data that is gone.
     erase_person(Person.objects.get(handle=world.people[0].handle), actor=actor, reason="asked")

@@ -15,12 +15,13 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import transaction
 
 from adapters_app.lifecycle.datasets import load_eval_items, load_examples
+from adapters_app.lifecycle.gates import DEFAULT_GATE
 from adapters_app.lifecycle.reliability import judge_run
 from adapters_app.lifecycle.studies import cell_config
 from adapters_app.models import Dataset, Job, Person, Study, StudyCell, StudyRun
@@ -38,6 +39,7 @@ class CohortMember:
     handle: str  # "alice" for a generated person, "alice/assistant" for a fleet adapter
     examples: list
     items: list
+    gate: dict = field(default_factory=lambda: dict(DEFAULT_GATE))  # what a run must pass
 
 
 def cohort_members(study: Study, wanted: Callable[[str], bool] = lambda handle: True) -> list[CohortMember]:
@@ -63,7 +65,11 @@ def cohort_members(study: Study, wanted: Callable[[str], bool] = lambda handle: 
         if not wanted(member["handle"]):
             continue
         train, evaluation = (_pinned(member, part) for part in ("train", "eval"))
-        members.append(CohortMember(member["handle"], load_examples(train), load_eval_items(evaluation)))
+        # Studies made before gates were pinned judge with the default one.
+        gate = member.get("gate", DEFAULT_GATE)
+        members.append(
+            CohortMember(member["handle"], load_examples(train), load_eval_items(evaluation), gate)
+        )
     return members
 
 
@@ -166,7 +172,7 @@ class StudyCellRun(JobRun):
             runs = []
             for (person, seed), result, answers in zip(chunk, results, graded, strict=False):
                 own = scores(answers)
-                verdict = judge_run(own, bare[person.handle], result.losses)
+                verdict = judge_run(own, bare[person.handle], result.losses, person.gate)
                 runs.append(
                     StudyRun(
                         cell=cell,

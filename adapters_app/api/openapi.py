@@ -525,8 +525,9 @@ def openapi_document(server_url: str) -> dict:
                             "maxItems": 100,
                             "description": "instead of people and world_seed: a cohort of fleet adapters "
                             '("person/adapter"); each trains on the data behind its live revision (its '
-                            "person's newest training set if untrained) and is graded on its gate's "
-                            "evaluation set, both pinned by sha256 when the study is made",
+                            "person's newest training set if untrained), is graded on its gate's "
+                            "evaluation set and judged by its gate's thresholds, all pinned (the data "
+                            "by sha256) when the study is made",
                         },
                         "training": {
                             "type": "object",

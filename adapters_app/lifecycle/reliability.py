@@ -4,8 +4,9 @@ A study cell is one adapter footprint (base, rank, target modules, init) trained
 every (person, seed) of a cohort. Its reliability is defined over those runs
 (docs/studies.md says the same in prose):
 
-- pass rate: the share of runs whose scores pass the adapter gate (`gates.DEFAULT_GATE`,
-  judged by `gates.judge`, the rule promotions use);
+- pass rate: the share of runs whose scores pass the adapter gate, judged by `gates.judge`,
+  the rule promotions use: a fleet adapter's own thresholds (pinned when the study was
+  made), `gates.DEFAULT_GATE` for generated people;
 - spread: per suite, the mean, the standard deviation and the worst run's score;
 - collapse rate: the share of runs that collapsed, i.e. whose training loss stalled
   (the mean of the last tenth of the curve is above `STALL_RATIO` of the first tenth's)
@@ -42,9 +43,14 @@ class RunVerdict:
     collapse_reasons: list[str]
 
 
-def judge_run(scores: dict[str, float], bare_scores: dict[str, float], losses: Sequence[float]) -> RunVerdict:
-    """Gate verdict and collapse for one trained adapter."""
-    failures = [str(check) for check in judge(scores, bare_scores, DEFAULT_GATE) if not check.passed]
+def judge_run(
+    scores: dict[str, float],
+    bare_scores: dict[str, float],
+    losses: Sequence[float],
+    gate: dict[str, dict[str, float]] = DEFAULT_GATE,
+) -> RunVerdict:
+    """Gate verdict (against `gate`) and collapse for one trained adapter."""
+    failures = [str(check) for check in judge(scores, bare_scores, gate) if not check.passed]
     reasons = []
     if losses:
         tenth = max(1, len(losses) // 10)

@@ -25,6 +25,7 @@ from django.db.models import Count
 from adapters_app.lifecycle import audit
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.errors import Conflict, Invalid, NotFound
+from adapters_app.lifecycle.gates import gate_of
 from adapters_app.lifecycle.jobs import cancel_job, launch_job
 from adapters_app.lifecycle.reliability import (
     SUITES,
@@ -195,7 +196,8 @@ def _fleet_cohort(raw: dict, errors: dict) -> dict:
 def fleet_member(handle: str) -> dict:
     """One fleet adapter as a cohort member: the training set behind its live revision
     (its person's newest one if it has none yet: a study may come before the first
-    training) and its gate's evaluation set (else the newest graded one)."""
+    training), its gate's evaluation set (else the newest graded one) and its gate's
+    thresholds."""
     person, _, name = handle.partition("/")
     adapter = (
         Adapter.objects.select_related("live_revision__dataset", "eval_dataset")
@@ -220,6 +222,9 @@ def fleet_member(handle: str) -> dict:
         "handle": adapter.handle,
         "train": {"id": train.pk, "sha256": train.sha256, "name": train.name},
         "eval": {"id": evaluation.pk, "sha256": evaluation.sha256, "name": evaluation.name},
+        # The thresholds its promotions must meet, pinned like the data: a run passes when
+        # it would pass this adapter's own gate as it stood when the study was made.
+        "gate": gate_of(adapter),
     }
 
 
