@@ -16,7 +16,7 @@ from tests.test_serving import GREEDY, PROMPTS, generate_together, peft_answer, 
 from tests.test_workers import SHORT, start_worker
 from workers.engine.runtime import AdapterRuntime
 from workers.engine.store import AdapterStore
-from workers.forgetting import FULL_SWEEP_SECONDS, Forgetter, unnamed
+from workers.forgetting import FULL_SWEEP_SECONDS, Forgetter, prune_local_caches, unnamed
 
 # --- the batched server and the runtime on the micro base -------------------------------
 
@@ -97,6 +97,24 @@ def test_a_process_sweeps_at_start_after_each_erasure_while_in_use_and_now_and_t
     assert sweeps == [0.0, 2.0, 4.0, now[0]]
 
 
+@pytest.mark.django_db
+def test_a_starting_worker_deletes_local_cache_files_no_revision_names(make_revision, tmp_path):
+    from adapters_app.lifecycle.storage import get_store
+
+    kept = make_revision()
+    root = tmp_path / "adapter-cache"
+    caches = {digest: AdapterStore(root / digest) for digest in ("a" * 16, "b" * 16)}
+    caches["a" * 16].put(get_store().get(kept.sha256))
+    erased = [cache.put(f"erased from {digest}".encode()).sha256 for digest, cache in caches.items()]
+    not_a_cache = AdapterStore(root / "notes")
+    mine = not_a_cache.put(b"someone else's file").sha256
+
+    assert prune_local_caches(root) == 2
+
+    assert caches["a" * 16].exists(kept.sha256) and not_a_cache.exists(mine)
+    assert not any(cache.exists(sha) for cache, sha in zip(caches.values(), erased, strict=True))
+
+
 # --- a real worker ------------------------------------------------------------------------
 
 
@@ -105,7 +123,12 @@ def test_a_process_sweeps_at_start_after_each_erasure_while_in_use_and_now_and_t
 def test_an_erased_persons_revisions_leave_the_worker_that_served_them(
     spawn_worker, settings, make_revision, micro_base
 ):
+    # A file left by a revision erased while the worker was down, for a base it has not
+    # served since: no process adopts that folder, so the worker's start clears it.
+    stray = AdapterStore(django_settings.MINT_RESIDENCY_CACHE_DIR / ("f" * 16))
+    left_behind = stray.put(b"an erased revision's bytes").sha256
     process, worker = start_worker(spawn_worker, settings, "forget")
+    assert not stray.exists(left_behind)
     batched = make_revision()
     # A DoRA adapter the bank refuses: the worker answers it through its runtime instead.
     [dora] = random_adapters(micro_base, 1, seed=13, use_dora=True)

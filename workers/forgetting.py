@@ -9,7 +9,9 @@ an adapter, calls `Forgetter.tick()` each round. When the erasure mark in the sh
 has changed since its last look, it asks the database which of the sha256s the process
 holds no revision names any more, and drops those from every tier and the runtime. It
 also does so once when it starts (a restarted worker adopts its old disk cache), and every
-FULL_SWEEP_SECONDS in case a mark was lost with the cache.
+FULL_SWEEP_SECONDS in case a mark was lost with the cache. As a worker starts,
+`prune_local_caches` also clears the local cache folders of bases no process has served
+yet, which no sweep would see.
 
 A revision a running request still uses is dropped on a later round: the request started
 before the erasure, and cutting its adapter out mid-generation would answer with someone
@@ -22,8 +24,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from adapters_app.lifecycle.people import erasure_mark
 from adapters_app.models import ResidentAdapter, Revision
@@ -32,6 +36,8 @@ log = logging.getLogger(__name__)
 
 FULL_SWEEP_SECONDS = 600.0
 QUERY_CHUNK = 500  # sha256s per `IN (…)` query: a disk tier may hold thousands
+# workers/serving.py names a base's local cache folder by its digest's first 16 hex digits.
+CACHE_FOLDER_RE = re.compile(r"^[0-9a-f]{16}$")
 _NEVER = object()
 
 
@@ -68,6 +74,28 @@ def forget_erased(worker_name: str) -> tuple[set[str], set[str]]:
     return forgotten, still_in_use
 
 
+def prune_local_caches(root: Path) -> int:
+    """Delete every file in the workers' local adapter caches under `root` (one folder per
+    base) that no revision names; the number deleted. Run once as a worker starts: a
+    process adopts a base's folder only when it first serves that base, and until then
+    its sweeps cannot see the files of revisions erased while it was down."""
+    from workers.engine.store import AdapterStore
+
+    deleted = 0
+    # Only folders named as the servers name them (a base digest's first 16 hex digits):
+    # whatever else lives under `root` is not ours to judge.
+    folders = sorted(
+        path for path in Path(root).glob("*") if path.is_dir() and CACHE_FOLDER_RE.match(path.name)
+    )
+    for folder in folders:
+        cache = AdapterStore(folder)
+        for sha256 in unnamed(cache.all_keys()):
+            deleted += cache.delete(sha256)
+    if deleted:
+        log.info("deleted %d erased revision file(s) from the local adapter caches", deleted)
+    return deleted
+
+
 class Forgetter:
     """Decides when this process sweeps: see the module's docstring."""
 
@@ -83,10 +111,21 @@ class Forgetter:
         self._mark_seen: object = _NEVER
         self._swept_at = -math.inf
         self._retry = False
+        self._cache_down = False
 
     def tick(self) -> set[str]:
         """Sweep if something may have been erased since the last sweep; what was dropped."""
-        mark, now = erasure_mark(), self.clock()
+        now = self.clock()
+        try:
+            mark = erasure_mark()
+        except Exception:  # the shared cache is down: the periodic sweep still comes
+            if not self._cache_down:
+                log.warning(
+                    "cannot read the erasure mark; sweeping every %ss until it is back", FULL_SWEEP_SECONDS
+                )
+            self._cache_down, mark = True, self._mark_seen
+        else:
+            self._cache_down = False
         due = self._retry or mark != self._mark_seen or now - self._swept_at >= FULL_SWEEP_SECONDS
         if not due:
             return set()

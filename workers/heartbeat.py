@@ -37,6 +37,14 @@ class WorkerHeartbeat:
             self.announce()
         except Exception:
             log.exception("could not register worker %s; the heartbeat will retry", self.name)
+        try:
+            from django.conf import settings
+
+            from workers.forgetting import prune_local_caches
+
+            prune_local_caches(settings.MINT_RESIDENCY_CACHE_DIR)
+        except Exception:
+            log.exception("could not prune the local adapter caches; the processes' sweeps will")
         self._thread.start()
 
     def stop(self) -> None:
