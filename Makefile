@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint migrate clean bases eval-report bench-console bench-serving bench-training load-test screenshots
+.PHONY: install demo test lint migrate clean bases eval-report bench-console bench-serving bench-training load-test screenshots gpu-kit
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "MinT needs Python 3.11, found " + sys.version'
@@ -70,6 +70,11 @@ bench-training: migrate
 # pool, batched engine): throughput and p50/p95 latency; fails if any request fails.
 load-test: migrate
 	$(BIN)/python manage.py load_test $(LOAD_ARGS)
+
+# What scripts/gpu/run.sh needs on a lent GPU machine (Python 3.12 wheels, mint-s prebuilt):
+# the CUDA tests and both benches there, in one call of the device tool (README "On a GPU").
+gpu-kit: install
+	scripts/gpu/kit.sh
 
 # The README's console screenshot, as the browser test of the operator's flow saves it.
 screenshots: install
