@@ -507,6 +507,18 @@ def test_train_form_refuses_another_persons_dataset(console, adapter):
     assert not Job.objects.exists()
 
 
+@pytest.mark.parametrize("posted", ["x", "1e309", "-1", "<script>"])
+def test_a_hand_made_post_naming_no_row_gets_the_forms_message_not_a_server_error(console, adapter, posted):
+    for action, choose in (("train", "Choose one of this person"), ("evaluate", "Choose one of this person")):
+        response = console.post(adapter_url(action), {"dataset": posted}, follow=True)
+        assert response.status_code == 200 and choose in response.content.decode()
+    response = console.post("/people/alice/new-adapter", {"name": "writer", "base": posted}, follow=True)
+    assert response.status_code == 200 and "Choose a base model" in response.content.decode()
+    response = console.post(adapter_url("gate"), {"eval_dataset": posted}, follow=True)
+    assert response.status_code == 200 and "evaluation sets (format suite)" in response.content.decode()
+    assert not Job.objects.exists()
+
+
 def test_evaluate_form_can_target_the_bare_base(console, r1, eval_dataset):
     console.post(adapter_url("evaluate"), {"dataset": eval_dataset.pk, "revision": ""})
     console.post(adapter_url("evaluate"), {"dataset": eval_dataset.pk, "revision": "r1"})

@@ -372,7 +372,7 @@ def person_erase(request: HttpRequest, handle: str) -> HttpResponse:
 @requires("adapter.create")
 def adapter_create(request: HttpRequest, handle: str) -> HttpResponse:
     subject = _person_or_404(handle)
-    base = BaseModel.objects.filter(pk=request.POST.get("base") or None).first()
+    base = BaseModel.objects.filter(pk=_posted_id(request, "base")).first()
     if base is None:
         messages.error(request, "Choose a base model for the adapter.")
         return redirect(subject)
@@ -549,8 +549,15 @@ def adapter(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
     return render(request, "console/adapter.html", _adapter_context(request, subject))
 
 
+def _posted_id(request: HttpRequest, field: str) -> int | None:
+    """A row id a form's select posted; None when absent or not an id (a hand-made post),
+    so the view answers with its own message rather than a database error."""
+    value = request.POST.get(field, "").strip()
+    return int(value) if value.isdigit() else None
+
+
 def _chosen_dataset(request: HttpRequest, adapter: Adapter) -> Dataset | None:
-    return Dataset.objects.filter(person=adapter.person, pk=request.POST.get("dataset") or None).first()
+    return Dataset.objects.filter(person=adapter.person, pk=_posted_id(request, "dataset")).first()
 
 
 @login_required
@@ -653,11 +660,10 @@ def _threshold(raw: str) -> float | str:
 @requires("gate.configure")
 def gate(request: HttpRequest, handle: str, adapter: str) -> HttpResponse:
     subject = _adapter_or_404(handle, adapter)
-    chosen = request.POST.get("eval_dataset", "").strip()
     eval_dataset = None
-    if chosen:
+    if request.POST.get("eval_dataset", "").strip():
         eval_dataset = Dataset.objects.filter(
-            person=subject.person, format=SUITE_FORMAT, pk=chosen if chosen.isdigit() else None
+            person=subject.person, format=SUITE_FORMAT, pk=_posted_id(request, "eval_dataset")
         ).first()
         if eval_dataset is None:
             messages.error(request, "Choose one of this person's evaluation sets (format suite).")
