@@ -124,7 +124,8 @@ class Job(models.Model):
         Job.objects.filter(pk=self.pk, state=self.RUNNING).update(heartbeat_at=timezone.now())
 
     def report_progress(self, step: int, total: int, loss_points: list) -> bool:
-        """Write progress; returns False if the job was cancelled meanwhile."""
+        """Write progress; returns False if the job was cancelled meanwhile, or deleted (its
+        person was erased): the work must stop, not run on with data that is gone."""
         self._move(
             [self.RUNNING],
             step=step,
@@ -132,7 +133,7 @@ class Job(models.Model):
             loss_points=loss_points,
             heartbeat_at=timezone.now(),
         )
-        return not Job.objects.filter(pk=self.pk, cancel_requested=True).exists()
+        return Job.objects.filter(pk=self.pk, cancel_requested=False).exists()
 
     def succeed(self, **changes) -> bool:
         return self._move([self.RUNNING], state=self.SUCCEEDED, finished_at=timezone.now(), **changes)
