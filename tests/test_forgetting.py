@@ -10,7 +10,7 @@ from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.inference import complete
 from adapters_app.lifecycle.people import erase_person, erasure_mark, mark_erasure
 from adapters_app.lifecycle.storage import get_store
-from adapters_app.models import ResidentAdapter
+from adapters_app.models import ResidencyStats, ResidentAdapter
 from tests.conftest import wait_until
 from tests.test_serving import GREEDY, PROMPTS, generate_together, peft_answer, random_adapters
 from tests.test_workers import SHORT, start_worker
@@ -129,6 +129,10 @@ def test_an_erased_persons_revisions_leave_the_worker_that_served_them(
     left_behind = stray.put(b"an erased revision's bytes").sha256
     process, worker = start_worker(spawn_worker, settings, "forget")
     assert not stray.exists(left_behind)
+    # A fleet's web and workers share one cache namespace (MINT_QUEUE); a test's worker has
+    # a queue, so a namespace, of its own: share it, so the erasure mark reaches it.
+    cache = settings.CACHES["default"]
+    settings.CACHES = {"default": {**cache, "KEY_PREFIX": f"mint:{settings.CELERY_TASK_DEFAULT_QUEUE}"}}
     batched = make_revision()
     # A DoRA adapter the bank refuses: the worker answers it through its runtime instead.
     [dora] = random_adapters(micro_base, 1, seed=13, use_dora=True)
@@ -142,6 +146,9 @@ def test_an_erased_persons_revisions_leave_the_worker_that_served_them(
 
     served = {(batched.sha256, ResidentAdapter.SERVING), (one_at_a_time.sha256, ResidentAdapter.RUNTIME)}
     wait_until(lambda: held() >= served, timeout=10)
+    # The reporting thread writes these after its round's sweep: its first sweep is done, so
+    # what follows is the erasure mark's doing, not a first look.
+    wait_until(lambda: ResidencyStats.objects.filter(worker=worker).exists(), timeout=10)
     local_file = AdapterStore(django_settings.MINT_RESIDENCY_CACHE_DIR / micro_base.digest[:16]).path_for(
         batched.sha256
     )
