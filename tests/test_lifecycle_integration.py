@@ -137,16 +137,17 @@ def test_evaluation_scores_a_revision_against_the_bare_base(api, celery_worker_p
     assert scores["r1"]["loss"] < scores[None]["loss"]
 
 
+def start_training(api, handle: str, facts: bytes, steps: int) -> dict:
+    """A person `handle` with an assistant adapter and a dataset; a training job queued."""
+    api("post", "/api/people", {"handle": handle}, expect=201)
+    api("post", f"/api/people/{handle}/adapters", {"name": "assistant"}, expect=201)
+    dataset = api("post", f"/api/adapters/{handle}/assistant/datasets", raw_body=facts, expect=201)
+    body = {"dataset": dataset["id"], "config": {"steps": steps}}
+    return api("post", f"/api/adapters/{handle}/assistant/train", body, expect=202)
+
+
 def test_a_running_job_can_be_cancelled(api, celery_worker_process):
-    api("post", "/api/people", {"handle": "alice"}, expect=201)
-    api("post", "/api/people/alice/adapters", {"name": "assistant"}, expect=201)
-    dataset = api("post", "/api/adapters/alice/assistant/datasets", raw_body=FACTS, expect=201)
-    job = api(
-        "post",
-        "/api/adapters/alice/assistant/train",
-        {"dataset": dataset["id"], "config": {"steps": 100000}},
-        expect=202,
-    )
+    job = start_training(api, "alice", FACTS, steps=100000)
     wait_for_job(Job.objects.get(pk=job["id"]), until=lambda j: j.step > 0)
     api("post", f"/api/jobs/{job['id']}/cancel")
     done = wait_for_job(Job.objects.get(pk=job["id"]))
@@ -156,30 +157,14 @@ def test_a_running_job_can_be_cancelled(api, celery_worker_process):
 
 
 def test_erasing_a_person_stops_the_training_running_on_their_data(api, celery_worker_process):
-    api("post", "/api/people", {"handle": "alice"}, expect=201)
-    api("post", "/api/people/alice/adapters", {"name": "assistant"}, expect=201)
-    dataset = api("post", "/api/adapters/alice/assistant/datasets", raw_body=FACTS, expect=201)
-    job = api(
-        "post",
-        "/api/adapters/alice/assistant/train",
-        {"dataset": dataset["id"], "config": {"steps": 100000}},
-        expect=202,
-    )
+    job = start_training(api, "alice", FACTS, steps=100000)
     wait_for_job(Job.objects.get(pk=job["id"]), until=lambda j: j.step > 0)
 
     api("post", "/api/people/alice/erase", {"reason": "asked to be forgotten"})
 
     # The job row went with the person. The worker (one at a time) is free again only if
     # it stopped those 100,000 steps at its next progress report: the next job runs now.
-    api("post", "/api/people", {"handle": "bob"}, expect=201)
-    api("post", "/api/people/bob/adapters", {"name": "assistant"}, expect=201)
-    other = api("post", "/api/adapters/bob/assistant/datasets", raw_body=OTHER_FACTS, expect=201)
-    next_job = api(
-        "post",
-        "/api/adapters/bob/assistant/train",
-        {"dataset": other["id"], "config": {"steps": 2}},
-        expect=202,
-    )
+    next_job = start_training(api, "bob", OTHER_FACTS, steps=2)
     done = wait_for_job(Job.objects.get(pk=next_job["id"]), timeout=60)
     assert done.state == Job.SUCCEEDED, done.error
     assert not Revision.objects.filter(adapter__person__handle="alice").exists()
