@@ -191,9 +191,9 @@ class StudyCellRun(JobRun):
                     )
                 )
             with transaction.atomic():
-                kept = still_pinned(study, {run.person for run in runs})
-                if len(kept) < len({run.person for run in runs}):
-                    gone = sorted({run.person for run in runs} - kept)
+                trained = {run.person for run in runs}
+                kept = still_pinned(study, trained)
+                if gone := sorted(trained - kept):
                     job.append_log(f"not recording the runs of {', '.join(gone)}: erased during this pass")
                     runs = [run for run in runs if run.person in kept]
                 StudyRun.objects.bulk_create(runs)

@@ -3,7 +3,7 @@
 from django.http import JsonResponse, StreamingHttpResponse
 
 from adapters_app.api.auth import api_endpoint, json_body
-from adapters_app.api.views import _limit
+from adapters_app.api.views import _after_id, _limit, _page
 from adapters_app.lifecycle import studies
 from adapters_app.lifecycle.errors import Invalid
 from adapters_app.models import Study
@@ -39,18 +39,15 @@ def studies_collection(request):
         study = studies.create_study(json_body(request), actor=request.actor)
         return JsonResponse(_detail(study), status=201)
     # Newest first, keyset on the id: ?after=<the last id seen>.
-    after = request.GET.get("after", "")
-    if after and not after.isdigit():
-        raise Invalid("after must be a study id")
-    limit = _limit(request)
+    after, limit = _after_id(request, "study"), _limit(request)
     rows = Study.objects.order_by("-id")
-    if after:
-        rows = rows.filter(pk__lt=int(after))
+    if after is not None:
+        rows = rows.filter(pk__lt=after)
     page = list(rows[: limit + 1])
     progress = studies.study_progress(page[:limit])
-    body = {"data": [_study_dict(s, progress.get(s.pk)) for s in page[:limit]]}
-    body["next_after"] = page[limit - 1].pk if len(page) > limit else None
-    return JsonResponse(body)
+    return JsonResponse(
+        _page(page, limit, lambda study: _study_dict(study, progress.get(study.pk)), cursor=lambda s: s.pk)
+    )
 
 
 @api_endpoint("GET")

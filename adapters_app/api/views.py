@@ -179,12 +179,10 @@ def adapter_rollback(request, person, adapter):
 def jobs_collection(request):
     """Jobs newest first, keyset on the id as the studies list: ?after=<the last id seen>
     (&adapter=<person/adapter>&state=&kind=&limit=)."""
-    after, limit = request.GET.get("after", ""), _limit(request)
+    after, limit = _after_id(request, "job"), _limit(request)
     found = Job.objects.select_related("adapter__person", "revision", "result_revision")
-    if after:
-        if not after.isdigit():
-            raise Invalid("after must be a job id")
-        found = found.filter(pk__lt=int(after))
+    if after is not None:
+        found = found.filter(pk__lt=after)
     if handle := request.GET.get("adapter"):
         person, _, name = handle.partition("/")
         found = found.filter(adapter=people.get_adapter(person, name))
@@ -237,10 +235,8 @@ def _required(body: dict, key: str) -> str:
 
 def _dataset_page(request, person: Person) -> dict:
     """The person's datasets, oldest first, keyset on the id (?after=<id>&purpose=&limit=)."""
-    after, limit = request.GET.get("after", "0"), _limit(request)
-    if not after.isdigit():
-        raise Invalid("after must be a dataset id")
-    datasets = Dataset.objects.filter(person=person, pk__gt=int(after))
+    after, limit = _after_id(request, "dataset"), _limit(request)
+    datasets = Dataset.objects.filter(person=person, pk__gt=after or 0)
     purpose = request.GET.get("purpose")
     if purpose is not None:
         if purpose not in dict(Dataset.PURPOSES):
@@ -248,6 +244,14 @@ def _dataset_page(request, person: Person) -> dict:
         datasets = datasets.filter(purpose=purpose)
     rows = list(datasets.order_by("pk")[: limit + 1])
     return _page(rows, limit, out.dataset_dict, cursor=lambda dataset: dataset.pk)
+
+
+def _after_id(request, what: str) -> int | None:
+    """The `after` cursor of a list keyed by id: None when absent, refused when not an id."""
+    after = request.GET.get("after", "")
+    if after and not after.isdigit():
+        raise Invalid(f"after must be a {what} id")
+    return int(after) if after else None
 
 
 def _page(rows: list, limit: int, serialize, *, cursor) -> dict:
