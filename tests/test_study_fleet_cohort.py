@@ -1,16 +1,18 @@
 """A footprint study over people of the fleet: each adapter trains on the data behind its
 live revision and is graded on its gate's evaluation set, pinned when the study is made."""
 
+import json
+
 import pytest
 
 from adapters_app.lifecycle.base_models import MICRO_BASE_NAME
 from adapters_app.lifecycle.datasets import upload_dataset
-from adapters_app.lifecycle.errors import Invalid
+from adapters_app.lifecycle.errors import Conflict, Invalid
 from adapters_app.lifecycle.gates import DEFAULT_GATE, configure_gate
 from adapters_app.lifecycle.people import create_adapter, create_person, erase_person
 from adapters_app.lifecycle.pointer import promote
 from adapters_app.lifecycle.studies import create_study, resume_study, study_report
-from adapters_app.models import Adapter, Job, Person, Study, StudyCell, StudyRun
+from adapters_app.models import Adapter, Dataset, Person, Study, StudyCell, StudyRun
 from tests.conftest import OTHER_FACTS, wait_until
 from tests.test_study_integration import TRAINING, finished, recorded_run
 from workers.engine.persona_world import generate_world, jsonl
@@ -192,15 +194,54 @@ def test_erasing_a_person_removes_the_study_runs_trained_on_their_data_only(micr
 
 
 @pytest.mark.django_db
+def test_erasing_a_member_takes_them_out_of_the_cohort_and_a_cell_no_longer_waits_for_them(
+    micro_base, actor, bob, dora
+):
+    study = fleet_study(micro_base, actor, ["bob/assistant", "dora/assistant"])
+    cell = study.cells.get()
+    assert cell.runs_total == 2
+    recorded_run(cell, "bob/assistant")
+
+    erase_person(dora.person, actor=actor, reason="asked to be forgotten")
+
+    study.refresh_from_db()
+    assert study.fleet_handles == ["bob/assistant"] and study.people == 1
+    assert study.cohort["erased"] == 1 and "dora" not in json.dumps(study.cohort)
+    report = study_report(study)
+    assert report.runs_done == report.runs_total == 1 and report.state == "finished"
+    with pytest.raises(Conflict, match="nothing to resume"):
+        resume_study(study, actor=actor)
+
+
+@pytest.mark.django_db
+def test_a_study_whose_every_member_was_erased_still_says_it_was_a_fleet_cohort(
+    micro_base, actor, bob, dora, console
+):
+    study = fleet_study(micro_base, actor, ["bob/assistant", "dora/assistant"])
+    for adapter in (bob, dora):
+        erase_person(adapter.person, actor=actor, reason="asked to be forgotten")
+
+    page = console.get(study.get_absolute_url()).content.decode()
+
+    assert "0 adapters of the fleet (none left;" in page and "2 more erased since" in page
+    assert "generated people" not in page
+
+
+@pytest.mark.django_db
 def test_a_cell_reads_the_data_of_the_members_it_still_has_to_run_only(micro_base, actor, bob, dora):
     from workers.study_run import CohortDataGone, cohort_members
 
     study = fleet_study(micro_base, actor, ["bob/assistant", "dora/assistant"])
-    erase_person(dora.person, actor=actor, reason="asked to be forgotten")
-
     [member] = cohort_members(study, wanted=lambda handle: handle == "bob/assistant")
     assert member.handle == "bob/assistant" and member.examples and member.items
-    with pytest.raises(CohortDataGone, match="dora/assistant: the train set the study pinned"):
+
+    # A job that read the study before dora's erasure still lists her: she is skipped.
+    erase_person(dora.person, actor=actor, reason="asked to be forgotten")
+    assert [m.handle for m in cohort_members(study)] == ["bob/assistant"]
+
+    # Data gone from a member the cohort still lists is an error, not a smaller cohort.
+    Dataset.objects.filter(person=bob.person).delete()
+    with pytest.raises(CohortDataGone, match="bob/assistant: the train set the study pinned"):
         cohort_members(study)
 
 
@@ -253,12 +294,27 @@ def test_a_fleet_cohort_trains_and_grades_each_adapter_on_its_own_data_on_a_work
     judged = {run.person: run for run in runs}
     assert judged[handles[0]].passed and judged[handles[0]].gate_failures == []
 
-    # Erasing one person takes their run away; resuming cannot retrain it from data that is gone.
+    # Erasing one person takes their run and their place in the cohort away: the study is
+    # complete with the other's run, not waiting for one nobody can train again.
     erase_person(Person.objects.get(handle=world.people[0].handle), actor=actor, reason="asked")
     assert sorted(StudyRun.objects.filter(cell__study=study).values_list("person", flat=True)) == [handles[1]]
-    assert resume_study(study, actor=actor) == 1
-    cell = StudyCell.objects.select_related("job").get(study=study)
-    wait_until(lambda: Job.objects.get(pk=cell.job_id).state == Job.FAILED, timeout=120)
-    error = Job.objects.get(pk=cell.job_id).error
-    assert f"{handles[0]}: the train set the study pinned" in error and "is gone" in error
-    assert study_report(study).runs_done == 1
+    report = study_report(Study.objects.get(pk=study.pk))
+    assert report.state == "finished" and report.runs_done == report.runs_total == 1
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_a_person_erased_just_after_a_study_is_made_is_not_trained_and_the_rest_finish(
+    micro_base, actor, bob, dora, untrained, celery_worker_process
+):
+    carol = untrained("carol")
+    study = fleet_study(micro_base, actor, [a.handle for a in (bob, carol, dora)])
+    # Whether the cell's job starts before or after this, it must not record dora's run:
+    # after, her place in the cohort is gone; before, each pass checks its people first.
+    erase_person(dora.person, actor=actor, reason="asked to be forgotten")
+
+    report = wait_until(lambda: finished(Study.objects.get(pk=study.pk)), timeout=600)
+
+    runs = StudyRun.objects.filter(cell__study=study)
+    assert sorted(runs.values_list("person", flat=True)) == ["bob/assistant", "carol/assistant"]
+    assert report.runs_done == report.runs_total == 2

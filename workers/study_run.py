@@ -64,12 +64,18 @@ def cohort_members(study: Study, wanted: Callable[[str], bool] = lambda handle: 
     for member in study.cohort["adapters"]:
         if not wanted(member["handle"]):
             continue
-        train, evaluation = (_pinned(member, part) for part in ("train", "eval"))
+        try:
+            train, evaluation = (_pinned(member, part) for part in ("train", "eval"))
+            examples, items = load_examples(train), load_eval_items(evaluation)
+        except Exception:
+            # Erasure takes a member out of the cohort as it deletes their data; one erased
+            # after `study` was read is skipped. Data gone from a member still listed is an error.
+            if member["handle"] not in Study.objects.get(pk=study.pk).fleet_handles:
+                continue
+            raise
         # Studies made before gates were pinned judge with the default one.
         gate = member.get("gate", DEFAULT_GATE)
-        members.append(
-            CohortMember(member["handle"], load_examples(train), load_eval_items(evaluation), gate)
-        )
+        members.append(CohortMember(member["handle"], examples, items, gate))
     return members
 
 
@@ -140,6 +146,13 @@ class StudyCellRun(JobRun):
         base = load_base(base_row.path, base_row.digest)
         for index, chunk in enumerate(passes):
             offset = index * config.steps
+            with transaction.atomic():  # a person erased since the job began leaves the cohort
+                present = still_pinned(study, {p.handle for p, _ in chunk})
+            if erased := sorted({p.handle for p, _ in chunk} - present):
+                job.append_log(f"pass {index + 1}/{len(passes)}: skipping {', '.join(erased)}: erased")
+                chunk = [(p, seed) for p, seed in chunk if p.handle in present]
+                if not chunk:
+                    continue
             job.append_log(
                 f"pass {index + 1}/{len(passes)}: {len(chunk)} adapters "
                 f"({', '.join(f'{p.handle}/s{seed}' for p, seed in chunk)})"
@@ -216,5 +229,5 @@ class StudyCellRun(JobRun):
             step=total,
             total_steps=total,
             loss_points=_thin(report.loss_points),
-            result={"runs": cell.runs_total},
+            result={"runs": StudyCell.objects.values_list("runs_total", flat=True).get(pk=cell.pk)},
         )

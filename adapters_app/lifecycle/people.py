@@ -10,6 +10,7 @@ from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.errors import Conflict, Invalid, NotFound
 from adapters_app.lifecycle.roles import authorize
 from adapters_app.lifecycle.storage import get_store
+from adapters_app.lifecycle.studies import drop_erased_members
 from adapters_app.models import Adapter, BaseModel, Dataset, Person, PointerEvent, Revision, StudyRun
 from adapters_app.models.person import validate_handle
 
@@ -79,8 +80,9 @@ def get_adapter(person_handle: str, name: str) -> Adapter:
 
 
 def erase_person(person: Person, *, actor: Actor, reason: str) -> dict:
-    """Delete a person with their adapters, revisions, datasets and blobs, and the runs
-    footprint studies trained on their data (a fleet cohort's runs name the adapter).
+    """Delete a person with their adapters, revisions, datasets and blobs, the runs
+    footprint studies trained on their data (a fleet cohort's runs name the adapter), and
+    their adapters' places in those studies' cohorts.
 
     The audit event that remains (a tombstone) names what was erased, not the data.
     """
@@ -116,6 +118,7 @@ def erase_person(person: Person, *, actor: Actor, reason: str) -> dict:
         for revision in revisions.order_by("-pk"):
             revision.delete()
         study_runs.delete()
+        drop_erased_members(adapter_handles)
         person.delete()
         audit.record(actor, "person.erase", person, person_handle=handle, after={**counts, "reason": reason})
     store = get_store()

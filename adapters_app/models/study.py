@@ -39,6 +39,11 @@ class Study(models.Model):
         return int(self.cohort["people"])
 
     @property
+    def is_fleet(self) -> bool:
+        """Whether the cohort is people of the fleet (even once erasure has emptied it)."""
+        return "adapters" in self.cohort
+
+    @property
     def fleet_handles(self) -> list[str]:
         """The fleet adapters the cohort is made of; empty for generated people."""
         return [member["handle"] for member in self.cohort.get("adapters", [])]
