@@ -111,6 +111,20 @@ def test_people_are_listed_with_keyset_pagination(client, key, post):
     assert [p["handle"] for p in rest["data"]] == ["cara"] and rest["next_after"] is None
 
 
+def test_a_page_limit_below_one_is_refused_and_one_above_the_most_is_capped(client, key, post):
+    for handle in ("cara", "abe", "bo"):
+        post("/api/people", {"handle": handle})
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+    for bad in ("0", "-5"):
+        response = client.get(f"/api/people?limit={bad}", **headers)
+        assert response.status_code == 400
+        assert (
+            response.json()["error"]["message"]
+            == "limit must be at least 1 (at most 100 rows come back a page)"
+        )
+    assert len(client.get("/api/people?limit=100000", **headers).json()["data"]) == 3
+
+
 def test_a_persons_adapters_are_listed_by_name_a_page_at_a_time(client, key, post, alice_adapter):
     for name in ("writer", "coder"):
         post("/api/people/alice/adapters", {"name": name})

@@ -261,7 +261,12 @@ def _page(rows: list, limit: int, serialize, *, cursor) -> dict:
 
 
 def _limit(request) -> int:
+    """?limit=: rows per page, 50 unless asked; more than PAGE_LIMIT gets PAGE_LIMIT (a
+    client asking for "all" still pages), and fewer than one is a mistake worth naming."""
     try:
-        return max(1, min(PAGE_LIMIT, int(request.GET.get("limit", 50))))
+        limit = int(request.GET.get("limit", 50))
     except ValueError:
         raise Invalid("limit must be an integer") from None
+    if limit < 1:
+        raise Invalid(f"limit must be at least 1 (at most {PAGE_LIMIT} rows come back a page)")
+    return min(PAGE_LIMIT, limit)
