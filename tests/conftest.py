@@ -306,7 +306,16 @@ class WorkerProcess:
 
 
 @pytest.fixture(scope="session")
-def celery_worker_process(django_db_setup, redis_server, tmp_path_factory):
+def cpu_lora_kernel():
+    """The CPU LoRA kernel, built before any worker starts: a worker that had to compile it
+    (about half a minute, once per build folder) would stall the test waiting on it."""
+    from workers.engine.cpu_kernels import bgmv
+
+    return bgmv()
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, redis_server, tmp_path_factory, cpu_lora_kernel):
     """One real Celery worker for the session, consuming this session's queue."""
     worker = WorkerProcess(
         settings.CELERY_TASK_DEFAULT_QUEUE,
@@ -321,7 +330,7 @@ def celery_worker_process(django_db_setup, redis_server, tmp_path_factory):
 
 
 @pytest.fixture
-def spawn_worker(django_db_setup, redis_server, tmp_path):
+def spawn_worker(django_db_setup, redis_server, tmp_path, cpu_lora_kernel):
     """Start extra workers on their own queues (e.g. to kill one); all stopped at teardown."""
     started: list[WorkerProcess] = []
 

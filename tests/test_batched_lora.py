@@ -53,12 +53,19 @@ def payloads(micro) -> dict[str, bytes]:
     return {hashlib.sha256(p).hexdigest(): p for p in trained}
 
 
-@pytest.fixture(params=[8, 32], ids=["bank-rank-8", "bank-rank-32"])
+@pytest.fixture(
+    params=[(8, True), (32, True), (8, False)], ids=["bank-rank-8", "bank-rank-32", "bank-rank-8-torch-ops"]
+)
 def bank(micro, payloads, request):
     """A fresh micro base with every adapter loaded into its bank, and its tokenizer. A bank
-    wider than the adapters' ranks gives the same results (only the rows' ranks are used)."""
+    wider than the adapters' ranks gives the same results (only the rows' ranks are used).
+    The first two serve through the compiled CPU kernel, the last through torch ops alone."""
     base = load_base(*micro)
-    model = BatchedLoraModel(base.model, max_slots=4, max_rank=request.param)
+    max_rank, cpu_kernel = request.param
+    model = BatchedLoraModel(base.model, max_slots=4, max_rank=max_rank, cpu_kernel=cpu_kernel)
+    # The kernel is built here (a C++ compiler is part of the set-up): a build that quietly
+    # fell back to torch ops would leave the kernel untested.
+    assert model.uses_cpu_kernel == cpu_kernel
     for sha, payload in payloads.items():
         model.load(sha, payload)
     return model, base.tokenizer
@@ -140,7 +147,7 @@ def test_a_bank_layer_adapts_rows_of_2d_and_3d_inputs_alike(bank, payloads):
         flat, seq = layer(x), layer(x.unsqueeze(1))[:, 0]
         by_hand = torch.stack(
             [
-                layer.base(x[i]) + layer.scaling[s] * (x[i] @ layer.lora_a[s].T) @ layer.lora_b[s].T
+                layer.base(x[i]) + layer.scaling[s] * (x[i] @ layer.lora_a[s].T) @ layer.lora_b[s]
                 for i, s in enumerate(model._rows.ids.tolist())
             ]
         )

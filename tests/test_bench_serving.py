@@ -35,7 +35,11 @@ def test_a_tiny_run_prints_every_table_and_names_the_adapted_modules(
     for line in ("ours / bare base", "ours / PEFT mixed batch", "Adapter cold load", "Belady"):
         assert line in out, line
     assert "ours 4/4" in out  # every row's greedy tokens equal that adapter run alone
+    # The compiled CPU kernel serves "ours", and the torch-ops path runs beside it.
+    assert "ours serves through the compiled CPU LoRA kernel" in out
+    assert "ours with torch ops 4/4" in out and "ours / ours with torch ops only" in out
     figures = json.loads(report.read_text())
     assert figures["conditions"]["targets"] == targets
     assert figures["conditions"]["adapted_modules"] == modules
     assert figures["throughput"]["rows_equal_to_alone"]["ours"] == 4
+    assert figures["conditions"]["cpu_kernel"] is True and figures["throughput"]["cpu_kernel"] is True

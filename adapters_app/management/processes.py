@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -33,6 +34,18 @@ def spawn(
 def celery_worker(*options: str) -> list[str]:
     """The command line of a Celery worker of this project with `options`."""
     return [sys.executable, "-m", "celery", "-A", "mintweb", "worker", *options]
+
+
+def prepare_cpu_kernel() -> str:
+    """Build the CPU LoRA kernel before starting workers (about half a minute, once per
+    machine): they then load it ready-made rather than a first request waiting on the
+    compiler. Says what came of it, for the command's output."""
+    from workers.engine import cpu_kernels
+
+    started = time.monotonic()
+    if cpu_kernels.bgmv() is None:
+        return "CPU LoRA kernel not built (the log says why); serving uses torch ops"
+    return f"CPU LoRA kernel ready in {time.monotonic() - started:.1f}s ({cpu_kernels.build_folder()})"
 
 
 def stop(process: subprocess.Popen, timeout: float = 15) -> None:

@@ -2,25 +2,26 @@
 
 `BatchedLoraModel` replaces each LoRA-targetable `nn.Linear` of a loaded base
 (PEFT's "all-linear": every linear layer but the output head) by a `LoraBankLinear`
-that holds an adapter bank: A [S, r_max, in], B [S, out, r_max], scaling [S].
-A row whose slot is `s` computes
+that holds an adapter bank: A [S, r_max, in], B [S, r_max, out] (both rank-major, B
+stored transposed from PEFT's lora_B), scaling [S]. A row whose slot is `s` computes
 
-    base(x) + scaling[s] * (x @ A[s].T) @ B[s].T
+    base(x) + scaling[s] * (x @ A[s].T) @ B[s]
 
 Slot 0 is the bare base (all zeros: its update is exactly 0). Adapters of smaller rank
 are zero-padded to r_max, which is exact, so ranks mix in one bank; a module an
 adapter does not target keeps zeros for that slot.
 
-The forward has no loop over adapters. When the rows' slots are set, each module
-gathers its rows' factors once, A[slots] and scaling[slots] * B[slots], into
-[batch, in, r] and [batch, r, out] (BGMV-style, as in S-LoRA / Punica), and every
-forward until the slots change is two batched matmuls: `bmm(x, A_rows)` then
-`baddbmm(base(x), ·, B_rows)`. Layers fed the same hidden states (q/k/v, gate/up)
-share one shrink matmul over their concatenated A rows. A module no row's adapter
-targets is skipped.
-The gathered copy costs batch x r x (in + out) per module: small next to the base for
-the models served here; on a large base a segment matmul over rows grouped by slot
-would avoid it.
+The forward has no loop over adapters. On a CPU in float32 inference it calls one
+compiled kernel per module (workers/engine/cpu_kernels.py) that reads each row's factors
+straight from the bank. Elsewhere (a GPU, another dtype, a build without the kernel),
+when the rows' slots are set, each module gathers its rows' factors once, A[slots] and
+scaling[slots] * B[slots], into [batch, in, r] and [batch, r, out] (BGMV-style, as in
+S-LoRA / Punica), and every forward until the slots change is two batched matmuls:
+`bmm(x, A_rows)` then `baddbmm(base(x), ·, B_rows)`. Layers fed the same hidden states
+(q/k/v, gate/up) share one shrink matmul over their concatenated A rows. On both paths
+a module no row's adapter targets is skipped. The gathered copy costs batch x r x
+(in + out) per module: small next to the base for the models served here; on a large
+base a segment matmul over rows grouped by slot would avoid it.
 
 Slots are keyed by the revision's sha256, never a name: loading a different payload
 can never be served from a stale slot. Loading copies the adapter's factors into the
@@ -37,6 +38,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from workers.engine.payload import AdapterPayload, unpack
@@ -81,12 +83,15 @@ class LoraBankLinear(nn.Module):
         kw = dict(device=weight.device, dtype=weight.dtype)
         self.register_buffer("lora_a", torch.zeros(slots, max_rank, base.in_features, **kw), persistent=False)
         self.register_buffer(
-            "lora_b", torch.zeros(slots, base.out_features, max_rank, **kw), persistent=False
+            "lora_b", torch.zeros(slots, max_rank, base.out_features, **kw), persistent=False
         )
         self.register_buffer("scaling", torch.zeros(slots, **kw), persistent=False)
         self.ranks = [0] * slots  # each slot's rank for this module (0: no update)
         self.rows = rows
         self.group: SharedInput | None = None
+        self.kernel = None  # cpu_kernels.bgmv_ when the model serves through it
+        self._plain = type(base) is nn.Linear
+        self._rank_for_rows: tuple[object, int] = (None, 0)
         self._gathered_for: object = None
         self._gathered: tuple[torch.Tensor | None, torch.Tensor] | None = None
 
@@ -112,7 +117,7 @@ class LoraBankLinear(nn.Module):
             return
         rank = a.shape[0]
         self.lora_a[slot, :rank].copy_(a)
-        self.lora_b[slot, :, :rank].copy_(b)
+        self.lora_b[slot, :rank].copy_(b.T)
         self.scaling[slot] = scale
 
     def rank_for(self, slots: set[int]) -> int:
@@ -136,13 +141,27 @@ class LoraBankLinear(nn.Module):
                 a_rows = None
                 if self.group is None:
                     a_rows = self.lora_a[:, :rank].index_select(0, ids).transpose(1, 2).contiguous()
-                b_rows = self.lora_b[:, :, :rank].index_select(0, ids).transpose(1, 2)
+                b_rows = self.lora_b[:, :rank].index_select(0, ids)
                 b_rows = b_rows * self.scaling.index_select(0, ids).view(-1, 1, 1)
-                self._gathered = (a_rows, b_rows.contiguous())
+                self._gathered = (a_rows, b_rows)
         return self._gathered
 
+    def _rows_rank(self) -> int:
+        """The largest rank among the rows set now (0: no row's adapter targets this module)."""
+        key, rank = self._rank_for_rows
+        if key is not self.rows.key:
+            ids = self.rows.ids
+            rank = self.rank_for(set(ids.tolist())) if ids is not None else 0
+            self._rank_for_rows = (self.rows.key, rank)
+        return rank
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
+        base = self.base
+        # A plain nn.Linear is called as the function it is: one module call per layer, as
+        # in the bare base (a subclass, e.g. a quantized layer, keeps its own forward).
+        y = F.linear(x, base.weight, base.bias) if self._plain else base(x)
+        if self.kernel is not None and x.dtype == torch.float32 and not torch.is_grad_enabled():
+            return self._kernel_forward(x, y)
         factors = self._rows_factors()
         if factors is None:
             return y
@@ -157,6 +176,25 @@ class LoraBankLinear(nn.Module):
         if torch.is_grad_enabled():
             return torch.baddbmm(y3, xa, b_rows).view_as(y)
         return y3.baddbmm_(xa, b_rows).view_as(y)  # y is ours alone: add in place, no new output
+
+    def _kernel_forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # Called once per layer per decode step: the common case ([batch, steps, in] input,
+        # rank known for these rows) touches as little Python as it can.
+        key, rank = self._rank_for_rows
+        if key is not self.rows.key:
+            rank = self._rows_rank()
+        if not rank:
+            return y
+        ids = self.rows.ids
+        if x.dim() != 3 or x.stride(-1) != 1:
+            x = x.reshape(x.shape[0], -1, x.shape[-1]).contiguous()
+            y3 = y.view(y.shape[0], -1, y.shape[-1])
+        else:
+            y3 = y
+        if x.shape[0] != ids.shape[0]:
+            raise BatchedLoraError(f"the input has {x.shape[0]} rows but slots were set for {ids.shape[0]}")
+        self.kernel(y3, x, self.lora_a, self.lora_b, self.scaling, ids, rank)
+        return y  # y is ours alone: the kernel added into it in place
 
 
 class SharedInput:
@@ -205,7 +243,8 @@ class BatchedLoraModel:
     The model is modified in place (its linear layers are wrapped), so give it a base
     instance of its own, as `load_base` returns."""
 
-    def __init__(self, model: nn.Module, max_slots: int = 64, max_rank: int = 16):
+    def __init__(self, model: nn.Module, max_slots: int = 64, max_rank: int = 16, cpu_kernel: bool = True):
+        """`cpu_kernel=False` keeps a CPU float32 model on the torch-ops path (to compare them)."""
         if max_slots < 1 or max_rank < 1:
             raise ValueError("max_slots and max_rank must be at least 1")
         self.model = model
@@ -235,6 +274,18 @@ class BatchedLoraModel:
                     members = [self.modules.get(f"{parent}.{s}" if parent else s) for s in siblings]
                     if all(members) and len({m.in_features for m in members}) == 1:
                         SharedInput(members)
+        parameter = next(model.parameters())
+        if cpu_kernel and parameter.device.type == "cpu" and parameter.dtype == torch.float32:
+            from workers.engine.cpu_kernels import bgmv
+
+            kernel = bgmv()
+            for bank in self.modules.values():
+                bank.kernel = kernel
+
+    @property
+    def uses_cpu_kernel(self) -> bool:
+        """Whether forwards go through the compiled CPU kernel (else through torch ops)."""
+        return any(bank.kernel is not None for bank in self.modules.values())
 
     # --- the bank ---------------------------------------------------------------------
 

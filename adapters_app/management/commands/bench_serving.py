@@ -37,9 +37,13 @@ from workers.engine.base_family import FAMILY, SMALLEST
 TARGET_VS_BARE = 0.85
 TARGET_VS_PEFT_MIXED = 4.0
 VARIANTS = ("bare", "ours", "peft_mixed", "peft_switch")
+# Where ours serves through the compiled CPU kernel, the same batch through torch ops alone
+# runs beside it, so the kernel's share of the result is measured too.
+TORCH_OPS = "ours_torch_ops"
 LABELS = {
     "bare": "bare base",
     "ours": "ours (heterogeneous batch)",
+    TORCH_OPS: "ours, torch ops only (no CPU kernel)",
     "peft_mixed": "PEFT mixed batch (adapter_names=)",
     "peft_switch": "PEFT per-request switching (batch 1)",
 }
@@ -114,6 +118,7 @@ class ServingBench:
     def __init__(self, folder: str, digest: str, options: dict, log):
         import torch
 
+        from workers.engine import cpu_kernels
         from workers.engine.base_models import load_base
         from workers.engine.batched_lora import BatchedLoraModel
 
@@ -132,6 +137,9 @@ class ServingBench:
         self.ids, self.mask = prompts(self.base.tokenizer, self.batch, options["prompt_tokens"], self.device)
 
         started = time.perf_counter()
+        if self.device == "cpu" and cpu_kernels.bgmv() is not None:  # built once, before the timing below
+            log(f"CPU LoRA kernel ready in {time.perf_counter() - started:.1f}s")
+        started = time.perf_counter()
         self.ours = BatchedLoraModel(
             load_base(folder, digest).model, max_slots=len(self.shas), max_rank=self.rank
         )
@@ -139,6 +147,17 @@ class ServingBench:
             self.ours.load(sha, payload)
         self.row_slots = self.ours.slot_ids(self.row_adapters)
         log(f"loaded {len(self.shas)} adapters into our bank in {time.perf_counter() - started:.1f}s")
+        self.variants = VARIANTS
+        if self.ours.uses_cpu_kernel:
+            self.variants = (*VARIANTS, TORCH_OPS)
+            self.ours_ops = BatchedLoraModel(
+                load_base(folder, digest).model,
+                max_slots=len(self.shas),
+                max_rank=self.rank,
+                cpu_kernel=False,
+            )
+            for sha, payload in self.payloads.items():
+                self.ours_ops.load(sha, payload)
 
         started = time.perf_counter()
         self.peft, self.peft_names = peft_with_adapters(load_base(folder, digest).model, self.payloads)
@@ -173,6 +192,7 @@ class ServingBench:
             "prompt_tokens": int(self.mask.sum(1).max()),
             "rounds": self.options["rounds"],
             "seed": self.options["seed"],
+            "cpu_kernel": self.ours.uses_cpu_kernel,
         }
 
     def header(self, base_name: str) -> str:
@@ -191,6 +211,7 @@ class ServingBench:
             f"{c['adapted_modules']} linear modules ({c['targets']}), prompts up to "
             f"{c['prompt_tokens']} tokens (left-padded), {c['new_tokens']} new tokens, greedy, "
             f"seed {c['seed']}\n"
+            f"ours serves through {'the compiled CPU LoRA kernel' if c['cpu_kernel'] else 'torch ops'}\n"
             "adapters: random-init LoRA factors from the seed (not trained; throughput does not "
             "depend on what they learned)\n"
         )
@@ -205,9 +226,10 @@ class ServingBench:
         with torch.no_grad():
             if variant == "bare":
                 tokens = greedy(self.base.model, self.ids, self.mask, self.new_tokens)
-            elif variant == "ours":
-                with self.ours.rows(self.row_slots):
-                    tokens = greedy(self.ours.model, self.ids, self.mask, self.new_tokens)
+            elif variant in ("ours", TORCH_OPS):
+                model = self.ours if variant == "ours" else self.ours_ops
+                with model.rows(self.row_slots):
+                    tokens = greedy(model.model, self.ids, self.mask, self.new_tokens)
             elif variant == "peft_mixed":
                 tokens = greedy(self.peft, self.ids, self.mask, self.new_tokens, adapter_names=self.row_names)
             else:
@@ -223,22 +245,26 @@ class ServingBench:
 
     def throughput(self) -> Throughput:
         rounds = self.options["rounds"]
-        seconds: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        seconds: dict[str, list[float]] = {v: [] for v in self.variants}
         agreement = {}
         for index in range(rounds + 1):  # round 0 warms up
             produced, elapsed = {}, {}
-            for variant in VARIANTS:
+            for variant in self.variants:
                 elapsed[variant], produced[variant] = self.run(variant)
                 if index:
                     seconds[variant].append(elapsed[variant])
             if index == 0:
                 reference = produced["peft_switch"]  # each adapter alone, unpadded
                 agreement = {
-                    v: int((produced[v] == reference).all(dim=1).sum()) for v in ("ours", "peft_mixed")
+                    v: int((produced[v] == reference).all(dim=1).sum())
+                    for v in self.variants
+                    if v in ("ours", TORCH_OPS, "peft_mixed")
                 }
             self.log(
                 f"round {index}{' (warm-up)' if index == 0 else ''}: "
-                + ", ".join(f"{v} {self.batch * self.new_tokens / elapsed[v]:.0f} tok/s" for v in VARIANTS)
+                + ", ".join(
+                    f"{v} {self.batch * self.new_tokens / elapsed[v]:.0f} tok/s" for v in self.variants
+                )
             )
         return Throughput(self.batch * self.new_tokens, seconds, agreement, self.batch)
 
@@ -295,13 +321,18 @@ class Throughput:
 
     def table(self) -> str:
         lines = ["", f"{'':40} {'tokens/s':>10} {'s / pass':>9}"]
-        for variant in VARIANTS:
+        for variant in self.seconds:
             median = statistics.median(self.seconds[variant])
             lines.append(f"{LABELS[variant]:40} {self.rate(variant):10.0f} {median:9.3f}")
         lines.append(
-            f"\nrows whose {self.batch} greedy tokens equal the adapter run alone (PEFT, batch 1, "
-            f"unpadded): ours {self.agreement['ours']}/{self.batch}, "
-            f"PEFT mixed {self.agreement['peft_mixed']}/{self.batch}"
+            f"\nrows whose {self.tokens // self.batch} greedy tokens equal the adapter run alone (PEFT, "
+            f"batch 1, unpadded): ours {self.agreement['ours']}/{self.batch}, "
+            + (
+                f"ours with torch ops {self.agreement[TORCH_OPS]}/{self.batch}, "
+                if TORCH_OPS in self.agreement
+                else ""
+            )
+            + f"PEFT mixed {self.agreement['peft_mixed']}/{self.batch}"
         )
         lines.append("")
         lines.append(f"{'target':34} {'median ratio':>12} {'min-max':>15} {'target':>7}  verdict")
@@ -318,13 +349,20 @@ class Throughput:
             )
         switch = statistics.median(self.ratios("ours", "peft_switch"))
         lines.append(f"{'ours / PEFT per-request switching':34} {switch:12.2f} {'':15} {'':>7}  (context)")
+        if TORCH_OPS in self.seconds:
+            ratios = self.ratios("ours", TORCH_OPS)
+            lines.append(
+                f"{'ours / ours with torch ops only':34} {statistics.median(ratios):12.2f} "
+                f"{min(ratios):7.2f}-{max(ratios):<7.2f} {'':>7}  (the CPU kernel's gain)"
+            )
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
         return {
             "tokens_per_pass": self.tokens,
             "seconds": self.seconds,
-            "tokens_per_s": {v: self.rate(v) for v in VARIANTS},
+            "tokens_per_s": {v: self.rate(v) for v in self.seconds},
+            "cpu_kernel": TORCH_OPS in self.seconds,
             "ours_over_bare": statistics.median(self.ratios("ours", "bare")),
             "ours_over_peft_mixed": statistics.median(self.ratios("ours", "peft_mixed")),
             "ours_over_peft_switch": statistics.median(self.ratios("ours", "peft_switch")),

@@ -49,6 +49,7 @@ class Command(BaseCommand):
                 log=self.stdout.write,
             )
             self.stdout.write(f"base:   {base.name} ({base.parameters:,} parameters)")
+            self.stdout.write(f"kernel: {processes.prepare_cpu_kernel()}")
             log_path = settings.VAR_DIR / "worker.log"
             children.append(
                 processes.spawn(

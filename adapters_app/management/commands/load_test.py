@@ -83,6 +83,7 @@ class Command(BaseCommand):
                 "MINT_STORE": settings.MINT_STORE,
                 "MINT_QUEUE": queue,
             }
+            self.stdout.write(processes.prepare_cpu_kernel())
             worker_log = settings.VAR_DIR / "load-test-worker.log"
             children.append(processes.spawn(_worker_command(queue, clients), worker_log, env, append=False))
             port = _free_port()
