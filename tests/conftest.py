@@ -305,6 +305,16 @@ class WorkerProcess:
         self.log.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def residency_reporting_ends_before_the_database(django_db_setup):
+    """Tests that load adapters through a worker's residency reporter start its reporting
+    thread in this process; it must stop before the test database is dropped."""
+    yield
+    from workers.residency_report import stop_reporting
+
+    stop_reporting()
+
+
 @pytest.fixture(scope="session")
 def cpu_lora_kernel():
     """The CPU LoRA kernel, built before any worker starts: a worker that had to compile it

@@ -98,6 +98,18 @@ def test_a_process_sweeps_at_start_after_each_erasure_while_in_use_and_now_and_t
 
 
 @pytest.mark.django_db
+def test_a_processs_reporting_thread_stops_when_told_and_a_later_use_starts_a_new_one(db):
+    from workers.residency_report import ensure_reporting, stop_reporting
+
+    first = ensure_reporting("stopping@test")
+    stop_reporting()
+    assert not first._thread.is_alive()
+
+    second = ensure_reporting("stopping@test")
+    assert second is not first and second._thread.is_alive()
+    stop_reporting()
+
+
 def test_a_starting_worker_deletes_local_cache_files_no_revision_names(make_revision, tmp_path):
     from adapters_app.lifecycle.storage import get_store
 

@@ -8,9 +8,9 @@ is saved as test-output/screenshots/study-page.png.
 
 import pytest
 
-from tests.test_browser import CHROMIUM, SCREENSHOTS, open_console  # noqa: F401 (a fixture)
+from tests.test_browser import SCREENSHOTS, needs_chromium, open_console  # noqa: F401 (a fixture)
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True), needs_chromium]
 
 
 def test_an_operator_launches_a_study_and_watches_it_finish(
@@ -19,7 +19,6 @@ def test_an_operator_launches_a_study_and_watches_it_finish(
     celery_worker_process,
     micro_base,
 ):
-    assert CHROMIUM
     with open_console() as page:
         page.get_by_role("navigation", name="Main").get_by_role("link", name="Studies").click()
         page.get_by_role("link", name="New study").click()
@@ -88,7 +87,6 @@ def test_choosing_people_of_the_fleet_swaps_the_cohort_fields_and_counts_their_r
     live_server,
     micro_base,
 ):
-    assert CHROMIUM
     with open_console() as page:
         page.goto(f"{live_server.url}/studies/new")
         assert page.locator("#study-people").is_visible() and page.locator("#study-adapters").is_hidden()

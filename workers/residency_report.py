@@ -155,16 +155,25 @@ class _ReportingThread:
         self.forgetter = Forgetter(worker_name)
         self.pid = os.getpid()
         self._wake = threading.Event()
+        self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="residency-report", daemon=True)
         self._thread.start()
 
     def wake(self) -> None:
         self._wake.set()
 
+    def stop(self, timeout: float = 10) -> None:
+        """End the loop after the round in progress (if any), and wait for it."""
+        self._stopped.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
     def _loop(self) -> None:
         last = 0.0
-        while True:
+        while not self._stopped.is_set():
             self._wake.wait(STATS_SECONDS)
+            if self._stopped.is_set():
+                return
             # A burst of tier changes (one cold load evicts several) is one write.
             time.sleep(max(0.0, STATS_SECONDS - (time.monotonic() - last)))
             self._wake.clear()
@@ -192,6 +201,16 @@ def ensure_reporting(worker_name: str) -> _ReportingThread:
         if _reporting is None or _reporting.pid != os.getpid():
             _reporting = _ReportingThread(worker_name)
         return _reporting
+
+
+def stop_reporting() -> None:
+    """Stop this process's reporting thread, if it has one: before the database it writes to
+    goes away (a test session's end), rather than logging failed writes until exit."""
+    global _reporting
+    with _lock:
+        thread, _reporting = _reporting, None
+    if thread is not None and thread.pid == os.getpid():
+        thread.stop()
 
 
 class TierChangeReporter:
