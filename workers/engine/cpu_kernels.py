@@ -161,5 +161,5 @@ def _build() -> Callable | None:
     except Exception as exc:  # no compiler, no ninja, a read-only folder: serve without it
         log.warning("the CPU LoRA kernel could not be built (%s); serving with torch ops", exc)
         return None
-    log.info("CPU LoRA kernel ready (%s, torch %s)", folder, torch.__version__)
+    log.debug("CPU LoRA kernel ready (%s, torch %s)", folder, torch.__version__)
     return module.bgmv_
