@@ -37,7 +37,11 @@ def test_a_flush_that_deadlocks_with_a_writer_is_tried_again_and_empties_the_tab
 
     def want_the_first_table():
         try:
-            time.sleep(1.0)  # long enough for the flush to take the first table and wait on the last
+            # Long enough for the flush to take the first table and wait on the last, and well
+            # short of PostgreSQL's deadlock_timeout (1 s): each side looks for a deadlock once,
+            # that long after it began to wait, so the flush (waiting first) must find the
+            # cycle already made. At 1.0 s the two checks raced and either side could lose.
+            time.sleep(0.3)
             writer.execute(f'LOCK TABLE "{first}" IN ROW EXCLUSIVE MODE')
             writer.commit()
             writer_outcome.append("committed")
