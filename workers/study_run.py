@@ -114,6 +114,14 @@ def still_pinned(study: Study, handles: set[str]) -> set[str]:
     }
 
 
+def _keep_pinned(study: Study, items: list, handle_of: Callable) -> tuple[list, list[str]]:
+    """`items` (runs, or runs to train) of the members `still_pinned` keeps, and the handles
+    of those it drops, sorted."""
+    handles = {handle_of(item) for item in items}
+    kept = still_pinned(study, handles)
+    return [item for item in items if handle_of(item) in kept], sorted(handles - kept)
+
+
 class StudyCellRun(JobRun):
     def run(self, job: Job) -> None:
         from workers.engine.base_family import replay_examples
@@ -147,10 +155,9 @@ class StudyCellRun(JobRun):
         for index, chunk in enumerate(passes):
             offset = index * config.steps
             with transaction.atomic():  # a person erased since the job began leaves the cohort
-                present = still_pinned(study, {p.handle for p, _ in chunk})
-            if erased := sorted({p.handle for p, _ in chunk} - present):
+                chunk, erased = _keep_pinned(study, chunk, lambda run: run[0].handle)
+            if erased:
                 job.append_log(f"pass {index + 1}/{len(passes)}: skipping {', '.join(erased)}: erased")
-                chunk = [(p, seed) for p, seed in chunk if p.handle in present]
                 if not chunk:
                     continue
             job.append_log(
@@ -204,11 +211,9 @@ class StudyCellRun(JobRun):
                     )
                 )
             with transaction.atomic():
-                trained = {run.person for run in runs}
-                kept = still_pinned(study, trained)
-                if gone := sorted(trained - kept):
+                runs, gone = _keep_pinned(study, runs, lambda run: run.person)
+                if gone:
                     job.append_log(f"not recording the runs of {', '.join(gone)}: erased during this pass")
-                    runs = [run for run in runs if run.person in kept]
                 StudyRun.objects.bulk_create(runs)
                 if cell.payload_bytes is None:
                     first = results[0]

@@ -187,9 +187,7 @@ def jobs_collection(request):
         person, _, name = handle.partition("/")
         found = found.filter(adapter=people.get_adapter(person, name))
     for field, choices in (("state", Job.STATES), ("kind", Job.KINDS)):
-        if (value := request.GET.get(field)) is not None:
-            if value not in dict(choices):
-                raise Invalid(f"{field} must be one of {', '.join(dict(choices))}")
+        if (value := _choice(request, field, choices)) is not None:
             found = found.filter(**{field: value})
     rows = list(found.order_by("-pk")[: limit + 1])
     return JsonResponse(
@@ -237,13 +235,18 @@ def _dataset_page(request, person: Person) -> dict:
     """The person's datasets, oldest first, keyset on the id (?after=<id>&purpose=&limit=)."""
     after, limit = _after_id(request, "dataset"), _limit(request)
     datasets = Dataset.objects.filter(person=person, pk__gt=after or 0)
-    purpose = request.GET.get("purpose")
-    if purpose is not None:
-        if purpose not in dict(Dataset.PURPOSES):
-            raise Invalid(f"purpose must be one of {', '.join(dict(Dataset.PURPOSES))}")
+    if (purpose := _choice(request, "purpose", Dataset.PURPOSES)) is not None:
         datasets = datasets.filter(purpose=purpose)
     rows = list(datasets.order_by("pk")[: limit + 1])
     return _page(rows, limit, out.dataset_dict, cursor=lambda dataset: dataset.pk)
+
+
+def _choice(request, field: str, choices) -> str | None:
+    """A list filter's ?field=: None when absent, refused when not one of the model's choices."""
+    value = request.GET.get(field)
+    if value is not None and value not in dict(choices):
+        raise Invalid(f"{field} must be one of {', '.join(dict(choices))}")
+    return value
 
 
 def _after_id(request, what: str) -> int | None:

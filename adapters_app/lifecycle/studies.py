@@ -327,16 +327,15 @@ def resume_study(study: Study, *, actor: Actor) -> int:
     return len(cells)
 
 
-def drop_erased_members(adapter_handles: Iterable[str]) -> int:
+def drop_erased_members(adapter_handles: Iterable[str]) -> None:
     """Take erased adapters out of every fleet cohort that names them: a study pins data
     that erasure deletes, so those members can never run again. Each cell then expects
     that many fewer runs, and a study left with only finished runs is complete. The
     cohort keeps a count of the members erased, not their names. Runs inside the caller's
-    erasure transaction; returns how many studies changed."""
+    erasure transaction."""
     gone = set(adapter_handles)
     if not gone:
-        return 0
-    changed = 0
+        return
     for study in Study.objects.select_for_update().filter(cohort__has_key="adapters"):
         members = study.cohort["adapters"]
         kept = [member for member in members if member["handle"] not in gone]
@@ -351,8 +350,6 @@ def drop_erased_members(adapter_handles: Iterable[str]) -> int:
         }
         study.save(update_fields=["cohort"])
         study.cells.update(runs_total=len(kept) * len(study.seeds))
-        changed += 1
-    return changed
 
 
 def get_study(pk) -> Study:

@@ -134,7 +134,7 @@ class LoraBankLinear(nn.Module):
             self._gathered_for = self.rows.key
             self._gathered = None
             ids = self.rows.ids
-            rank = self.rank_for(set(ids.tolist())) if ids is not None else 0
+            rank = self._rows_rank()
             if self.group is not None and rank:
                 rank = self.group.rank
             if rank:
@@ -178,11 +178,7 @@ class LoraBankLinear(nn.Module):
         return y3.baddbmm_(xa, b_rows).view_as(y)  # y is ours alone: add in place, no new output
 
     def _kernel_forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        # Called once per layer per decode step: the common case ([batch, steps, in] input,
-        # rank known for these rows) touches as little Python as it can.
-        key, rank = self._rank_for_rows
-        if key is not self.rows.key:
-            rank = self._rows_rank()
+        rank = self._rows_rank()
         if not rank:
             return y
         ids = self.rows.ids
@@ -216,9 +212,7 @@ class SharedInput:
     def rank(self) -> int:
         """One rank for the whole group (their shrinks are computed together): the largest
         any member has for the rows set now."""
-        ids = self.members[0].rows.ids
-        slots = set(ids.tolist()) if ids is not None else set()
-        return max(member.rank_for(slots) for member in self.members)
+        return max(member._rows_rank() for member in self.members)
 
     def shrink(self, member: LoraBankLinear, x: torch.Tensor, x3: torch.Tensor) -> torch.Tensor:
         if self._for is not member.rows.key:

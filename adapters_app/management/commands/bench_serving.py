@@ -31,6 +31,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from adapters_app.management import processes
 from adapters_app.management.benchmarks import bench_base, cpu_model, peak_rss_mib
 from workers.engine.base_family import FAMILY, SMALLEST
 
@@ -118,7 +119,6 @@ class ServingBench:
     def __init__(self, folder: str, digest: str, options: dict, log):
         import torch
 
-        from workers.engine import cpu_kernels
         from workers.engine.base_models import load_base
         from workers.engine.batched_lora import BatchedLoraModel
 
@@ -136,9 +136,8 @@ class ServingBench:
         self.row_adapters = [self.shas[i % len(self.shas)] for i in range(self.batch)]
         self.ids, self.mask = prompts(self.base.tokenizer, self.batch, options["prompt_tokens"], self.device)
 
-        started = time.perf_counter()
-        if self.device == "cpu" and cpu_kernels.bgmv() is not None:  # built once, before the timing below
-            log(f"CPU LoRA kernel ready in {time.perf_counter() - started:.1f}s")
+        if self.device == "cpu":  # built (once) before the timing below
+            log(processes.prepare_cpu_kernel())
         started = time.perf_counter()
         self.ours = BatchedLoraModel(
             load_base(folder, digest).model, max_slots=len(self.shas), max_rank=self.rank
