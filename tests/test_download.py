@@ -9,6 +9,7 @@ import torch
 
 from adapters_app.lifecycle.revisions import load_payload
 from adapters_app.models import ApiKey
+from tests.conftest import with_role
 from workers.engine.examples import Message
 from workers.engine.prompting import render_prompt
 from workers.engine.runtime import AdapterRuntime
@@ -16,7 +17,8 @@ from workers.engine.runtime import AdapterRuntime
 
 @pytest.fixture
 def bearer(django_user_model):
-    _, raw = ApiKey.issue(django_user_model.objects.create_user("dl"))
+    # Taking weights away needs the operator role (tests/test_roles.py).
+    _, raw = ApiKey.issue(with_role(django_user_model.objects.create_user("dl"), "operator"))
     return {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
 
 

@@ -8,7 +8,7 @@ from adapters_app.api.openapi import openapi_document
 from adapters_app.lifecycle import gates, jobs, people, pointer
 from adapters_app.lifecycle.datasets import get_dataset, upload_dataset
 from adapters_app.lifecycle.errors import Invalid, NotFound
-from adapters_app.lifecycle.revisions import export_archive, get_revision
+from adapters_app.lifecycle.revisions import download_revision, get_revision
 from adapters_app.models import BaseModel, Dataset, Job, Person
 
 PAGE_LIMIT = 100
@@ -208,7 +208,7 @@ def job_cancel(request, job_id):
 @api_endpoint("GET")
 def revision_download(request, person, adapter, rev):
     revision = get_revision(people.get_adapter(person, adapter), rev)
-    filename, archive = export_archive(revision)
+    filename, archive = download_revision(revision, actor=request.actor)
     response = HttpResponse(archive, content_type="application/gzip")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     response["X-Revision-Sha256"] = revision.sha256

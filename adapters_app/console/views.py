@@ -20,8 +20,9 @@ from adapters_app.console.keyset import BadCursor, KeysetPage, keyset_page
 from adapters_app.lifecycle import jobs as job_service
 from adapters_app.lifecycle import pointer, roles
 from adapters_app.lifecycle.actors import Actor
+from adapters_app.lifecycle.audit import export_audit
 from adapters_app.lifecycle.datasets import upload_dataset
-from adapters_app.lifecycle.errors import LifecycleError, NotFound
+from adapters_app.lifecycle.errors import Forbidden, LifecycleError, NotFound
 from adapters_app.lifecycle.gates import (
     DEFAULT_GATE,
     GATE_SUITES,
@@ -39,7 +40,7 @@ from adapters_app.lifecycle.people import (
     get_adapter,
     get_person,
 )
-from adapters_app.lifecycle.revisions import export_archive, get_revision
+from adapters_app.lifecycle.revisions import download_revision, get_revision
 from adapters_app.models import (
     Adapter,
     AuditEvent,
@@ -300,11 +301,16 @@ def audit(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
+@requires("audit.export")
 def audit_export(request: HttpRequest) -> StreamingHttpResponse:
     """The filtered audit log as CSV, streamed: an export of a long history never
     sits in memory whole."""
     queryset = filters.filter_audit(AuditEvent.objects.all(), filters.audit_filters(request.GET))
-    rows = audit_csv.rows(queryset.order_by(*NEWEST_FIRST))
+    try:
+        events = export_audit(queryset, actor=_actor(request))
+    except Forbidden as exc:
+        raise PermissionDenied(exc.message) from None
+    rows = audit_csv.rows(events.order_by(*NEWEST_FIRST))
     response = StreamingHttpResponse(rows, content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{audit_csv.filename()}"'
     return response
@@ -809,9 +815,13 @@ def revision(request: HttpRequest, handle: str, adapter: str, rev: str) -> HttpR
 
 
 @login_required
+@requires("revision.download")
 def download(request: HttpRequest, handle: str, adapter: str, rev: str) -> HttpResponse:
     found = _revision_or_404(_adapter_or_404(handle, adapter), rev)
-    filename, archive = export_archive(found)
+    try:
+        filename, archive = download_revision(found, actor=_actor(request))
+    except Forbidden as exc:
+        raise PermissionDenied(exc.message) from None
     response = HttpResponse(archive, content_type="application/gzip")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response

@@ -8,6 +8,7 @@ from adapters_app.lifecycle import audit
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.errors import Invalid, NotFound
 from adapters_app.lifecycle.gates import refresh_gate_status
+from adapters_app.lifecycle.roles import authorize
 from adapters_app.lifecycle.storage import get_store
 from adapters_app.models import Adapter, BaseModel, Dataset, Job, Revision
 from mintweb.version import code_version
@@ -125,6 +126,22 @@ def export_archive(revision: Revision) -> tuple[str, bytes]:
     )
     filename = f"{adapter.person.handle}-{adapter.name}-{revision.label}.tar.gz"
     return filename, peft_tar_gz(load_payload(revision), readme=readme)
+
+
+def download_revision(revision: Revision, *, actor: Actor) -> tuple[str, bytes]:
+    """`export_archive` for someone taking the weights away: the role is checked and the
+    download audited, whichever door it came through. The archive is built first, so a
+    corrupted blob is refused without leaving a record of a download that never happened."""
+    authorize(actor, "revision.download")
+    filename, archive = export_archive(revision)
+    audit.record(
+        actor,
+        "revision.download",
+        revision,
+        person_handle=revision.adapter.person.handle,
+        after={"sha256": revision.sha256, "number": revision.number},
+    )
+    return filename, archive
 
 
 def resolve_model(model: str) -> tuple[BaseModel, Revision | None]:

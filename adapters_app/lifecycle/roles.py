@@ -30,6 +30,10 @@ REQUIRED = {
     "job.retry": OPERATOR,
     "residency.manage": OPERATOR,
     "study.run": OPERATOR,
+    # A personal adapter memorises its person's data, so taking its weights away is as
+    # sensitive as reading their dataset; the audit log names every person and action.
+    "revision.download": OPERATOR,
+    "audit.export": OPERATOR,
     # admins manage who and what exists
     "person.create": ADMIN,
     "person.erase": ADMIN,
