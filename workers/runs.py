@@ -27,7 +27,7 @@ from adapters_app.lifecycle.storage import get_store
 from adapters_app.models import Evaluation, Job, ResidentAdapter, Revision
 from workers import serving
 from workers.engine.examples import Message
-from workers.engine.prompting import render_prompt
+from workers.engine.prompting import Prompt, messages_from_openai
 from workers.engine.runtime import AdapterRuntime, SamplingParams
 from workers.engine.suites import SUITE_FORMAT, run_items
 from workers.residency import ResidencyReporter
@@ -297,12 +297,14 @@ class EvaluateRun(JobRun):
 class InferRun(JobRun):
     def run(self, job: Job) -> None:
         adapter, revision = job.adapter, job.revision
-        prompt = render_prompt([Message("user", job.params["prompt"])])
-        text = answer(adapter, revision, prompt, int(job.params["max_tokens"]))
+        # Rendered on the base's tokenizer, with its own chat template.
+        text = answer(
+            adapter, revision, [Message("user", job.params["prompt"])], int(job.params["max_tokens"])
+        )
         self.succeed_or_lose(job, result={"text": text}, step=1, total_steps=1)
 
 
-def answer(adapter, revision: Revision | None, prompt: str, max_tokens: int) -> str:
+def answer(adapter, revision: Revision | None, prompt: Prompt, max_tokens: int) -> str:
     """A greedy answer from `revision` of `adapter` (the bare base when None)."""
     return runtime().answer(
         adapter.base.path,
@@ -321,12 +323,20 @@ def generate(request: dict) -> list[dict]:
     an adapter the bank cannot hold (DoRA, a rank above MINT_SERVING_MAX_RANK, …) is served
     by the one-at-a-time runtime instead. With a `stream_key`, text is also pushed to that
     Redis list as it is generated: both paths settle pieces by `runtime.StreamedText`'s
-    rules, so they add up to the non-streamed text."""
+    rules, so they add up to the non-streamed text.
+
+    The request holds a raw `prompt` (completions) or `messages` (chat), which the serving
+    path renders with the base's own chat template."""
     from adapters_app.lifecycle.inference import StreamWriter
 
     params = request["params"]
     params["stop"] = tuple(params.get("stop") or ())
     sampling = SamplingParams(**params)
+    prompt: Prompt = (
+        messages_from_openai(request["messages"])
+        if request.get("messages") is not None
+        else request["prompt"]
+    )
     stream = StreamWriter(request["stream_key"]) if request.get("stream_key") else None
     if stream:
         stream.started()
@@ -335,19 +345,21 @@ def generate(request: dict) -> list[dict]:
         try:
             server = serving.server_for(request["base_path"], request["base_digest"])
             result = server.generate(
-                request["prompt"], request["revision_sha256"], sampling, request["n"], on_text=on_text
+                prompt, request["revision_sha256"], sampling, request["n"], on_text=on_text
             )
         except serving.Unservable as exc:
-            log.info("serving %s one at a time: %s", request["revision_sha256"][:12], exc)
-            # Only a revision is ever refused (the bare base always fits the bank); noting it
-            # brings the next request for it back to the runtime that now holds it.
-            routing.note_served_one_at_a_time(request["revision_sha256"])
+            sha = request["revision_sha256"]
+            log.info("serving %s one at a time: %s", sha[:12] if sha else "the bare base", exc)
+            # A revision the bank refused (a base the bank does not batch refuses even the
+            # bare base); noting it brings the next request for it back to the runtime.
+            if sha is not None:
+                routing.note_served_one_at_a_time(sha)
             generations = runtime().generate(
                 request["base_path"],
                 request["base_digest"],
                 request["revision_sha256"],
                 get_store().get,
-                request["prompt"],
+                prompt,
                 sampling,
                 n=request["n"],
                 on_text=on_text,

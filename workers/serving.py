@@ -16,7 +16,12 @@ through `residency_managers()`) protect every adapter a submitted request still 
 
 What the bank cannot serve (DoRA, LoRA biases, a rank above MINT_SERVING_MAX_RANK, …)
 raises `Unservable` before any slot is touched; `workers.runs.generate` then serves the
-request through the one-at-a-time `AdapterRuntime`.
+request through the one-at-a-time `AdapterRuntime`. So does a base whose architecture the
+bank does not batch exactly (`architectures.py`: `batched=False`): `server_for` refuses it
+before loading anything.
+
+A request's prompt is raw text or a conversation; a conversation is rendered here, with
+the base's own chat template, and generation stops at the base's EOS / end-of-turn ids.
 
 The `ResidentAdapter` table hears of the bank through a `ResidencyReporter` of holder
 `serving` (the runtime has one of its own, holder `runtime`; routing follows only the
@@ -37,10 +42,12 @@ from typing import Any
 from django.conf import settings
 
 from adapters_app.lifecycle.storage import get_store
+from workers.engine.architectures import UnknownArchitecture, architecture_of
 from workers.engine.base_models import load_base
 from workers.engine.batch_generate import BatchGenerator
 from workers.engine.batched_lora import BatchedLoraError, BatchedLoraModel
 from workers.engine.payload import AdapterPayload, unpack
+from workers.engine.prompting import Prompt
 from workers.engine.residency import (
     CPU,
     DEFAULT_POLICY,
@@ -175,7 +182,7 @@ class Server:
 
     def generate(
         self,
-        prompt: str,
+        prompt: Prompt,
         revision_sha: str | None,
         params: SamplingParams,
         n: int = 1,
@@ -323,12 +330,33 @@ def observe(observer: Callable[[ResidencyEvent], None] | None) -> None:
 
 
 def server_for(base_path: str, base_digest: str) -> Server:
-    """This process's server for a base, started on first use."""
+    """This process's server for a base, started on first use. Raises `Unservable` for a
+    base whose architecture the bank does not batch (its requests go to the runtime)."""
+    _refuse_unbatched(base_path, base_digest)
     with _servers_lock:
         server = _servers.get(base_digest)
         if server is None:
             server = _servers[base_digest] = Server(base_path, base_digest, _observer)
         return server
+
+
+_unbatched: dict[str, str] = {}  # base digest -> why the bank does not batch its architecture
+
+
+def _refuse_unbatched(base_path: str, base_digest: str) -> None:
+    if base_digest not in _unbatched:
+        from transformers import AutoConfig
+
+        try:
+            arch = architecture_of(AutoConfig.from_pretrained(base_path, local_files_only=True))
+        except UnknownArchitecture as exc:
+            reason = str(exc)
+        else:
+            reason = "" if arch.batched else f"{arch.family} bases are served one adapter at a time: "
+            reason += arch.unbatched_reason
+        _unbatched[base_digest] = reason
+    if _unbatched[base_digest]:
+        raise Unservable(_unbatched[base_digest])
 
 
 def residency_managers() -> list[ResidencyManager]:

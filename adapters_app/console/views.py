@@ -54,7 +54,6 @@ from adapters_app.models import (
     Revision,
 )
 from workers.engine.examples import Message
-from workers.engine.prompting import render_prompt
 from workers.engine.runtime import SamplingParams
 from workers.engine.suites import SUITE_FORMAT
 from workers.engine.training import INIT_METHODS
@@ -706,7 +705,8 @@ def _play(subject: Adapter, prompt: str, label: str) -> Playground:
     if not label:
         played.error = "Choose a revision to compare with the live one and the bare base."
         return played
-    rendered = render_prompt([Message("user", prompt)])
+    # The worker renders it with the base's own chat template.
+    conversation = [Message("user", prompt)]
     columns = [
         ("live", subject.handle),
         (f"revision {label}", f"{subject.handle}@{label}"),
@@ -721,7 +721,7 @@ def _play(subject: Adapter, prompt: str, label: str) -> Playground:
             answer.error = unavailable
             continue
         try:
-            result = complete(model, rendered, PLAYGROUND_PARAMS)
+            result = complete(model, conversation, PLAYGROUND_PARAMS)
         except InferenceUnavailable as exc:
             unavailable = answer.error = exc.message
         except LifecycleError as exc:

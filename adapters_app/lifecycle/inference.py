@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import redis
@@ -28,6 +28,7 @@ from adapters_app.lifecycle.errors import LifecycleError
 from adapters_app.lifecycle.revisions import resolve_model
 from adapters_app.models import BaseModel, Revision
 from mintweb.celery import app as celery_app
+from workers.engine.examples import Message
 from workers.engine.runtime import SamplingParams
 
 STREAM_KEY_PREFIX = "mint:stream:"
@@ -43,8 +44,13 @@ class InferenceFailed(LifecycleError):
     code = "server_error"
 
 
-def complete(model: str, prompt: str, params: SamplingParams, *, n: int = 1) -> dict:
-    """Generate `n` completions of an already-rendered `prompt` for `model`."""
+# A raw prompt (completions), or a conversation (chat) the worker renders with the base's
+# own chat template: only the worker holds the base's tokenizer.
+Prompt = str | Sequence[Message]
+
+
+def complete(model: str, prompt: Prompt, params: SamplingParams, *, n: int = 1) -> dict:
+    """Generate `n` completions of `prompt` (raw text, or messages) for `model`."""
     base, revision = resolve_model(model)
     chosen = routing.route(revision.sha256 if revision else base.digest)
     with routing.Dispatched(chosen):
@@ -88,7 +94,7 @@ class TextStream:
     route: routing.Route
 
 
-def stream(model: str, prompt: str, params: SamplingParams, *, n: int = 1) -> TextStream:
+def stream(model: str, prompt: Prompt, params: SamplingParams, *, n: int = 1) -> TextStream:
     """Like `complete`, but returns once a worker has taken the request; the text follows."""
     base, revision = resolve_model(model)
     key = f"{STREAM_KEY_PREFIX}{uuid.uuid4().hex}"
@@ -175,7 +181,7 @@ def _client_for(url: str) -> redis.Redis:
 def _send(
     base: BaseModel,
     revision: Revision | None,
-    prompt: str,
+    prompt: Prompt,
     params: SamplingParams,
     n: int,
     stream_key: str | None = None,
@@ -186,7 +192,11 @@ def _send(
         "base_path": base.path,
         "base_digest": base.digest,
         "revision_sha256": revision.sha256 if revision else None,
-        "prompt": prompt,
+        **(
+            {"prompt": prompt}
+            if isinstance(prompt, str)
+            else {"messages": [{"role": m.role, "content": m.content} for m in prompt]}
+        ),
         "params": asdict(params),
         "n": n,
     }

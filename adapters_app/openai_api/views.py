@@ -16,7 +16,6 @@ from adapters_app.lifecycle.errors import Invalid
 from adapters_app.models import Adapter, BaseModel, Revision
 from adapters_app.openai_api.streaming import Chunks, error_object, event_stream, usage
 from workers.engine.examples import ROLES, Message
-from workers.engine.prompting import render_prompt
 from workers.engine.runtime import SamplingParams
 
 MODELS_LISTED = 1000
@@ -75,9 +74,10 @@ def chat_completions(request):
             raise Invalid(f"messages[{i}] must have a role ({', '.join(ROLES)}) and string content")
         messages.append(Message(m["role"], m["content"]))
     call = Call.parse(body, chat=True)
+    # The worker renders the conversation with the base's own chat template.
     if call.stream:
-        return _streamed(call, render_prompt(messages), chat=True)
-    result = inference.complete(call.model, render_prompt(messages), call.params, n=call.n)
+        return _streamed(call, messages, chat=True)
+    result = inference.complete(call.model, messages, call.params, n=call.n)
     choices = [
         {
             "index": i,
@@ -123,7 +123,7 @@ class Call:
         )
 
 
-def _streamed(call: Call, prompt: str, *, chat: bool) -> StreamingHttpResponse:
+def _streamed(call: Call, prompt: inference.Prompt, *, chat: bool) -> StreamingHttpResponse:
     # Errors up to here (unknown model, no worker) are still ordinary JSON error responses.
     stream = inference.stream(call.model, prompt, call.params, n=call.n)
     chunks = Chunks(

@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from workers.engine.batched_lora import BankFull, BatchedLoraModel
+from workers.engine.examples import Message
+from workers.engine.prompting import render_prompt, stop_token_ids
 from workers.engine.runtime import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -105,7 +107,7 @@ class BatchGenerator:
         self.loader = loader
         self.device = model.device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.eos_ids = _eos_ids(tokenizer, model.model)
+        self.eos_ids = stop_token_ids(tokenizer, model.model)
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
         self._queue: deque[_Request] = deque()
         self._cond = threading.Condition()
@@ -125,13 +127,16 @@ class BatchGenerator:
 
     def submit(
         self,
-        prompt: str | Sequence[int],
+        prompt: str | Sequence[int] | Sequence[Message],
         adapter: str | None = None,
         params: SamplingParams | None = None,
         on_text: TextCallback | None = None,
     ) -> Future:
-        """Queue a request; the future's result is its `Completion`."""
+        """Queue a request; the future's result is its `Completion`. The prompt is raw text,
+        token ids, or a conversation rendered with the base's chat template."""
         params = params or SamplingParams()
+        if prompt and not isinstance(prompt, str) and isinstance(prompt[0], Message):
+            prompt = render_prompt(prompt, self.tokenizer)
         ids = (
             self.tokenizer.encode(prompt, add_special_tokens=False)
             if isinstance(prompt, str)
@@ -460,18 +465,6 @@ def _resolve(future: Future, result: Completion | None = None, error: BaseExcept
             future.set_result(result)
     except InvalidStateError:
         pass  # cancelled by the caller: nobody waits for it
-
-
-def _eos_ids(tokenizer, model) -> set[int]:
-    ids = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(int(t) for t in configured)
-    return ids
 
 
 def _row_generator(params: SamplingParams, device) -> torch.Generator | None:

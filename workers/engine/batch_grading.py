@@ -34,7 +34,6 @@ def grade_many(
     from workers.engine.batch_generate import BatchGenerator
     from workers.engine.batched_lora import BatchedLoraModel
     from workers.engine.payload import unpack
-    from workers.engine.prompting import render_prompt
     from workers.engine.runtime import SamplingParams
 
     adapters = sorted({sha for sha, _ in work if sha is not None})
@@ -51,7 +50,8 @@ def grade_many(
     futures = [
         [
             generator.submit(
-                render_prompt(item.messages), sha, SamplingParams(max_tokens=MAX_NEW_TOKENS[item.suite])
+                # rendered by the generator with the base's own chat template
+                item.messages, sha, SamplingParams(max_tokens=MAX_NEW_TOKENS[item.suite])
             )
             for item in items
         ]

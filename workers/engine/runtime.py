@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from workers.engine.base_models import LoadedBase, load_base
 from workers.engine.examples import Example
 from workers.engine.payload import unpack
-from workers.engine.prompting import IGNORE_INDEX, encode_for_training
+from workers.engine.prompting import IGNORE_INDEX, Prompt, encode_for_training, prompt_text, stop_token_ids
 
 PayloadLoader = Callable[[str], bytes]
 # Called with (choice index, text piece) as a generation's text becomes final; under the runtime's lock.
@@ -153,11 +153,14 @@ class AdapterRuntime:
         digest: str,
         revision_sha: str | None,
         load: PayloadLoader,
-        prompt: str,
+        prompt: Prompt,
         params: SamplingParams,
         n: int = 1,
         on_text: TextCallback | None = None,
     ) -> list[Generation]:
+        """`n` completions of `prompt`: a raw prompt, or a conversation rendered with the
+        base's chat template (prompting.prompt_text)."""
+
         def run(base, model):
             return [_generate_one(base, model, prompt, params, i, on_text) for i in range(n)]
 
@@ -169,7 +172,7 @@ class AdapterRuntime:
         digest: str,
         revision_sha: str | None,
         load: PayloadLoader,
-        prompt: str,
+        prompt: Prompt,
         max_tokens: int,
     ) -> str:
         """One greedy completion's text: what evaluations and tracked jobs need."""
@@ -296,13 +299,14 @@ class StreamedText:
 
 
 def _generate_one(
-    base, model, prompt: str, params: SamplingParams, index: int, on_text: TextCallback | None = None
+    base, model, prompt: Prompt, params: SamplingParams, index: int, on_text: TextCallback | None = None
 ) -> Generation:
     import torch
     from transformers import StoppingCriteriaList
 
     tokenizer = base.tokenizer
-    encoded = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    stop_ids = stop_token_ids(tokenizer, base.model)
+    encoded = tokenizer(prompt_text(tokenizer, prompt), return_tensors="pt", add_special_tokens=False)
     input_ids = encoded["input_ids"].to(base.device)
     prompt_length = input_ids.shape[1]
     streamed = StreamedText(
@@ -312,7 +316,7 @@ def _generate_one(
     def stop_string_seen(ids, scores, **_) -> torch.Tensor:
         # Called after every new token: streams what is settled and ends generation at a stop string.
         return torch.tensor(
-            [streamed.feed(_before_eos(ids[0, prompt_length:].tolist(), tokenizer))], device=ids.device
+            [streamed.feed(_before_eos(ids[0, prompt_length:].tolist(), stop_ids))], device=ids.device
         )
 
     sampling = params.temperature > 0
@@ -321,8 +325,8 @@ def _generate_one(
     kwargs = dict(
         max_new_tokens=params.max_tokens,
         do_sample=sampling,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=sorted(stop_ids) or None,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         stopping_criteria=StoppingCriteriaList([stop_string_seen]),
     )
     if sampling:
@@ -334,12 +338,15 @@ def _generate_one(
             input_ids=input_ids, attention_mask=encoded["attention_mask"].to(base.device), **kwargs
         )
     generated = output[0, prompt_length:].tolist()
-    new_tokens = _before_eos(generated, tokenizer)
+    new_tokens = _before_eos(generated, stop_ids)
     text = streamed.finish(new_tokens)
     finish = "stop" if streamed.stopped or len(new_tokens) < len(generated) else "length"
     return Generation(text, int(prompt_length), len(new_tokens), finish)
 
 
-def _before_eos(tokens: list[int], tokenizer) -> list[int]:
-    eos = tokenizer.eos_token_id
-    return tokens[: tokens.index(eos)] if eos in tokens else tokens
+def _before_eos(tokens: list[int], stop_ids: set[int]) -> list[int]:
+    """The tokens before the first EOS / end-of-turn token."""
+    for i, token in enumerate(tokens):
+        if token in stop_ids:
+            return tokens[:i]
+    return tokens

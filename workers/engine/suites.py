@@ -12,9 +12,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from workers.engine.examples import Message
 from workers.engine.persona_world import SUITES, EvalItem
 
 CHECK_KINDS = (
@@ -349,15 +350,14 @@ def _item_problem(row, roles) -> str | None:
 
 def run_items(
     items: list[EvalItem],
-    generate: Callable[[str, int], str],
+    generate: Callable[[Sequence[Message], int], str],
     on_item: Callable[[int, int], None] | None = None,
 ) -> list[ItemResult]:
-    """Answer every item with `generate(prompt_text, max_new_tokens)` and grade it."""
-    from workers.engine.prompting import render_prompt
-
+    """Answer every item with `generate(messages, max_new_tokens)` and grade it; `generate`
+    renders the conversation with the base's own chat template (prompting.render_prompt)."""
     results = []
     for done, item in enumerate(items, start=1):
-        output = generate(render_prompt(item.messages), MAX_NEW_TOKENS[item.suite])
+        output = generate(item.messages, MAX_NEW_TOKENS[item.suite])
         results.append(grade(item, output))
         if on_item is not None:
             on_item(done, len(items))
