@@ -185,7 +185,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
-CELERY_RESULT_EXPIRES = 3600
+# Only inference reads a task's result, and it forgets it once read; one nobody read (the
+# client gave up) is of no use after the client's timeout and may hold a person's answer.
+CELERY_RESULT_EXPIRES = max(60, 2 * MINT_INFERENCE_TIMEOUT_SECONDS)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "sweep-stale-jobs-orphan-blobs-and-silent-workers": {

@@ -1,13 +1,18 @@
 """The official `openai` client against a running server, a real worker and a person's adapter."""
 
+from dataclasses import asdict
+
 import openai
 import pytest
+from celery.signals import after_task_publish
 
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.pointer import promote
 from adapters_app.lifecycle.storage import get_store
 from adapters_app.models import ApiKey
-from tests.conftest import FACTS, with_role
+from mintweb.celery import app as celery_app
+from tests.conftest import FACTS, wait_until, with_role
+from workers.engine.runtime import SamplingParams
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -129,3 +134,49 @@ def test_a_worker_error_mid_stream_reaches_the_client_as_an_error(client, make_r
 
     with pytest.raises(openai.APIError, match="generation failed on the worker"):
         list(ask(client, stream=True))
+
+
+@pytest.fixture
+def generate_task_ids():
+    """The ids of the generate tasks this process sends (Celery's own publish signal)."""
+    sent = []
+
+    def note(sender=None, headers=None, **_):
+        if sender == "workers.tasks.generate":
+            sent.append(headers["id"])
+
+    after_task_publish.connect(note, weak=False)
+    yield sent
+    after_task_publish.disconnect(note)
+
+
+def test_an_answer_is_gone_from_the_result_backend_once_read(client, alice_knows_her_dog, generate_task_ids):
+    """An answer is the person's adapter speaking: kept in Redis after the reply, it would
+    outlive an erasure that promised nothing of theirs is left."""
+    assert "Rex" in ask(client, temperature=0).choices[0].message.content
+    [task_id] = generate_task_ids
+    backend = celery_app.backend
+    assert not backend.client.exists(backend.get_key_for_task(task_id))
+
+
+def test_an_answer_nobody_reads_expires_within_twice_the_inference_timeout(
+    celery_worker_process, alice_knows_her_dog, generate_task_ids, settings
+):
+    """A client that gave up never calls `forget`: the result's expiry is the backstop."""
+    result = celery_app.send_task(
+        "workers.tasks.generate",
+        kwargs={
+            "base_path": alice_knows_her_dog.adapter.base.path,
+            "base_digest": alice_knows_her_dog.adapter.base.digest,
+            "revision_sha256": alice_knows_her_dog.sha256,
+            "prompt": "What is my dog called?",
+            "params": asdict(SamplingParams(max_tokens=4, temperature=0.0)),
+            "n": 1,
+        },
+        queue=settings.CELERY_TASK_DEFAULT_QUEUE,
+    )
+    wait_until(result.ready, timeout=60)
+    backend = celery_app.backend
+    seconds_left = backend.client.ttl(backend.get_key_for_task(result.id))
+    assert 0 < seconds_left <= max(60, 2 * settings.MINT_INFERENCE_TIMEOUT_SECONDS)
+    result.forget()

@@ -62,6 +62,11 @@ def complete(model: str, prompt: Prompt, params: SamplingParams, *, n: int = 1) 
             raise InferenceUnavailable("no worker answered in time; is a worker running?") from None
         except Exception as exc:  # the worker's exception, re-raised by Celery
             raise InferenceFailed(f"generation failed on the worker: {exc}") from None
+        finally:
+            # An answer is the person's adapter speaking: once read (or given up on) it
+            # must not wait in the result backend, where an erasure would not find it.
+            # CELERY_RESULT_EXPIRES bounds one the worker writes after we gave up.
+            result.forget()
     return {
         "base": base,
         "revision": revision,
