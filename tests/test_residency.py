@@ -18,6 +18,7 @@ from workers.engine.residency import (
 from workers.engine.store import AdapterStore
 
 SIZE = 100  # every payload below is this many bytes unless said otherwise
+BASE = "b" * 64  # the digest of the base the managers below serve
 
 
 @pytest.fixture
@@ -29,7 +30,9 @@ def store(tmp_path):
 def make_manager(store, tmp_path):
     def make(device=SIZE, cpu=SIZE, disk=10 * SIZE, compute_device="cpu", **options):
         budgets = {DEVICE: device, CPU: cpu, DISK: disk}
-        return ResidencyManager(store, tmp_path / "local-cache", budgets, device=compute_device, **options)
+        return ResidencyManager(
+            store, tmp_path / "local-cache", budgets, base_digest=BASE, device=compute_device, **options
+        )
 
     return make
 
@@ -52,6 +55,16 @@ def counts(manager) -> dict:
         for tier in manager.snapshot()["tiers"]
         if tier["hits"] or tier["misses"]
     }
+
+
+def test_a_manager_knows_the_base_it_serves_and_says_so_in_its_snapshot(store, tmp_path):
+    other = "c" * 64
+    budgets = {DEVICE: SIZE, CPU: SIZE, DISK: SIZE}
+    manager = ResidencyManager(store, tmp_path / "cache", budgets, base_digest=other)
+    assert manager.base_digest == other
+    assert manager.snapshot()["base_digest"] == other
+    with pytest.raises(ValueError, match="base"):
+        ResidencyManager(store, tmp_path / "cache", budgets, base_digest="")
 
 
 def test_a_cold_get_comes_from_the_store_through_every_tier_to_the_device(store, make_manager):

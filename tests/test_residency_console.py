@@ -11,7 +11,7 @@ from django.utils import timezone
 from adapters_app.lifecycle.errors import Conflict, Invalid, NotFound
 from adapters_app.lifecycle.residency import request_residency, revision_named
 from adapters_app.lifecycle.routing import worker_queue
-from adapters_app.models import AuditEvent, ResidencyStats, ResidentAdapter, Worker
+from adapters_app.models import AuditEvent, BaseModel, ResidencyStats, ResidentAdapter, Worker
 from mintweb.celery import app as celery_app
 from tests.conftest import with_role
 from tests.test_workers import a_worker, start_worker
@@ -21,6 +21,9 @@ from workers.engine.store import AdapterStore
 from workers.residency_report import ResidencyStatsReport
 
 SIZE = 100
+# Two bases' digests: a worker process serving both has a manager for each.
+BASE_X, BASE_Y = "a" * 64, "e" * 64
+TIER_NAMES = ("device", "cpu", "disk", "store")
 
 
 @pytest.fixture
@@ -28,9 +31,27 @@ def store(tmp_path):
     return AdapterStore(tmp_path / "store")
 
 
+def a_manager(store, folder, base_digest: str = BASE_X) -> ResidencyManager:
+    budgets = {DEVICE: SIZE, CPU: SIZE, DISK: 10 * SIZE}
+    return ResidencyManager(store, folder, budgets, base_digest=base_digest)
+
+
 @pytest.fixture
 def manager(store, tmp_path):
-    return ResidencyManager(store, tmp_path / "cache", {DEVICE: SIZE, CPU: SIZE, DISK: 10 * SIZE})
+    return a_manager(store, tmp_path / "cache")
+
+
+def a_base(name: str, digest: str) -> BaseModel:
+    return BaseModel.objects.create(name=name, path=f"/models/{name}", digest=digest, parameters=1000)
+
+
+def acting_on(monkeypatch, *managers: ResidencyManager) -> None:
+    """The control functions act on these managers, as if this process served their bases; the
+    reporting thread they wake is the worker's, not this test process's."""
+    monkeypatch.setattr(residency_control, "managers_here", lambda: list(managers))
+    monkeypatch.setattr(
+        residency_control, "ensure_reporting", lambda name: type("T", (), {"wake": lambda s: 0})()
+    )
 
 
 def put(store, label: str) -> str:
@@ -84,6 +105,29 @@ def test_the_report_writes_each_tier_of_a_real_managers_snapshot(db, store, mana
     assert held == {(a, "cpu"), (b, "cpu"), (a, "disk"), (b, "disk")}
 
 
+def test_two_managers_of_different_bases_in_one_process_keep_their_own_stats_rows(db, store, tmp_path):
+    worker = fleet_worker()
+    small, large = a_base("small", BASE_X), a_base("large", BASE_Y)
+    x, y = a_manager(store, tmp_path / "x", BASE_X), a_manager(store, tmp_path / "y", BASE_Y)
+    a, b = put(store, "a"), put(store, "b")
+    x.get(a)
+    x.get(a)  # a miss, then a hit
+    y.get(b)  # a miss
+
+    ResidencyStatsReport(worker.name, pid=worker.pid).flush([x, y])
+
+    rows = ResidencyStats.objects.filter(worker=worker, pid=worker.pid)
+    assert set(rows.values_list("base_digest", "tier")) == {
+        (digest, tier) for digest in (BASE_X, BASE_Y) for tier in TIER_NAMES
+    }
+    device = {row.base_digest: row for row in rows.filter(tier="device")}
+    assert (device[BASE_X].base, device[BASE_X].hits, device[BASE_X].misses) == (small, 1, 1)
+    assert (device[BASE_Y].base, device[BASE_Y].hits, device[BASE_Y].misses) == (large, 0, 1)
+    # What each manager holds is a row naming its base.
+    held = ResidentAdapter.objects.filter(worker=worker, tier="cpu").select_related("base")
+    assert {row.sha256: row.base for row in held} == {a: small, b: large}
+
+
 def test_the_report_writes_only_changes_and_removes_what_left(db, store, manager):
     worker = fleet_worker()
     a = put(store, "a")
@@ -131,6 +175,20 @@ def test_the_worker_page_shows_each_tier_with_budget_use_and_hit_rate(db, viewer
     assert "Hit rate" in listing and "50%" in listing
     overview = viewer.get(reverse("console:overview")).content.decode()
     assert "Fleet hit rate" in overview
+
+
+def test_the_worker_page_names_the_base_of_each_managers_tiers(db, viewer, store, tmp_path):
+    worker = fleet_worker()
+    a_base("small", BASE_X)  # the other base is not registered here: its digest stands in
+    x, y = a_manager(store, tmp_path / "x", BASE_X), a_manager(store, tmp_path / "y", BASE_Y)
+    x.get(put(store, "a"))
+    y.get(put(store, "b"))
+    ResidencyStatsReport(worker.name, pid=worker.pid).flush([x, y])
+
+    page = viewer.get(worker.get_absolute_url()).content.decode()
+
+    assert f"Process {worker.pid} · small" in page
+    assert f"Process {worker.pid} · base <code>{BASE_Y[:12]}</code>" in page
 
 
 def test_an_operator_sees_the_residency_buttons(db, operator, store, manager, make_revision):
@@ -201,22 +259,38 @@ def test_it_only_allows_post(db, operator):
 
 
 def test_the_task_acts_gracefully_with_no_server_in_the_process(store, manager):
-    outcome = residency_control.prefetch("a" * 64, "", "cpu", worker="w@host")
+    outcome = residency_control.prefetch("a" * 64, BASE_X, "cpu", worker="w@host")
     assert outcome["done"] is False and "no server" in outcome["note"]
 
 
 def test_the_control_functions_pin_and_prefetch_through_the_manager(store, manager, monkeypatch):
-    monkeypatch.setattr(residency_control, "managers_here", lambda: [manager])
-    monkeypatch.setattr(
-        residency_control, "ensure_reporting", lambda name: type("T", (), {"wake": lambda s: 0})()
-    )
+    acting_on(monkeypatch, manager)
     a = put(store, "a")
-    assert residency_control.prefetch(a, "", "cpu", worker="w@host")["tier_now"] == ["cpu"]
-    assert residency_control.pin(a, "", "device", worker="w@host")["done"] is True
+    assert residency_control.prefetch(a, BASE_X, "cpu", worker="w@host")["tier_now"] == ["cpu"]
+    assert residency_control.pin(a, BASE_X, "device", worker="w@host")["done"] is True
     assert manager.snapshot()["pins"] == {a: "device"}
-    assert residency_control.unpin(a, "", worker="w@host")["done"] is True
-    missing = residency_control.prefetch("b" * 64, "", "cpu", worker="w@host")
+    assert residency_control.unpin(a, BASE_X, worker="w@host")["done"] is True
+    missing = residency_control.prefetch("b" * 64, BASE_X, "cpu", worker="w@host")
     assert missing["done"] is False and missing["error"]
+
+
+def test_a_pin_or_prefetch_reaches_only_the_manager_of_the_revisions_base(store, tmp_path, monkeypatch):
+    x, y = a_manager(store, tmp_path / "x", BASE_X), a_manager(store, tmp_path / "y", BASE_Y)
+    acting_on(monkeypatch, x, y)
+    a, b = put(store, "a"), put(store, "b")
+
+    pinned = residency_control.pin(a, BASE_X, "device", worker="w@host")
+    assert (pinned["done"], pinned["managers"], pinned["tier_now"]) == (True, 1, ["device"])
+    assert x.snapshot()["pins"] == {a: "device"}
+    assert y.snapshot()["pins"] == {} and a not in y.held()
+
+    assert residency_control.prefetch(b, BASE_Y, "cpu", worker="w@host")["tier_now"] == ["cpu"]
+    assert y.tier_of(b) == CPU and b not in x.held()
+
+    residency_control.unpin(a, BASE_Y, worker="w@host")  # base Y's manager never had it pinned
+    assert x.snapshot()["pins"] == {a: "device"}
+    unserved = residency_control.prefetch(a, "f" * 64, "cpu", worker="w@host")
+    assert unserved["done"] is False and "no server" in unserved["note"]
 
 
 @pytest.mark.integration

@@ -1,9 +1,9 @@
 """The console's residency actions, run in the worker process that takes the task.
 
 `adapters_app/lifecycle/residency.py` sends them to one worker's own queue. They act on
-that process's managers for the revision's base (all of them when the serving code
-does not say which base a manager serves); under a prefork pool, that is the child
-that took the task. Fetching goes through the manager, which verifies the sha256.
+that process's manager for the revision's base only (a process serving several bases has
+one manager each, and another base's tiers have no use for the adapter); under a prefork
+pool, that is the child that took the task. Fetching goes through the manager, which verifies the sha256.
 The outcome is the task's result, and the reporting thread is woken so the console
 shows the new placement within moments.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from workers.engine.residency import ResidencyError, ResidencyManager
 from workers.engine.store import BlobCorrupted, BlobNotFound
-from workers.residency_report import base_digest_of, ensure_reporting, managers_here
+from workers.residency_report import ensure_reporting, managers_here
 
 NO_SERVER = "no server for that base in this worker process yet: it starts with the first request"
 
@@ -30,7 +30,8 @@ def prefetch(sha256: str, base_digest: str, tier: str, *, worker: str) -> dict:
 
 
 def managers_for(base_digest: str) -> list[ResidencyManager]:
-    return [m for m in managers_here() if base_digest_of(m) in ("", base_digest)]
+    """This process's managers of that base (one, or none before its first request)."""
+    return [manager for manager in managers_here() if manager.base_digest == base_digest]
 
 
 def _act(action: str, sha256: str, base_digest: str, worker: str, do) -> dict:

@@ -47,11 +47,6 @@ def managers_here() -> list[ResidencyManager]:
     return list(residency_managers())
 
 
-def base_digest_of(manager: ResidencyManager) -> str:
-    """The base a manager serves, when the serving code says (`manager.base_digest`)."""
-    return getattr(manager, "base_digest", "") or ""
-
-
 def stats_values(tier: dict, cold_loads: dict) -> dict:
     """One tier of a `snapshot()`, as ResidencyStats columns."""
     source = COLD_LOAD_SOURCE.get(tier["tier"])
@@ -90,9 +85,10 @@ class ResidencyStatsReport:
         now, written, bases = timezone.now(), 0, {}
         resident: dict[tuple[str, str], tuple] = {}
         for manager in managers:
-            snapshot, digest = manager.snapshot(), base_digest_of(manager)
+            snapshot = manager.snapshot()
+            digest = snapshot["base_digest"]
             if digest not in bases:
-                bases[digest] = BaseModel.objects.filter(digest=digest).first() if digest else None
+                bases[digest] = BaseModel.objects.filter(digest=digest).first()
             for tier in snapshot["tiers"]:
                 values = stats_values(tier, snapshot["cold_loads"])
                 if self._stats.get((digest, tier["tier"])) != values:

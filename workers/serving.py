@@ -156,6 +156,7 @@ class Server:
                 CPU: settings.MINT_RESIDENCY_CPU_BYTES,
                 DISK: settings.MINT_RESIDENCY_DISK_BYTES,
             },
+            base_digest=base_digest,
             device=str(self.model.device),
             transfers=Transfers(
                 materialize=self._materialize,

@@ -298,8 +298,12 @@ def _percentile(ordered: list[float], q: float) -> float:
 
 # --- the manager ------------------------------------------------------------------------
 class ResidencyManager:
-    """One worker's tiers. `get(sha256)` is the request path; `pin`, `unpin` and
-    `prefetch` are the console's; `snapshot()` is what gets reported."""
+    """One worker's tiers for one base. `get(sha256)` is the request path; `pin`, `unpin`
+    and `prefetch` are the console's; `snapshot()` is what gets reported.
+
+    A worker process serving several bases has one manager per base, each knowing its
+    base's digest: its figures are reported per base, and the console's actions for a
+    revision reach only the manager of the revision's base."""
 
     def __init__(
         self,
@@ -307,6 +311,7 @@ class ResidencyManager:
         cache_dir: str | Path,
         budgets: Mapping[str, int],
         *,
+        base_digest: str,
         device: str = "cpu",
         transfers: Transfers = BYTES,
         policy: Callable[[], EvictionPolicy] = DEFAULT_POLICY,
@@ -320,6 +325,9 @@ class ResidencyManager:
             raise ValueError(f"budgets needs exactly {', '.join(CACHED_TIERS)} (bytes each)")
         if any(budget < 0 for budget in budgets.values()):
             raise ValueError("a tier's budget cannot be negative")
+        if not base_digest:
+            raise ValueError("a residency manager serves one base: give its digest")
+        self.base_digest = base_digest
         self.store = store
         self.local = AdapterStore(cache_dir)  # the disk tier: same layout, same verified reads
         self.device = device
@@ -408,7 +416,7 @@ class ResidencyManager:
             return next((name for name in CACHED_TIERS if sha256 in self._tiers[name].held), STORE)
 
     def snapshot(self) -> dict:
-        """Plain data for the worker's report: per tier what is resident, bytes of budget,
+        """Plain data for the worker's report: its base, per tier what is resident, bytes of budget,
         hits, misses, evictions; cold-load latency per source."""
         with self._lock:
             tiers = [
@@ -432,6 +440,7 @@ class ResidencyManager:
             store = {"tier": STORE, "memory": "store", "hits": self._store_hits, "misses": self._store_misses}
             tiers.append(store)
             return {
+                "base_digest": self.base_digest,
                 "device": self.device,
                 "policy": self._tiers[DEVICE].policy.name,
                 "tiers": tiers,
