@@ -5,6 +5,8 @@ no blob)."""
 import json
 
 import pytest
+from django.core.files.uploadedfile import UploadedFile
+from django.urls import reverse
 
 from adapters_app.lifecycle.datasets import load_examples, upload_dataset
 from adapters_app.lifecycle.errors import Invalid
@@ -13,6 +15,9 @@ from adapters_app.lifecycle.storage import get_store
 from adapters_app.models import ApiKey, AuditEvent, Dataset
 from tests.conftest import FACTS, OTHER_FACTS, with_role
 from workers.engine import examples
+from workers.engine.examples import Message
+from workers.engine.persona_world import EvalItem
+from workers.engine.suites import items_jsonl
 
 pytestmark = pytest.mark.django_db
 
@@ -153,3 +158,54 @@ def test_stored_preference_pairs_keep_the_rejected_answer(alice, actor):
     assert first.final_answer == "Your dog is called Rex."
     assert first.rejected == "I don't know."
     assert second.rejected == "You live in Oslo."
+
+
+# --- oversize uploads are refused by their declared size, before anyone reads them ---
+
+
+def test_the_console_refuses_an_oversize_upload_without_reading_it(
+    client, alice, django_user_model, small_file_limit, monkeypatch, tmp_path
+):
+    client.force_login(with_role(django_user_model.objects.create_user("otto"), "operator"))
+    path = tmp_path / "facts.jsonl"
+    path.write_bytes(FACTS * 10)
+
+    def read(self, *args):
+        raise AssertionError(f"the view read {self.name} ({self.size} bytes) into memory")
+
+    monkeypatch.setattr(UploadedFile, "read", read)
+    monkeypatch.setattr(UploadedFile, "chunks", read)
+    with path.open("rb") as oversize:
+        response = client.post(
+            reverse("console:dataset_upload", args=["alice"]), {"file": oversize}, follow=True
+        )
+
+    assert f"file is {len(FACTS) * 10} bytes; the limit is 64 bytes" in response.content.decode()
+    assert_nothing_was_created()
+
+
+def test_the_api_refuses_an_oversize_body_by_its_declared_length(
+    client, api_key, assistant, small_file_limit, settings
+):
+    # Reading a body over this makes Django refuse the request: the view must not read it.
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 128
+    response = client.post(
+        UPLOAD_URL, data=FACTS * 10, content_type="application/jsonl", HTTP_AUTHORIZATION=f"Bearer {api_key}"
+    )
+
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/json"
+    error = response.json()["error"]
+    assert f"file is {len(FACTS) * 10} bytes; the limit is 64 bytes" in error["message"]
+    assert error["details"] == [{"line": 0, "message": error["details"][0]["message"]}]
+    assert_nothing_was_created()
+
+
+def test_an_oversize_evaluation_set_is_refused_like_a_training_file(alice, actor, small_file_limit):
+    question = (Message("user", "What is my dog called?"),)
+    check = {"kind": "contains", "value": "Rex"}
+    suite = items_jsonl([EvalItem("recall", "alice.recall.dog", question, "Your dog is called Rex.", check)])
+
+    with pytest.raises(Invalid, match=f"file is {len(suite)} bytes; the limit is 64 bytes"):
+        upload_dataset(alice, suite, name="suite", purpose="eval", actor=actor)
+    assert_nothing_was_created()

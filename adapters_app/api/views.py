@@ -6,7 +6,7 @@ from adapters_app.api import serializers as out
 from adapters_app.api.auth import api_endpoint, json_body
 from adapters_app.api.openapi import openapi_document
 from adapters_app.lifecycle import gates, jobs, people, pointer
-from adapters_app.lifecycle.datasets import get_dataset, upload_dataset
+from adapters_app.lifecycle.datasets import get_dataset, refuse_oversize, upload_dataset
 from adapters_app.lifecycle.errors import Invalid, NotFound
 from adapters_app.lifecycle.revisions import download_revision, get_revision
 from adapters_app.models import BaseModel, Dataset, Job, Person
@@ -77,6 +77,8 @@ def adapter_datasets(request, person, adapter):
     if request.method == "GET":
         # Datasets belong to the person, so every adapter of theirs lists the same ones.
         return JsonResponse(_dataset_page(request, target.person))
+    # By the declared length, before the body is read into memory.
+    refuse_oversize(_content_length(request))
     dataset, created = upload_dataset(
         target.person,
         request.body,
@@ -213,6 +215,13 @@ def revision_download(request, person, adapter, rev):
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     response["X-Revision-Sha256"] = revision.sha256
     return response
+
+
+def _content_length(request) -> int | None:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or "")
+    except ValueError:
+        return None
 
 
 def _job(job_id: int) -> Job:

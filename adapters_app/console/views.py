@@ -21,7 +21,7 @@ from adapters_app.lifecycle import jobs as job_service
 from adapters_app.lifecycle import pointer, roles
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.audit import export_audit
-from adapters_app.lifecycle.datasets import upload_dataset
+from adapters_app.lifecycle.datasets import refuse_oversize, upload_dataset
 from adapters_app.lifecycle.errors import Forbidden, LifecycleError, NotFound
 from adapters_app.lifecycle.gates import (
     DEFAULT_GATE,
@@ -407,6 +407,8 @@ def dataset_upload(request: HttpRequest, handle: str) -> HttpResponse:
         return redirect(subject)
     name = request.POST.get("name", "").strip() or upload.name
     try:
+        # By its declared size, before it is read into memory.
+        refuse_oversize(upload.size)
         dataset, created = upload_dataset(
             subject,
             upload.read(),

@@ -9,7 +9,8 @@ from adapters_app.lifecycle.errors import Invalid, NotFound
 from adapters_app.lifecycle.roles import authorize
 from adapters_app.lifecycle.storage import get_store
 from adapters_app.models import Dataset, Person
-from workers.engine.examples import DatasetInvalid, Example, parse_jsonl
+from workers.engine import examples
+from workers.engine.examples import DatasetInvalid, Example, LineError, parse_jsonl
 from workers.engine.persona_world import EvalItem
 from workers.engine.suites import SUITE_FORMAT, looks_like_suite_file, parse_items
 
@@ -25,13 +26,12 @@ def upload_dataset(
     authorize(actor, "dataset.upload")
     if purpose not in dict(Dataset.PURPOSES):
         raise Invalid(f"purpose must be one of {', '.join(dict(Dataset.PURPOSES))}")
+    # Evaluation sets too: their parser has no size limit of its own.
+    refuse_oversize(len(data))
     try:
         parsed = _parse(data, purpose)
     except DatasetInvalid as exc:
-        raise Invalid(
-            str(exc),
-            details=[{"line": e.line, "message": e.message} for e in exc.errors],
-        ) from None
+        raise _invalid(exc) from None
     existing = Dataset.objects.filter(person=person, sha256=parsed.sha256).first()
     if existing:
         return existing, False
@@ -61,6 +61,18 @@ def upload_dataset(
             get_store().delete(put.sha256)
         raise
     return dataset, True
+
+
+def refuse_oversize(size: int | None) -> None:
+    """Refuse an upload over the size limit. The console and the API call this with the
+    upload's declared size before reading it, so an oversize file never sits in memory."""
+    limit = examples.MAX_BYTES  # read when called: tests lower it
+    if size is not None and size > limit:
+        raise _invalid(DatasetInvalid([LineError(0, f"file is {size} bytes; the limit is {limit} bytes")]))
+
+
+def _invalid(exc: DatasetInvalid) -> Invalid:
+    return Invalid(str(exc), details=[{"line": e.line, "message": e.message} for e in exc.errors])
 
 
 @dataclass(frozen=True, slots=True)
