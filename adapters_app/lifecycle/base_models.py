@@ -1,17 +1,53 @@
+import shutil
+import uuid
 from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Count, QuerySet
 
 from adapters_app.lifecycle import audit
 from adapters_app.lifecycle.actors import Actor
-from adapters_app.lifecycle.errors import Conflict, Invalid
+from adapters_app.lifecycle.errors import Conflict, Invalid, NotFound
 from adapters_app.lifecycle.roles import authorize
 from adapters_app.models import BaseModel
 from adapters_app.models.person import validate_handle
 from workers.engine import base_models as engine_bases
+from workers.engine.architectures import UnknownArchitecture, architecture_of
 
 MICRO_BASE_NAME = "mint-micro"
+# Imported bases live apart from the pretrained family's cached builds (MINT_BASES_DIR/<name>),
+# so an import can never land on, or be mistaken for, one of those.
+IMPORTED_DIR = "imported"
+
+
+def base_models() -> QuerySet:
+    """Every registered base, each with `adapter_count` (the adapters bound to it)."""
+    return BaseModel.objects.annotate(adapter_count=Count("adapter")).order_by("name")
+
+
+def get_base_model(name: str) -> BaseModel:
+    base = base_models().filter(name=name).first()
+    if base is None:
+        raise NotFound(f"no base model {name!r}")
+    return base
+
+
+def serving_of(base: BaseModel) -> tuple[str, str]:
+    """(how the serving bank serves the base's adapters, why not batched when it is not)."""
+    try:
+        arch = architecture_of(base.architecture)
+    except UnknownArchitecture as exc:
+        return "not served", str(exc)
+    return arch.serving_mode, "" if arch.batched else arch.unbatched_reason
+
+
+def bytes_on_disk(base: BaseModel) -> int | None:
+    """What the base's folder takes on this machine (None when it is not here)."""
+    folder = Path(base.path)
+    if not folder.is_dir():
+        return None
+    return sum(path.stat().st_size for path in folder.iterdir() if path.is_file())
 
 
 def register_base_model(name: str, path: str | Path, *, actor: Actor) -> BaseModel:
@@ -44,9 +80,137 @@ def register_base_model(name: str, path: str | Path, *, actor: Actor) -> BaseMod
             digest=info["digest"],
             parameters=info["parameters"],
             architecture=info["architecture"],
+            context_length=info.get("context_length"),
         )
         audit.record(actor, "base_model.register", base, after={"digest": base.digest, "path": base.path})
     return base
+
+
+def import_base_model(
+    name: str,
+    source: str | Path,
+    *,
+    actor: Actor,
+    license: str | None = None,
+    expected_sha256: str | None = None,
+    on_progress=None,
+) -> BaseModel:
+    """Import a pretrained causal LM (a local HF folder, a .gguf file, or a packaged base by its
+    short name, `workers.engine.base_import.PACKAGED`) and register it as `name`.
+
+    The import is converted into a hidden folder under MINT_BASES_DIR/imported/ first; only
+    once its digest is known is it judged: the same weights already registered under `name`
+    return that row and leave its folder untouched; the same weights under another name, or
+    another base under `name`, are a Conflict. On any refusal or failure nothing is registered
+    and the converted folder is removed. Slow for real models (tens of seconds, most of it
+    dequantizing a GGUF); `on_progress(stage, done, total)` hears about each step.
+    """
+    from workers.engine import base_import
+
+    authorize(actor, "base_model.register")
+    _check_name(name)
+    existing = BaseModel.objects.filter(name=name).first()
+    if existing is not None and _already_imported(existing, source):
+        return existing
+    root = Path(settings.MINT_BASES_DIR) / IMPORTED_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    incoming = root / f".incoming-{uuid.uuid4().hex}"
+    try:
+        try:
+            if str(source) in base_import.PACKAGED:
+                imported = base_import.import_packaged(str(source), incoming, on_progress=on_progress)
+            else:
+                imported = base_import.import_base(
+                    source,
+                    incoming,
+                    expected_sha256=expected_sha256,
+                    license=license,
+                    on_progress=on_progress,
+                )
+        except base_import.ImportRefused as exc:
+            raise Invalid(f"cannot import {source}: {exc}") from None
+        if license and str(source) in base_import.PACKAGED:
+            imported.license = license
+        twin = BaseModel.objects.filter(digest=imported.digest).first()
+        if twin is not None and twin.name == name:
+            return twin  # the same weights, again: nothing to change
+        if twin is not None:
+            raise Conflict(
+                f"these weights are already registered as {twin.name!r} (digest {imported.digest[:12]}…)"
+            )
+        if existing is not None:
+            raise Conflict(
+                f"a different base model is already registered as {name!r} "
+                f"(digest {existing.digest[:12]}…, this import's is {imported.digest[:12]}…)"
+            )
+        return _publish(name, incoming, root / name, imported, actor=actor)
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
+
+
+def _already_imported(base: BaseModel, source) -> bool:
+    """Whether `base` was imported from these very bytes and its folder is intact, which
+    is known in seconds, where converting again takes up to a minute."""
+    from workers.engine import base_import
+
+    recorded = base_import.import_record(base.path).get("source_sha256")
+    if not recorded:
+        return False
+    try:
+        same_source = recorded == base_import.source_sha256(source)
+    except base_import.ImportRefused as exc:
+        raise Invalid(f"cannot import {source}: {exc}") from None
+    return same_source and engine_bases.weights_digest(base.path) == base.digest
+
+
+def _publish(name: str, incoming: Path, dest: Path, imported, *, actor: Actor) -> BaseModel:
+    """Move the converted folder to its name and register it in one step: if the row cannot
+    be written, the folder goes too. A folder already at `dest` belongs to no registered base
+    (the name is free), so it is what an interrupted import left; it is replaced."""
+    taken = BaseModel.objects.filter(path=str(dest.resolve())).first()
+    if taken is not None:
+        raise Conflict(f"{dest} is the folder of the registered base {taken.name!r}")
+    if dest.exists():
+        shutil.rmtree(dest)
+    incoming.rename(dest)
+    try:
+        with transaction.atomic():
+            base = BaseModel.objects.create(
+                name=name,
+                path=str(dest.resolve()),
+                digest=imported.digest,
+                parameters=imported.parameters,
+                architecture=imported.architecture,
+                context_length=imported.context_length,
+                license=imported.license[:200],
+                source=imported.source[:500],
+            )
+            audit.record(
+                actor,
+                "base_model.import",
+                base,
+                after={
+                    "digest": base.digest,
+                    "path": base.path,
+                    "source": base.source,
+                    "source_sha256": imported.source_sha256,
+                    "license": base.license,
+                    "architecture": base.architecture,
+                },
+            )
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return base
+
+
+def _check_name(name: str) -> None:
+    from django.core.exceptions import ValidationError
+
+    try:
+        validate_handle(name)
+    except ValidationError as exc:
+        raise Invalid(exc.messages[0]) from None
 
 
 def ensure_family_base(

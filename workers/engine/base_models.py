@@ -56,6 +56,7 @@ def describe(folder: str | os.PathLike) -> dict:
         "digest": weights_digest(folder),
         "parameters": params,
         "architecture": (config.architectures or [config.model_type])[0],
+        "context_length": getattr(config, "max_position_embeddings", None),
     }
 
 
