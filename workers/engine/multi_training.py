@@ -68,13 +68,16 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from workers.engine.architectures import architecture_of
 from workers.engine.examples import Example
 from workers.engine.prompting import IGNORE_INDEX, encode_for_training
 from workers.engine.training import (
     StepCallback,
     TrainingConfig,
     TrainResult,
+    checkpointing,
     collate,
+    pad_token_id,
     peft_config_dict,
     shuffled_batches,
 )
@@ -216,7 +219,8 @@ def train_adapters(
     replay_size = round(config.batch_size * config.replay) if replay else 0
     own_sizes = [min(config.batch_size - replay_size, len(rows)) for rows in encoded]
     widest = max(own_sizes)  # every adapter brings this many own rows a step
-    filler = ([tokenizer.pad_token_id], [IGNORE_INDEX])
+    pad_id = pad_token_id(tokenizer)
+    filler = ([pad_id], [IGNORE_INDEX])
     orders = [random.Random(person.seed) for person in people]
     batches = [
         shuffled_batches(rows, size, o) for rows, size, o in zip(encoded, own_sizes, orders, strict=True)
@@ -229,7 +233,7 @@ def train_adapters(
         replayed = [shuffled_batches(encoded_replay, replay_size, o) for o in orders]
 
     losses: list[list[float]] = [[] for _ in people]
-    with banks_installed(base_model, banks):
+    with banks_installed(base_model, banks), checkpointing(base_model, config.checkpoints(base_model.config)):
         trainable = [p for bank in banks.values() for p in (bank.lora_a, bank.lora_b)]
         optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
         rows_per_adapter = widest + replay_size
@@ -247,7 +251,7 @@ def train_adapters(
                     rows += next(replayed[index]) if replayed else []
                 for bank in banks.values():
                     bank.active = active
-                input_ids, labels, attention = collate(rows, tokenizer.pad_token_id, device)
+                input_ids, labels, attention = collate(rows, pad_id, device)
                 per_adapter = answer_losses(
                     base_model, input_ids, attention, labels, active.stop - active.start
                 )
@@ -289,7 +293,7 @@ def initial_start(base_model, config: TrainingConfig) -> AdapterStart:
     from workers.engine.lora_init import apply_init_, initial_factors, lora_layers
 
     torch.manual_seed(config.seed)
-    model = get_peft_model(copy.deepcopy(base_model), config.lora_config())
+    model = get_peft_model(copy.deepcopy(base_model), config.lora_config(architecture_of(base_model.config)))
     apply_init_(model, config.init)
     return AdapterStart(
         factors={k: v.cpu() for k, v in initial_factors(model).items()},

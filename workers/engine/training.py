@@ -10,8 +10,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
+from workers.engine.architectures import (
+    ATTENTION_MODULES,  # noqa: F401 (bench_serving imports it from here)
+    KNOWN,
+    Architecture,
+    architecture_of,
+)
 from workers.engine.examples import Example
 from workers.engine.prompting import IGNORE_INDEX, encode_for_training
 
@@ -19,7 +26,18 @@ from workers.engine.prompting import IGNORE_INDEX, encode_for_training
 # re-initialised by workers/engine/lora_init.py (PEFT has no such init).
 INIT_METHODS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora", "tail": True}
 TARGET_PRESETS = ("all-linear", "attention")
-ATTENTION_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
+CHECKPOINTING = ("auto", "on", "off")
+# "auto" turns gradient checkpointing on when the decoder layers' activations for one
+# batch would exceed this (estimated as below): recomputing each layer's forward in the
+# backward costs about a third more compute per step, which is worth paying only once
+# activations, not weights, are what fills memory. Our own bases (hidden 128, a few
+# layers) stay far below it and train as fast as before; SmolLM2-135M (hidden 576, 30
+# layers) and Gemma-3-270m (hidden 640, 18 layers) at batch 8 x 256 tokens come to about
+# 2.4 and 1.6 GiB, and are checkpointed.
+CHECKPOINTING_ABOVE_BYTES = 1 << 30
+# Bytes of activations a decoder layer keeps per token and hidden unit for the backward:
+# about 34 in 16-bit (Korthikanti et al., 2022), so 68 in float32.
+ACTIVATION_BYTES_PER_TOKEN_UNIT = 68
 
 StepCallback = Callable[[int, int, float], None]
 
@@ -45,6 +63,8 @@ class TrainingConfig:
     # Share of each batch drawn from the base's own general corpus (its replay set),
     # so learning a person does not erase what the shared base knows.
     replay: float = 0.0
+    # Gradient checkpointing: "auto" (on where it pays, see CHECKPOINTING_ABOVE_BYTES), "on", "off".
+    gradient_checkpointing: str = "auto"
 
     LIMITS = {
         "rank": (1, 256),
@@ -95,22 +115,41 @@ class TrainingConfig:
             errors["targets"] = f"must be one of {', '.join(TARGET_PRESETS)}"
         if self.init not in INIT_METHODS:
             errors["init"] = f"must be one of {', '.join(INIT_METHODS)}"
+        if self.gradient_checkpointing not in CHECKPOINTING:
+            errors["gradient_checkpointing"] = f"must be one of {', '.join(CHECKPOINTING)}"
         return errors
 
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def lora_config(self):
+    def lora_config(self, architecture: Architecture | None = None):
+        """PEFT's config, targeting the modules the architecture table names for
+        `targets` (Llama's when no architecture is given): linear layers only, never the
+        output head or the embeddings, which tied models share."""
         from peft import LoraConfig
 
+        architecture = architecture or KNOWN["LlamaForCausalLM"]
         return LoraConfig(
             r=self.rank,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
-            target_modules="all-linear" if self.targets == "all-linear" else ATTENTION_MODULES,
+            target_modules=architecture.target_modules(self.targets),
             init_lora_weights=INIT_METHODS[self.init],
             task_type="CAUSAL_LM",
         )
+
+    def checkpoints(self, model_config) -> bool:
+        """Whether to train with gradient checkpointing on a base of this config."""
+        if self.gradient_checkpointing != "auto":
+            return self.gradient_checkpointing == "on"
+        activations = (
+            self.batch_size
+            * self.max_length
+            * model_config.hidden_size
+            * model_config.num_hidden_layers
+            * ACTIVATION_BYTES_PER_TOKEN_UNIT
+        )
+        return activations > CHECKPOINTING_ABOVE_BYTES
 
 
 @dataclass(slots=True)
@@ -152,8 +191,14 @@ def train_adapter(
     order = random.Random(config.seed)
     device = next(base_model.parameters()).device
 
-    model = get_peft_model(base_model, config.lora_config())
+    model = get_peft_model(base_model, config.lora_config(architecture_of(base_model.config)))
     apply_init_(model, config.init)
+    trainable_names = [name for name, p in model.named_parameters() if p.requires_grad]
+    trainable_by_mistake = [name for name in trainable_names if ".lora_" not in name]
+    if trainable_by_mistake:  # embeddings / head (tied on real bases) must stay the shared base's
+        raise ValueError(
+            f"only LoRA factors may train; also trainable: {', '.join(trainable_by_mistake[:3])}"
+        )
     # PiSSA, OLoRA and tail move part of the base into the adapter; the payload is stored
     # relative to the untouched base, so keep where the factors started.
     start = initial_factors(model) if config.init in BASE_SHIFTING_INITS else None
@@ -173,16 +218,18 @@ def train_adapter(
         if replay_size
         else None
     )
-    for step in range(1, config.steps + 1):
-        batch = next(batches) + (next(replayed) if replayed else [])
-        input_ids, labels, attention = collate(batch, tokenizer.pad_token_id, device)
-        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        if on_step is not None:
-            on_step(step, config.steps, losses[-1])
+    pad_id = pad_token_id(tokenizer)
+    with checkpointing(base_model, config.checkpoints(base_model.config)):
+        for step in range(1, config.steps + 1):
+            batch = next(batches) + (next(replayed) if replayed else [])
+            input_ids, labels, attention = collate(batch, pad_id, device)
+            loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            if on_step is not None:
+                on_step(step, config.steps, losses[-1])
 
     model.eval()
     tensors = get_peft_model_state_dict(model)
@@ -194,6 +241,30 @@ def train_adapter(
         losses=losses,
         trainable_parameters=sum(p.numel() for p in trainable),
     )
+
+
+@contextmanager
+def checkpointing(model, on: bool) -> Iterator[None]:
+    """Gradient checkpointing of the decoder layers for the block, if `on`. Non-reentrant,
+    so frozen embeddings (no input that requires grad) still give the LoRA factors their
+    gradients."""
+    if not on:
+        yield
+        return
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        yield
+    finally:
+        model.activation_checkpointing_disable()
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id training pads with (never labelled or attended): the pad token, else EOS."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id
+    return 0
 
 
 def peft_config_dict(config) -> dict:
