@@ -63,6 +63,41 @@ def openapi_document(server_url: str) -> dict:
         "servers": [{"url": server_url.rstrip("/")}],
         "security": [{"bearer": []}],
         "paths": {
+            "/api/base-models": {
+                "get": _op(
+                    "List the registered base models, each with its serving mode and adapter count",
+                    "200",
+                    {"type": "object", "properties": {"data": {"type": "array", "items": _ref("BaseModel")}}},
+                    errors=(401,),
+                ),
+                "post": _op(
+                    "Import a pretrained causal LM as a base (admin role): a HF folder or .gguf file on the "
+                    "server (`from`) or a packaged base (`package`). Runs in the request: tens of seconds "
+                    "for a real model. 201 when registered, 200 when these weights already are under this "
+                    "name (nothing rewritten); 409 when they are under another name or the name is taken.",
+                    "201",
+                    _ref("BaseModelDetail"),
+                    errors=(400, 401, 403, 409),
+                    body=_json(
+                        {
+                            "type": "object",
+                            "required": ["name"],
+                            "properties": {
+                                "name": HANDLE,
+                                "from": {"type": "string", "description": "a path on the server"},
+                                "package": {"type": "string", "enum": ["smollm2-135m", "gemma3-270m"]},
+                                "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+                                "license": {"type": "string"},
+                            },
+                        }
+                    ),
+                ),
+            },
+            "/api/base-models/{name}": {
+                "get": _op(
+                    "A base model with its folder and size", "200", _ref("BaseModelDetail"), params=("name",)
+                )
+            },
             "/api/people": {
                 "get": _op(
                     "List people (keyset pagination: ?after=<handle>&limit=)",
@@ -419,6 +454,34 @@ def openapi_document(server_url: str) -> dict:
                             },
                         }
                     },
+                },
+                "BaseModel": {
+                    "type": "object",
+                    "properties": {
+                        "name": HANDLE,
+                        "digest": {"type": "string", "description": "sha256 over the weight files"},
+                        "parameters": {"type": "integer"},
+                        "architecture": {"type": "string", "examples": ["LlamaForCausalLM"]},
+                        "context_length": {"type": ["integer", "null"]},
+                        "license": {"type": "string"},
+                        "source": {"type": "string"},
+                        "serving_mode": {"type": "string", "enum": ["batched", "one adapter at a time"]},
+                        "adapters": {"type": "integer"},
+                        "created_at": {"type": "string"},
+                    },
+                },
+                "BaseModelDetail": {
+                    "allOf": [
+                        _ref("BaseModel"),
+                        {
+                            "type": "object",
+                            "properties": {
+                                "serving_reason": {"type": "string"},
+                                "path": {"type": "string"},
+                                "bytes_on_disk": {"type": ["integer", "null"]},
+                            },
+                        },
+                    ]
                 },
                 "Person": {
                     "type": "object",

@@ -1,6 +1,6 @@
 """Plain-dict views of domain objects for the JSON API."""
 
-from adapters_app.models import Adapter, Dataset, Job, Person, PointerEvent, Revision
+from adapters_app.models import Adapter, BaseModel, Dataset, Job, Person, PointerEvent, Revision
 
 
 def _time(value):
@@ -129,4 +129,28 @@ def job_dict(job: Job, *, detail: bool = True) -> dict:
     if detail:
         body["progress"]["loss"] = job.loss_points
         body["log"] = job.log.splitlines()
+    return body
+
+
+def base_model_dict(base: BaseModel, *, detail: bool = False) -> dict:
+    """A base; `base.adapter_count` comes from `lifecycle.base_models.base_models()`."""
+    from adapters_app.lifecycle.base_models import bytes_on_disk, serving_of
+
+    mode, reason = serving_of(base)
+    body = {
+        "name": base.name,
+        "digest": base.digest,
+        "parameters": base.parameters,
+        "architecture": base.architecture,
+        "context_length": base.context_length,
+        "license": base.license,
+        "source": base.source,
+        "serving_mode": mode,
+        "adapters": base.adapter_count,
+        "created_at": _time(base.created_at),
+    }
+    if detail:
+        body["serving_reason"] = reason
+        body["path"] = base.path
+        body["bytes_on_disk"] = bytes_on_disk(base)
     return body

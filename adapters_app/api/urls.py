@@ -1,11 +1,13 @@
 from django.urls import path
 
-from adapters_app.api import study_views, views
+from adapters_app.api import base_views, study_views, views
 
 app_name = "api"
 
 urlpatterns = [
     path("openapi.json", views.openapi_json, name="openapi"),
+    path("base-models", base_views.base_models_collection, name="base-models"),
+    path("base-models/<str:name>", base_views.base_model_detail, name="base-model"),
     path("people", views.people_collection, name="people"),
     path("people/<str:person>/adapters", views.person_adapters, name="person-adapters"),
     path("people/<str:person>/erase", views.person_erase, name="person-erase"),

@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 
-from adapters_app.console import compare_views, study_views, views
+from adapters_app.console import base_views, compare_views, study_views, views
 from adapters_app.console import residency as residency_views
 from adapters_app.console import workers as worker_views
 from adapters_app.console.login import ThrottledLoginView
@@ -68,6 +68,8 @@ urlpatterns = [
     path("studies/<int:study_id>/results.json", study_views.study_results_json, name="study_results_json"),
     path("audit/", views.audit, name="audit"),
     path("audit/export.csv", views.audit_export, name="audit_export"),
+    path("bases/", base_views.base_list, name="bases"),
+    path("bases/<slug:name>/", base_views.base_detail, name="base"),
     path("workers/", worker_views.workers, name="workers"),
     path("workers/<str:name>/", worker_views.worker, name="worker"),
     path("workers/<str:name>/residency", residency_views.worker_residency, name="worker_residency"),

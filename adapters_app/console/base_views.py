@@ -1,0 +1,89 @@
+"""Console pages for base models: what each is, where it came from, and what holds it now.
+
+A base's residency is read from what workers report (`ResidentAdapter`, `ResidencyStats`)
+for its digest, healthy workers only, as the workers pages do: a stale worker's last report
+may no longer be true.
+"""
+
+from django.contrib.auth.decorators import login_required
+from django.db.models import Count, Q, Sum
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+
+from adapters_app.lifecycle.base_models import base_models, bytes_on_disk, get_base_model, serving_of
+from adapters_app.lifecycle.errors import NotFound
+from adapters_app.models import Adapter, ResidencyStats, ResidentAdapter, Worker
+from workers.engine.base_import import PACKAGED
+
+# Adapters listed on a base's page; the adapters list, filtered on the base, has the rest.
+ADAPTERS_SHOWN = 50
+IN_MEMORY = Q(tier__in=ResidentAdapter.MEMORY_TIERS)
+
+
+@login_required
+def base_list(request: HttpRequest) -> HttpResponse:
+    bases = list(base_models())
+    healthy = Worker.objects.with_health(Worker.HEALTHY)
+    held = {
+        row["sha256"]: row
+        for row in ResidentAdapter.objects.filter(
+            IN_MEMORY, kind=ResidentAdapter.BASE, worker__in=healthy, sha256__in=[b.digest for b in bases]
+        )
+        .values("sha256")
+        .annotate(processes=Count("id"), bytes=Sum("bytes"))
+        .order_by()
+    }
+    adapters_held = dict(
+        ResidentAdapter.objects.filter(
+            IN_MEMORY, kind=ResidentAdapter.ADAPTER, worker__in=healthy, base__in=bases
+        )
+        .values("base")
+        .annotate(n=Count("id"))
+        .values_list("base", "n")
+        .order_by()
+    )
+    for base in bases:
+        base.parameters_label = parameters_label(base.parameters)
+        base.serving_mode, base.serving_reason = serving_of(base)
+        base.disk_bytes = bytes_on_disk(base)
+        base.held = held.get(base.digest)
+        base.adapters_held = adapters_held.get(base.pk, 0)
+    return render(request, "console/base_models.html", {"bases": bases, "packaged": PACKAGED})
+
+
+@login_required
+def base_detail(request: HttpRequest, name: str) -> HttpResponse:
+    try:
+        base = get_base_model(name)
+    except NotFound as exc:
+        raise Http404(exc.message) from None
+    base.parameters_label = parameters_label(base.parameters)
+    base.serving_mode, base.serving_reason = serving_of(base)
+    healthy = Worker.objects.with_health(Worker.HEALTHY)
+    resident = ResidentAdapter.objects.filter(worker__in=healthy)
+    context = {
+        "base": base,
+        "disk_bytes": bytes_on_disk(base),
+        "adapters": Adapter.objects.filter(base=base)
+        .select_related("person", "live_revision")
+        .order_by("-created_at", "-id")[:ADAPTERS_SHOWN],
+        "adapters_shown": ADAPTERS_SHOWN,
+        "held_by": resident.filter(kind=ResidentAdapter.BASE, sha256=base.digest)
+        .select_related("worker")
+        .order_by("worker__name", "pid", "holder", "tier"),
+        "adapters_held": resident.filter(IN_MEMORY, kind=ResidentAdapter.ADAPTER, base=base).aggregate(
+            n=Count("id"), revisions=Count("sha256", distinct=True), bytes=Sum("bytes", default=0)
+        ),
+        "managers": ResidencyStats.objects.filter(worker__in=healthy, base_digest=base.digest)
+        .select_related("worker")
+        .order_by("worker__name", "pid", "id"),
+    }
+    return render(request, "console/base_model.html", context)
+
+
+def parameters_label(count: int) -> str:
+    """134515008 -> "134.5 M": the size people name a model by."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return str(count)
