@@ -3,7 +3,7 @@ import uuid
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Count, QuerySet
 
 from adapters_app.lifecycle import audit
@@ -164,15 +164,14 @@ def _already_imported(base: BaseModel, source) -> bool:
 
 
 def _publish(name: str, incoming: Path, dest: Path, imported, *, actor: Actor) -> BaseModel:
-    """Move the converted folder to its name and register it in one step: if the row cannot
-    be written, the folder goes too. A folder already at `dest` belongs to no registered base
-    (the name is free), so it is what an interrupted import left; it is replaced."""
-    taken = BaseModel.objects.filter(path=str(dest.resolve())).first()
-    if taken is not None:
-        raise Conflict(f"{dest} is the folder of the registered base {taken.name!r}")
-    if dest.exists():
-        shutil.rmtree(dest)
-    incoming.rename(dest)
+    """Register the base and move its converted folder into place, in one step.
+
+    The row is inserted first: of two imports racing for one name or one digest, the second
+    waits on the unique index and is refused there, before it touches the folder. Only then
+    is the folder moved, inside the transaction, so a failed commit takes the folder away
+    again. A folder already at `dest` belongs to no registered base (the name was free), so
+    it is what an interrupted import left; it is replaced."""
+    moved = False
     try:
         with transaction.atomic():
             base = BaseModel.objects.create(
@@ -198,8 +197,20 @@ def _publish(name: str, incoming: Path, dest: Path, imported, *, actor: Actor) -
                     "architecture": base.architecture,
                 },
             )
+            if BaseModel.objects.filter(path=base.path).exclude(pk=base.pk).exists():
+                raise Conflict(f"{dest} is the folder of another registered base")
+            if dest.exists():
+                shutil.rmtree(dest)
+            incoming.rename(dest)
+            moved = True
+    except IntegrityError:
+        raise Conflict(
+            f"another import registered {name!r} or these weights (digest "
+            f"{imported.digest[:12]}…) at the same time"
+        ) from None
     except BaseException:
-        shutil.rmtree(dest, ignore_errors=True)
+        if moved:
+            shutil.rmtree(dest, ignore_errors=True)
         raise
     return base
 
