@@ -7,7 +7,9 @@ the one-at-a-time runtime. Each process drops its own copies. The residency repo
 thread (workers/residency_report.py), which runs in every worker process that has held
 an adapter, calls `Forgetter.tick()` each round. When the erasure mark in the shared cache
 has changed since its last look, it asks the database which of the sha256s the process
-holds no revision names any more, and drops those from every tier and the runtime. It
+holds no revision names any more, drops those from every tier and the runtime, and
+hands them to the process's residency writer, which deletes their rows after whatever it
+was handed before (a load reported just before the sweep cannot bring a row back). It
 also does so once when it starts (a restarted worker adopts its old disk cache), and every
 FULL_SWEEP_SECONDS in case a mark was lost with the cache. As a worker starts,
 `prune_local_caches` also clears the local cache folders of bases no process has served
@@ -23,14 +25,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from adapters_app.lifecycle.people import erasure_mark
-from adapters_app.models import ResidentAdapter, Revision
+from adapters_app.models import Revision
+from workers.residency_report import Forgotten, process_writer
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +67,10 @@ def forget_erased(worker_name: str) -> tuple[set[str], set[str]]:
     forgotten = gone - still_in_use
     for sha256 in forgotten:
         runtime().forget(sha256)
-    # The reporters remove rows only from a task's thread; this is the reporting thread.
-    ResidentAdapter.objects.filter(
-        worker__name=worker_name, pid=os.getpid(), kind=ResidentAdapter.ADAPTER, sha256__in=forgotten
-    ).delete()
     if forgotten:
+        # The holders' reporters hand over changes only from a task's thread, and this runs
+        # on the writer's own: what the runtime just told its reporter went nowhere.
+        process_writer(worker_name).submit(Forgotten(worker_name, frozenset(forgotten)), now=True)
         log.info("dropped %d erased revision(s) from this process's caches", len(forgotten))
     return forgotten, still_in_use
 

@@ -4,8 +4,11 @@
 `celery worker` main process. On `worker_ready` the row is written as a fresh start and
 a daemon thread keeps it fresh; on `worker_shutdown` (a warm shutdown: SIGTERM, Ctrl-C)
 the worker is marked stopped and what its processes held is removed, since their memory
-is gone with them. A worker killed outright stops beating and turns stale, and after
-MINT_SILENT_WORKER_SECONDS the sweep marks it stopped too (adapters_app/lifecycle/fleet.py).
+is gone with them. Those removals (and of what a process gone from the pool held) are
+handed to the process's residency writer (`workers/residency_report.py`), the one writer
+of those rows, which applies them after whatever it was handed before. A worker killed
+outright stops beating and turns stale, and after MINT_SILENT_WORKER_SECONDS the sweep
+marks it stopped too (adapters_app/lifecycle/fleet.py).
 
 Only Celery is imported at module level: Django may not be set up yet when this loads.
 """
@@ -48,50 +51,48 @@ class WorkerHeartbeat:
         self._thread.start()
 
     def stop(self) -> None:
-        from django.db import transaction
         from django.utils import timezone
 
         from adapters_app.models import Worker
+        from workers.residency_report import WorkerReset, process_writer
 
         self._stop.set()
         self._thread.join(timeout=self.interval + 5)
         now = timezone.now()
-        this_worker = Worker.objects.filter(name=self.name)
-        with transaction.atomic():
-            this_worker.update(stopped_at=now, last_seen_at=now)
-            this_worker.forget_residency()
+        # Stopped first: a process still writing then finds nothing to hang rows on.
+        Worker.objects.filter(name=self.name).update(stopped_at=now, last_seen_at=now)
+        process_writer(self.name).submit(WorkerReset(self.name), now=True)
 
     def announce(self) -> None:
         """Write the row as a fresh start: whatever a previous run under this name held is gone."""
-        from django.db import transaction
         from django.utils import timezone
 
         from adapters_app.models import Worker
         from mintweb.version import code_version
         from workers.engine.base_models import pick_device
+        from workers.residency_report import WorkerReset, process_writer
 
         now = timezone.now()
-        with transaction.atomic():
-            worker, _ = Worker.objects.update_or_create(
-                name=self.name,
-                defaults={
-                    **self.facts(),
-                    "device": pick_device(),
-                    "code_version": code_version(),
-                    "started_at": now,
-                    "last_seen_at": now,
-                    "stopped_at": None,
-                },
-            )
-            Worker.objects.filter(pk=worker.pk).forget_residency()
+        Worker.objects.update_or_create(
+            name=self.name,
+            defaults={
+                **self.facts(),
+                "device": pick_device(),
+                "code_version": code_version(),
+                "started_at": now,
+                "last_seen_at": now,
+                "stopped_at": None,
+            },
+        )
+        process_writer(self.name).submit(WorkerReset(self.name), now=True)
 
     def beat(self) -> None:
         """Refresh the row, drop what processes no longer in the pool were holding, and
         keep this process's residency managers reported (a solo pool serves here)."""
         from django.utils import timezone
 
-        from adapters_app.models import ResidencyStats, ResidentAdapter, Worker
-        from workers.residency_report import report_from_heartbeat
+        from adapters_app.models import Worker
+        from workers.residency_report import PoolChanged, process_writer, report_from_heartbeat
 
         updated = Worker.objects.filter(name=self.name, stopped_at=None).update(
             last_seen_at=timezone.now(), **self.facts()
@@ -103,8 +104,7 @@ class WorkerHeartbeat:
             self.announce()
         pids = self.pool_pids()
         if pids:
-            ResidentAdapter.objects.filter(worker__name=self.name).exclude(pid__in=pids).delete()
-            ResidencyStats.objects.filter(worker__name=self.name).exclude(pid__in=pids).delete()
+            process_writer(self.name).submit(PoolChanged(self.name, frozenset(pids)), now=True)
         report_from_heartbeat(self.name)
 
     def facts(self) -> dict:
