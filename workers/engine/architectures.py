@@ -46,6 +46,9 @@ KNOWN = {
         Architecture("LlamaForCausalLM", "llama"),
         # Gemma 3 text models (gemma-3-270m): GQA, head_dim 256, q/k norms (not linear,
         # so never adapted), sliding-window layers between global ones, tied embeddings
+        # scaled by sqrt(hidden). Batched: BatchGenerator merges and cuts the sliding
+        # layers' caches (batch_generate.py), checked against PEFT in
+        # tests/test_real_architectures.py.
         Architecture("Gemma3ForCausalLM", "gemma3"),
     )
 }

@@ -14,14 +14,21 @@ When nothing is running, a step waits at most `max_wait` seconds (from the oldes
 request's arrival) for the batch to fill before it starts.
 
 KV cache: transformers 5.24's `DynamicCache` keeps, per layer, plain key and value
-tensors [batch, heads, seq, head_dim] that grow by concatenation (`DynamicLayer`). So
+tensors [batch, kv_heads, seq, head_dim] that grow by concatenation (`DynamicLayer`). So
 merging is practical: the joiners' fresh cache and the running one are left-padded
 to the same length with zeros and concatenated along the batch; the 2-D attention mask
 (0 on padding) hides the pads, and each row carries its own position ids, so RoPE sees
 the same positions as if the row ran alone. A finishing row is dropped with
 `batch_select_indices`, and columns that are padding in every remaining row are cut
-from the left, so the cache does not grow with the batch's history. Llama-style models
-with full attention only (no sliding-window layers).
+from the left, so the cache does not grow with the batch's history.
+
+Sliding-window layers (Gemma 3's local layers, built by `DynamicCache(config=...)` as
+`DynamicSlidingWindowLayer`) keep only the last window - 1 columns and count the columns
+seen in `cumulative_length`, from which the attention mask's offsets are computed. Every
+row's real tokens are contiguous and end at the batch's last column (pads are only ever
+added on the left), so a window over cache columns is the same window over each row's own
+positions; a merge therefore left-pads such a layer to min(columns, window - 1) and sets
+its `cumulative_length` to the merged width, and a cut lowers it by the columns cut.
 
 Rows sample independently: greedy when temperature is 0, otherwise temperature and
 top-p with a per-row `torch.Generator` seeded from the request's seed. Everything runs
@@ -354,8 +361,13 @@ class BatchGenerator:
             old_len, new_len = self._mask.shape[1], mask.shape[1]
             width = max(old_len, new_len)
             for old, new in zip(self._cache.layers, cache.layers, strict=True):
-                old.keys = torch.cat([_left_pad(old.keys, width), _left_pad(new.keys, width)])
-                old.values = torch.cat([_left_pad(old.values, width), _left_pad(new.values, width)])
+                # Each layer holds the last `kept` of the batch's columns (all of them, or a
+                # sliding window's worth); left padding keeps every row's columns at the right.
+                kept = _kept_columns(old, width)
+                old.keys = torch.cat([_left_pad(old.keys, kept), _left_pad(new.keys, kept)])
+                old.values = torch.cat([_left_pad(old.values, kept), _left_pad(new.values, kept)])
+                if old.is_sliding:
+                    old.cumulative_length = width  # the columns seen, as the layer's mask sizes count them
             self._mask = torch.cat(
                 [F.pad(self._mask, (width - old_len, 0)), F.pad(mask, (width - new_len, 0))]
             )
@@ -445,8 +457,11 @@ class BatchGenerator:
         if cut:
             self._mask = self._mask[:, cut:]
             for layer in self._cache.layers:
-                layer.keys = layer.keys[:, :, cut:, :]
-                layer.values = layer.values[:, :, cut:, :]
+                kept = _kept_columns(layer, self._mask.shape[1])
+                layer.keys = layer.keys[:, :, layer.keys.shape[-2] - kept :, :]
+                layer.values = layer.values[:, :, layer.values.shape[-2] - kept :, :]
+                if layer.is_sliding:
+                    layer.cumulative_length -= cut
 
     def _fail_all(self, exc: BaseException) -> None:
         for row in self._rows:
@@ -484,6 +499,15 @@ def _sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.G
         sorted_probs[outside] = 0.0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
     return torch.multinomial(probs, 1, generator=generator)[0]
+
+
+def _kept_columns(layer, columns: int) -> int:
+    """How many of the batch's last `columns` cache columns a layer holds: all of them, or for
+    a sliding-window layer (`DynamicSlidingWindowLayer`) at most window - 1, the ones the next
+    token can still attend to."""
+    if layer.is_sliding:
+        return min(columns, layer.sliding_window - 1)
+    return columns
 
 
 def _left_pad(states: torch.Tensor, width: int) -> torch.Tensor:
