@@ -149,6 +149,24 @@ def test_it_refuses_a_causal_lm_the_engine_cannot_serve(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_it_refuses_a_gguf_of_an_encoder_or_of_an_architecture_the_engine_cannot_serve(tmp_path):
+    import gguf
+
+    for arch, message in (
+        ("bert", "is a bert model, not a causal language model"),
+        ("qwen2", "'Qwen2ForCausalLM' is not one the engine can train and serve"),
+        ("made-up", "not a causal language model transformers can load"),
+    ):
+        writer = gguf.GGUFWriter(str(tmp_path / f"{arch}.gguf"), arch)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        with pytest.raises(ImportRefused, match=message):
+            base_import.import_base(tmp_path / f"{arch}.gguf", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_it_refuses_a_sha256_that_is_not_the_expected_one(sources, tmp_path):
     wrong = "0" * 64
     with pytest.raises(ImportRefused, match=f"sha256 mismatch: expected {wrong}"):

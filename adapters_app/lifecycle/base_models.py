@@ -195,6 +195,7 @@ def _publish(name: str, incoming: Path, dest: Path, imported, *, actor: Actor) -
                     "source_sha256": imported.source_sha256,
                     "license": base.license,
                     "architecture": base.architecture,
+                    "notes": imported.notes,
                 },
             )
             if BaseModel.objects.filter(path=base.path).exclude(pk=base.pk).exists():

@@ -371,8 +371,6 @@ def _import_gguf(
     license_files: dict[str, Path] | None = None,
     chat_template: str | None = None,
 ) -> ImportedBase:
-    from transformers import AutoConfig
-
     sha256 = _sha256_with_progress(path, progress)
     if expected and sha256 != expected:
         raise ImportRefused(f"sha256 mismatch: expected {expected}, but {path.name} has sha256 {sha256}")
@@ -383,16 +381,24 @@ def _import_gguf(
             f"{path.name} is a {gguf_arch} model, not a causal language model (a decoder-only LM that "
             "generates text); it cannot be a base for adapters"
         )
-    try:
-        config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
-    except (ValueError, OSError, KeyError, NotImplementedError) as exc:
+    # Judged from the file's own architecture name: transformers' config loader would take
+    # 20 s on a 262k-token vocabulary, and the load below reads it anyway.
+    causal_class = _gguf_causal_class(gguf_arch)
+    if not causal_class:
         raise ImportRefused(
-            f"{path.name} (GGUF architecture {gguf_arch or 'unknown'!r}) cannot be read by transformers: "
-            + str(exc)
-        ) from None
-    arch = _check_causal_lm(config, path)
-    progress("dequantizing the GGUF weights", 0, 0)
-    model, tokenizer = _load_gguf(path)
+            f"{path.name} has GGUF architecture {gguf_arch or 'unknown'!r}, which is not a causal language "
+            "model transformers can load"
+        )
+    try:
+        architecture_of(causal_class)
+    except UnknownArchitecture as exc:
+        raise ImportRefused(str(exc)) from None
+    progress("dequantizing the GGUF weights and rebuilding its tokenizer", 0, 0)
+    try:
+        model, tokenizer = _load_gguf(path)
+    except (ValueError, OSError, KeyError, NotImplementedError) as exc:
+        raise ImportRefused(f"{path.name} cannot be read by transformers: {exc}") from None
+    arch = _check_causal_lm(model.config, path)
     return _write(
         model,
         tokenizer,
@@ -405,6 +411,15 @@ def _import_gguf(
         chat_template=chat_template,
         progress=progress,
     )
+
+
+def _gguf_causal_class(gguf_arch: str) -> str:
+    """The transformers class a GGUF architecture loads as ("" when none): llama.cpp names
+    the architecture, transformers the model type, and they differ for Gemma 3's text model."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = {"gemma3": "gemma3_text"}.get(gguf_arch, gguf_arch.replace("-", "_"))
+    return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type, "")
 
 
 PROBES = ("Hello, world! It's 2025: 3.14 * 12 = 37.68.", "  two spaces\tand a tab\nnaïve café 東京 🙂")
@@ -614,7 +629,7 @@ def _write(
         tokenizer.chat_template = chat_template
         notes.append("the source carries no chat template; the model's published one was added")
     if not getattr(tokenizer, "chat_template", None):
-        notes.append("no chat template: chats are rendered with MinT's own")
+        notes.append("the source carries no chat template")
     config = model.config
     context = getattr(config, "max_position_embeddings", None)
     record = {
@@ -623,6 +638,7 @@ def _write(
         "license": license,
         "architecture": arch.name,
         "context_length": context,
+        "notes": notes,
     }
     extra = {IMPORT_RECORD: json.dumps(record, indent=2) + "\n"}
     for name, path in license_files.items():
