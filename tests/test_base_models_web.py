@@ -177,3 +177,24 @@ def test_an_imported_bases_page_shows_its_source_and_license(viewer, tiny_gguf, 
     assert str(tiny_gguf.resolve()) in html and "MIT" in html and "256 tokens" in html
     assert "108.0 k" in html  # 107,968 parameters, as people name a model's size
     assert base.digest in html
+
+
+def test_an_admin_imports_from_the_console_and_an_operator_neither_sees_nor_may(
+    client, django_user_model, tiny_gguf, bases_dir
+):
+    operator = with_role(django_user_model.objects.create_user("otto", password="pw-otto-123"), "operator")
+    client.force_login(operator)
+    assert 'action="/bases/import"' not in client.get("/bases/").content.decode()
+    assert client.post("/bases/import", {"name": "tiny", "path": str(tiny_gguf)}).status_code == 403
+    assert not BaseModel.objects.exists()
+
+    admin = with_role(django_user_model.objects.create_user("ada", password="pw-ada-12345"), "admin")
+    client.force_login(admin)
+    assert 'action="/bases/import"' in client.get("/bases/").content.decode()
+    refused = client.post("/bases/import", {"name": "tiny", "path": "/nowhere/x.gguf"}, follow=True)
+    assert "does not exist" in refused.content.decode()
+    assert not BaseModel.objects.exists()
+    response = client.post("/bases/import", {"name": "tiny", "path": str(tiny_gguf), "license": "MIT"})
+    base = BaseModel.objects.get(name="tiny")
+    assert response.status_code == 302 and response["Location"] == base.get_absolute_url()
+    assert base.license == "MIT"

@@ -108,6 +108,16 @@ def build(arch: str, seed: int = 0):
     return {LLAMA: tiny_llama, GEMMA3: tiny_gemma3}[arch](seed)
 
 
+def tiny_folder(arch: str, dest: str | os.PathLike, seed: int = 0) -> Path:
+    """A tiny model of `arch` (LLAMA or GEMMA3) saved as a HF folder at `dest`."""
+    return write_hf_folder(*build(arch, seed), dest)
+
+
+def tiny_gguf(arch: str, path: str | os.PathLike, seed: int = 0) -> Path:
+    """A tiny model of `arch` (LLAMA or GEMMA3) written as a GGUF file at `path`."""
+    return write_gguf(*build(arch, seed), path)
+
+
 def write_hf_folder(model, tokenizer, dest: str | os.PathLike) -> Path:
     dest = Path(dest)
     model.save_pretrained(dest, safe_serialization=True)

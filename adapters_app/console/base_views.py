@@ -5,13 +5,23 @@ for its digest, healthy workers only, as the workers pages do: a stale worker's 
 may no longer be true.
 """
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count, Q, Sum
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
 
-from adapters_app.lifecycle.base_models import base_models, bytes_on_disk, get_base_model, serving_of
-from adapters_app.lifecycle.errors import NotFound
+from adapters_app.console.views import requires
+from adapters_app.lifecycle.actors import Actor
+from adapters_app.lifecycle.base_models import (
+    base_models,
+    bytes_on_disk,
+    get_base_model,
+    import_base_model,
+    serving_of,
+)
+from adapters_app.lifecycle.errors import LifecycleError, NotFound
 from adapters_app.models import Adapter, ResidencyStats, ResidentAdapter, Worker
 from workers.engine.base_import import PACKAGED
 
@@ -49,6 +59,35 @@ def base_list(request: HttpRequest) -> HttpResponse:
         base.held = held.get(base.digest)
         base.adapters_held = adapters_held.get(base.pk, 0)
     return render(request, "console/base_models.html", {"bases": bases, "packaged": PACKAGED})
+
+
+@login_required
+@require_POST
+@requires("base_model.register")
+def base_import(request: HttpRequest) -> HttpResponse:
+    """Import a base from a path on the server or a packaged one. It runs in the request (a
+    minute for a real model), as the API's does; the import is idempotent, so a reload that
+    posts again does no harm."""
+    form = {
+        key: request.POST.get(key, "").strip() for key in ("name", "package", "path", "sha256", "license")
+    }
+    source = form["package"] or form["path"]
+    if not source:
+        messages.error(request, "Nothing was imported: choose a packaged base or give a path on the server.")
+        return redirect("console:bases")
+    try:
+        base = import_base_model(
+            form["name"] or form["package"],
+            source,
+            actor=Actor.from_user(request.user, via="console"),
+            license=form["license"] or None,
+            expected_sha256=form["sha256"] or None,
+        )
+    except LifecycleError as exc:
+        messages.error(request, exc.message)
+        return redirect("console:bases")
+    messages.success(request, f"{base.name} is registered (digest {base.digest[:12]}…).")
+    return redirect(base)
 
 
 @login_required

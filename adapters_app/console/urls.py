@@ -69,6 +69,7 @@ urlpatterns = [
     path("audit/", views.audit, name="audit"),
     path("audit/export.csv", views.audit_export, name="audit_export"),
     path("bases/", base_views.base_list, name="bases"),
+    path("bases/import", base_views.base_import, name="base_import"),
     path("bases/<slug:name>/", base_views.base_detail, name="base"),
     path("workers/", worker_views.workers, name="workers"),
     path("workers/<str:name>/", worker_views.worker, name="worker"),
