@@ -145,6 +145,9 @@ class PackagedBase:
     license_files: tuple[tuple[str, str], ...] = ()
     # the model's published chat template, when its GGUF carries none
     chat_template: str | None = None
+    # tokens that end a turn besides the GGUF's one eos (Gemma's <end_of_turn>), as the
+    # model's published generation_config.json lists them
+    stop_tokens: tuple[str, ...] = ()
 
     @property
     def distributions(self) -> dict[str, str]:
@@ -214,6 +217,7 @@ PACKAGED = {
                 (_GEMMA_DIST, f"{_GEMMA_PACKAGE}/data/NOTICE.md"),
             ),
             chat_template=GEMMA3_CHAT_TEMPLATE,
+            stop_tokens=("<end_of_turn>",),
         ),
     )
 }
@@ -244,6 +248,7 @@ def import_packaged(
             progress=progress,
             license_files=licenses,
             chat_template=packaged.chat_template,
+            stop_tokens=packaged.stop_tokens,
         )
     # Chunks are concatenated beside the destination (same disk, never /tmp's size) and
     # the whole file's sha256 checked before anything reads it; the file goes afterwards.
@@ -259,6 +264,7 @@ def import_packaged(
             progress=progress,
             license_files=licenses,
             chat_template=packaged.chat_template,
+            stop_tokens=packaged.stop_tokens,
         )
 
 
@@ -370,6 +376,7 @@ def _import_gguf(
     progress: Progress,
     license_files: dict[str, Path] | None = None,
     chat_template: str | None = None,
+    stop_tokens: tuple[str, ...] = (),
 ) -> ImportedBase:
     sha256 = _sha256_with_progress(path, progress)
     if expected and sha256 != expected:
@@ -409,6 +416,7 @@ def _import_gguf(
         source_sha256=sha256,
         license_files=license_files or {},
         chat_template=chat_template,
+        stop_tokens=stop_tokens,
         progress=progress,
     )
 
@@ -456,6 +464,19 @@ def _faithful_tokenizer(tokenizer, scratch_parent: Path):
     raise ImportRefused(
         f"the tokenizer ({type(tokenizer).__name__}) does not encode the same once saved and loaded back"
     )
+
+
+def _add_stop_tokens(model, tokenizer, tokens: tuple[str, ...]) -> None:
+    """Make generation stop at these tokens too (a GGUF names one eos; a chat model's turn
+    ends at another), as the model's own generation_config.json does."""
+    vocab = tokenizer.get_vocab()
+    missing = [token for token in tokens if token not in vocab]
+    if missing:
+        raise ImportRefused(f"the tokenizer lacks the stop token(s) {', '.join(missing)}")
+    generation = model.generation_config
+    eos = generation.eos_token_id
+    ids = [] if eos is None else list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    generation.eos_token_id = ids + [vocab[token] for token in tokens if vocab[token] not in ids]
 
 
 def _encodings(tokenizer) -> list:
@@ -623,8 +644,11 @@ def _write(
     license_files: dict[str, Path],
     chat_template: str | None,
     progress: Progress,
+    stop_tokens: tuple[str, ...] = (),
 ) -> ImportedBase:
     notes = []
+    if stop_tokens:
+        _add_stop_tokens(model, tokenizer, stop_tokens)
     if not getattr(tokenizer, "chat_template", None) and chat_template:
         tokenizer.chat_template = chat_template
         notes.append("the source carries no chat template; the model's published one was added")
