@@ -1,6 +1,8 @@
 """Routing: a request goes to a worker that holds its adapter, else to the least loaded one."""
 
 import itertools
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from unittest.mock import patch
 
@@ -9,6 +11,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
+from adapters_app.lifecycle import routing
 from adapters_app.lifecycle.routing import (
     Dispatched,
     Route,
@@ -169,6 +172,54 @@ def test_stale_stopped_and_other_fleets_workers_are_never_chosen(fleet):
     assert route(SHA).reason == "shared"
     healthy = fleet()
     assert route(SHA).worker == healthy.name
+
+
+def test_steady_traffic_keeps_a_workers_load_counter_alive(fleet, monkeypatch):
+    # The expiry only clears a counter nobody touches (left by a web process killed
+    # mid-request); every request that begins or ends renews it.
+    monkeypatch.setattr(routing, "LOAD_TTL_SECONDS", 2)
+    busy = fleet()
+    chosen = Route(worker_queue(busy.name), busy.name, "cold")
+    first = Dispatched(chosen).begin()
+    time.sleep(1.2)
+    second = Dispatched(chosen).begin()
+    time.sleep(1.2)  # past the first request's expiry, within the second's
+    assert current_loads([busy.name]) == {busy.name: 2}
+    first.end()
+    second.end()
+    assert current_loads([busy.name]) == {busy.name: 0}
+
+
+def test_a_load_counter_that_expires_mid_flight_never_goes_negative_nor_floods_a_worker(fleet):
+    busy, other = fleet(), fleet()
+    in_flight = [Dispatched(Route(worker_queue(busy.name), busy.name, "cold")).begin() for _ in range(5)]
+    cache.delete(f"route-load:{busy.name}")  # it expired while those five were in flight
+    late = Dispatched(Route(worker_queue(busy.name), busy.name, "cold")).begin()
+    for request in in_flight:
+        request.end()
+        assert current_loads([busy.name])[busy.name] >= 0
+    late.end()
+    assert current_loads([busy.name]) == {busy.name: 0}
+
+    routed = [Dispatched(route("b" * 64)).begin() for _ in range(6)]
+    sent = [request.key.removeprefix("route-load:") for request in routed]
+    assert sorted(sent.count(name) for name in (busy.name, other.name)) == [3, 3]
+    for request in routed:
+        request.end()
+
+
+def test_parallel_requests_leave_every_load_at_zero(fleet):
+    busy = fleet()
+    chosen = Route(worker_queue(busy.name), busy.name, "cold")
+
+    def requests(count: int) -> None:
+        for _ in range(count):
+            with Dispatched(chosen):
+                assert current_loads([busy.name])[busy.name] >= 1
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(requests, [25] * 8))
+    assert current_loads([busy.name]) == {busy.name: 0}
 
 
 # --- through real workers ----------------------------------------------------------------

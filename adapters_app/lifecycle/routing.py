@@ -34,7 +34,8 @@ from adapters_app.models import ResidentAdapter, Worker
 log = logging.getLogger(__name__)
 
 WORKER_QUEUE_PREFIX = "mint.worker."
-# A counter left behind by a web process killed mid-request expires by itself.
+# A counter left behind by a web process killed mid-request expires by itself once no
+# request has begun or ended on that worker for this long; every change renews it.
 LOAD_TTL_SECONDS = 600
 # Renewed by every request the runtime answers; a revision nobody asks for is forgotten.
 ONE_AT_A_TIME_TTL_SECONDS = 24 * 3600
@@ -132,6 +133,38 @@ def route_figures(sha256: str | None, worker_names: list[str]) -> tuple[bool, di
     return one_at_a_time, {name: int(found.get(key, 0)) for name, key in load_keys.items()}
 
 
+# Each change is one Lua script, so it is atomic in Redis and renews the expiry with the
+# count. Setting the expiry only when the key was created let it lapse every
+# LOAD_TTL_SECONDS under steady traffic; the in-flight requests' DECRs then drove the
+# new counter below zero, and `min(loads)` sent every request to that worker.
+_BEGIN = """
+local n = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return n
+"""
+# A counter that expired while the request was in flight is not created again by its
+# end, nor taken below zero: at worst a worker's load reads low until its requests end.
+_END = """
+local n = tonumber(redis.call('GET', KEYS[1]))
+if not n then return 0 end
+if n <= 1 then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+n = redis.call('DECR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return n
+"""
+
+
+def _change_load(script: str, name: str) -> None:
+    # The cache's own client and key, so `route_figures` reads the counter with get_many
+    # (the cache stores an int as its decimal digits, as INCR leaves it).
+    key = cache.make_and_validate_key(name)
+    client = cache._cache.get_client(key, write=True)
+    client.eval(script, 1, key, LOAD_TTL_SECONDS)
+
+
 class Dispatched:
     """Counts a request against its worker's load while it is in flight:
     `with Dispatched(route): …send and wait…`, or `begin()` … `end()` for a stream
@@ -143,8 +176,7 @@ class Dispatched:
     def begin(self) -> Dispatched:
         if self.key:
             try:
-                cache.add(self.key, 0, timeout=LOAD_TTL_SECONDS)
-                cache.incr(self.key)
+                _change_load(_BEGIN, self.key)
             except Exception:
                 log.warning("could not count a routed request", exc_info=True)
                 self.key = None
@@ -154,8 +186,8 @@ class Dispatched:
         key, self.key = self.key, None
         if key:
             try:
-                cache.decr(key)
-            except Exception:  # expired meanwhile, or the cache is down
+                _change_load(_END, key)
+            except Exception:  # the cache is down
                 log.warning("could not uncount a routed request", exc_info=True)
 
     def __enter__(self) -> Dispatched:
