@@ -350,6 +350,9 @@ def test_the_command_imports_and_prints_what_it_registered(sources, bases_dir):
     ):
         assert expected in printed
     assert "dequantizing the GGUF weights" in printed
+    again = io.StringIO()
+    call_command("import_base", "tiny-llama", "--from", str(sources[tiny_models.LLAMA]["gguf"]), stdout=again)
+    assert "already imported from these weights; nothing changed" in again.getvalue()
     with pytest.raises(CommandError, match="give --from PATH"):
         call_command("import_base", "tiny-other", stdout=io.StringIO())
 

@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.base_models import import_base_model
 from adapters_app.lifecycle.errors import LifecycleError
+from adapters_app.models import BaseModel
 from workers.engine.architectures import architecture_of
 from workers.engine.base_import import PACKAGED
 
@@ -41,6 +42,7 @@ class Command(BaseCommand):
             if sha256:
                 raise CommandError(f"{name} is checked against its package's own sha256; drop --sha256")
         self.stdout.write(f"importing {source} as {name}…")
+        before = BaseModel.objects.filter(name=name).values_list("pk", flat=True).first()
         try:
             base = import_base_model(
                 name,
@@ -52,6 +54,8 @@ class Command(BaseCommand):
             )
         except LifecycleError as exc:
             raise CommandError(str(exc)) from None
+        if base.pk == before:
+            self.stdout.write(f"{name} was already imported from these weights; nothing changed.")
         arch = architecture_of(base.architecture)
         for label, value in (
             ("name", base.name),
