@@ -21,6 +21,8 @@ stop where generation stops.
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -140,12 +142,29 @@ def _turn_spans(tokenizer, messages: Sequence[Message]) -> tuple[str, list[_Span
 
 
 def _leading_special(tokenizer, text: str) -> str | None:
-    """The special token `text` starts with (the longest, if several), else None."""
+    """The special token `text` starts with, else None."""
+    ids = tokenizer.encode(text, add_special_tokens=False) if text else []
+    if not ids:
+        return None
+    token = tokenizer.convert_ids_to_tokens(ids[0])
+    return token if token in _special_tokens(tokenizer) and text.startswith(token) else None
+
+
+# Gemma's tokenizer has thousands of added tokens: collecting them costs milliseconds, so
+# it is done once per tokenizer (a loaded base's tokens do not change).
+_specials: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _special_tokens(tokenizer) -> frozenset[str]:
+    with contextlib.suppress(KeyError, TypeError):  # not seen yet, or not weakly referenceable
+        return _specials[tokenizer]
     specials = set(getattr(tokenizer, "all_special_tokens", ()) or ())
     decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
     specials.update(str(t) for t in decoder.values() if getattr(t, "special", False))
-    found = [s for s in specials if s and text.startswith(s)]
-    return max(found, key=len) if found else None
+    found = frozenset(s for s in specials if s)
+    with contextlib.suppress(TypeError):
+        _specials[tokenizer] = found
+    return found
 
 
 def encode_for_training(tokenizer, example: Example, max_length: int) -> tuple[list, list]:
