@@ -372,6 +372,15 @@ def test_gemma_training_labels_cover_exactly_each_answer_and_its_end_of_turn_tok
     assert labelled_text(tokenizer, labels) == "Rex.<end_of_turn>Tom, a tabby.<end_of_turn>"
 
 
+@pytest.mark.parametrize("make", [chatml_tokenizer, gemma_tokenizer, build_byte_tokenizer])
+def test_an_answer_that_opens_the_conversation_is_labelled_without_its_turn_header(make):
+    tokenizer = make()
+    end = {chatml_tokenizer: "<|im_end|>", gemma_tokenizer: "<end_of_turn>", build_byte_tokenizer: "<|end|>"}
+    opening = Example((Message("assistant", "Hi!"), Message("user", "Yo"), Message("assistant", "Bye.")))
+    _, labels = encode_for_training(tokenizer, opening, 4096)
+    assert labelled_text(tokenizer, labels) == f"Hi!{end[make]}Bye.{end[make]}"
+
+
 def test_training_sees_the_prompt_tokens_generation_continues_from():
     tokenizer = chatml_tokenizer()
     ids, labels = encode_for_training(tokenizer, Example(CONVERSATION[:3]), 4096)

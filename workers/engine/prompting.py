@@ -122,7 +122,7 @@ def _turn_spans(tokenizer, messages: Sequence[Message]) -> tuple[str, list[_Span
     for i, message in enumerate(messages):
         if message.role != "assistant":
             continue
-        head = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
+        head = _generation_prefix(tokenizer, messages[:i])
         turn = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
         if not (full.startswith(turn) and turn.startswith(head)) or len(head) < done:
             raise ChatTemplateError(
@@ -136,9 +136,16 @@ def _turn_spans(tokenizer, messages: Sequence[Message]) -> tuple[str, list[_Span
             raise ChatTemplateError("the base's chat template changes the assistant's text; cannot find it")
         end = len(head) + at + len(content)
         end_of_turn = _leading_special(tokenizer, full[end:len(turn)])
-        spans.append(_Span(len(head), end, end_of_turn))
+        # An opening answer has no generation prompt to start from: its content only.
+        spans.append(_Span(len(head) if i else len(head) + at, end, end_of_turn))
         done = end + len(end_of_turn or "")
     return full, spans
+
+
+def _generation_prefix(tokenizer, messages: Sequence[Message]) -> str:
+    """The text before an answer to `messages`; "" before an opening answer (templates
+    cannot always render an empty conversation, and some add turns to a non-empty one)."""
+    return _render(tokenizer, messages, add_generation_prompt=True) if messages else ""
 
 
 def _leading_special(tokenizer, text: str) -> str | None:
