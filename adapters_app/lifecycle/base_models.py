@@ -118,7 +118,9 @@ def import_base_model(
     try:
         try:
             if str(source) in base_import.PACKAGED:
-                imported = base_import.import_packaged(str(source), incoming, on_progress=on_progress)
+                imported = base_import.import_packaged(
+                    str(source), incoming, expected_sha256=expected_sha256, on_progress=on_progress
+                )
             else:
                 imported = base_import.import_base(
                     source,

@@ -224,15 +224,23 @@ PACKAGED = {
 
 
 def import_packaged(
-    name: str, dest: str | os.PathLike, *, on_progress: Progress | None = None
+    name: str,
+    dest: str | os.PathLike,
+    *,
+    expected_sha256: str | None = None,
+    on_progress: Progress | None = None,
 ) -> ImportedBase:
-    """Import a packaged base by its short name (`PACKAGED`); its sha256 is always checked."""
+    """Import a packaged base by its short name (`PACKAGED`); its sha256 is always checked,
+    against the package's own and, when given, `expected_sha256` too."""
     if name not in PACKAGED:
         raise ImportRefused(f"no packaged base {name!r}; packaged: {', '.join(PACKAGED)}")
     packaged = PACKAGED[name]
     progress = on_progress or _quiet
     parts = [_package_file(packaged, dist, inside) for dist, inside in packaged.files]
     expected = _packaged_sha256(packaged)
+    wanted = _normalise_sha256(expected_sha256)
+    if wanted and wanted != expected:
+        raise ImportRefused(f"sha256 mismatch: expected {wanted}, but {name}'s GGUF has sha256 {expected}")
     licenses = {
         Path(inside).name: _package_file(packaged, dist, inside) for dist, inside in packaged.license_files
     }
