@@ -189,6 +189,7 @@ def test_the_worker_page_names_the_base_of_each_managers_tiers(db, viewer, store
 
     assert f"Process {worker.pid} · small" in page
     assert f"Process {worker.pid} · base <code>{BASE_Y[:12]}</code>" in page
+    assert '<span class="muted small">on small</span>' in page  # beside the adapter it holds
 
 
 def test_an_operator_sees_the_residency_buttons(db, operator, store, manager, make_revision):
