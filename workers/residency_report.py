@@ -174,6 +174,10 @@ class ResidencyStatsReport:
 
     def flush(self, managers: Iterable[ResidencyManager]) -> int:
         """Write what changed; the number of rows written or removed."""
+        return self.write([manager.snapshot() for manager in managers])
+
+    def write(self, snapshots: Iterable[dict]) -> int:
+        """`flush`, from the managers' snapshots taken already."""
         worker = Worker.objects.filter(name=self.worker_name, stopped_at=None).only("id").first()
         if worker is None:
             return 0  # stopping, or not registered yet: nothing to hang rows on
@@ -188,8 +192,7 @@ class ResidencyStatsReport:
             ResidencyStats.objects.filter(worker=worker, pid=self.pid).values_list("base_digest", "tier")
         )
         resident: dict[tuple[str, str], tuple] = {}
-        for manager in managers:
-            snapshot = manager.snapshot()
+        for snapshot in snapshots:
             digest = snapshot["base_digest"]
             for tier in snapshot["tiers"]:
                 key, values = (digest, tier["tier"]), stats_values(tier, snapshot["cold_loads"])
@@ -306,10 +309,13 @@ class ResidencyWriter:
     def write_round(self, managers: Iterable[ResidencyManager]) -> int:
         """The changes waiting, the uses held back, then the managers' snapshots; the number
         of snapshot rows written or removed. Raises what the database raised."""
+        # Taken before the writing starts: a manager busy with a cold load keeps this thread
+        # waiting, not the task threads that hand changes over meanwhile.
+        snapshots = [manager.snapshot() for manager in managers]
         with self._writing:
             self._write_waiting()
             self._write_held_uses()
-            return self.report.flush(managers)
+            return self.report.write(snapshots)
 
     # --- the writer's thread ------------------------------------------------------------
     def start(self) -> None:
