@@ -7,7 +7,7 @@ from adapters_app.lifecycle import audit
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.errors import Invalid, NotFound
 from adapters_app.lifecycle.roles import authorize
-from adapters_app.lifecycle.storage import get_store
+from adapters_app.lifecycle.storage import delete_unreferenced_blob, get_store
 from adapters_app.models import Dataset, Person
 from workers.engine import examples
 from workers.engine.examples import DatasetInvalid, Example, LineError, parse_jsonl
@@ -57,8 +57,10 @@ def upload_dataset(
                 after={"sha256": dataset.sha256, "rows": dataset.rows, "format": dataset.format},
             )
     except BaseException:
+        # Unless another upload re-used the blob meanwhile (a double click's second
+        # request, another person's same file): it may have committed, or be about to.
         if put.created:
-            get_store().delete(put.sha256)
+            delete_unreferenced_blob(put.sha256, put_after_ns=put.stamp_ns)
         raise
     return dataset, True
 

@@ -5,6 +5,7 @@ only after that commits, so a worker never picks up a job it cannot see.
 """
 
 import logging
+import time
 import uuid
 from datetime import timedelta
 
@@ -15,7 +16,7 @@ from adapters_app.lifecycle import audit
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.errors import Conflict, Invalid
 from adapters_app.lifecycle.roles import authorize
-from adapters_app.lifecycle.storage import get_store
+from adapters_app.lifecycle.storage import delete_unreferenced_blob, get_store, is_referenced
 from adapters_app.models import Adapter, Dataset, Job, Revision
 from mintweb.celery import app as celery_app
 from workers.engine.suites import SUITE_FORMAT
@@ -210,10 +211,11 @@ def sweep_orphan_blobs(*, grace_seconds: float | None = None) -> list[str]:
     store = get_store()
     removed = []
     for sha in store.all_keys():
-        referenced = (
-            Revision.objects.filter(sha256=sha).exists() or Dataset.objects.filter(sha256=sha).exists()
-        )
-        if not referenced and store.age_seconds(sha) >= grace and store.delete(sha):
+        if is_referenced(sha) or store.age_seconds(sha) < grace:
+            continue
+        # Decided again under the blob's lock: an upload re-using it renews its age first.
+        put_after_ns = time.time_ns() - int(grace * 1e9)
+        if delete_unreferenced_blob(sha, put_after_ns=put_after_ns):
             removed.append(sha)
     if removed:
         log.warning("removed %d orphan blob(s) from the store", len(removed))

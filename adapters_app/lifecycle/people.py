@@ -1,5 +1,6 @@
 import logging
 import uuid
+from datetime import UTC, datetime, timedelta
 
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
@@ -9,12 +10,14 @@ from adapters_app.lifecycle import audit
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.errors import Conflict, Invalid, NotFound
 from adapters_app.lifecycle.roles import authorize
-from adapters_app.lifecycle.storage import get_store
+from adapters_app.lifecycle.storage import delete_unreferenced_blob
 from adapters_app.lifecycle.studies import drop_erased_members
 from adapters_app.models import Adapter, BaseModel, Dataset, Person, PointerEvent, Revision, StudyRun
 from adapters_app.models.person import validate_handle
 
 log = logging.getLogger(__name__)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Changed on every erasure; worker processes watch it to know when to drop what they
 # hold of revisions that are gone (workers/forgetting.py).
@@ -102,6 +105,9 @@ def erase_person(person: Person, *, actor: Actor, reason: str) -> dict:
         revisions = Revision.objects.filter(adapter__person=person)
         revision_blobs = set(revisions.values_list("sha256", flat=True))
         dataset_blobs = set(Dataset.objects.filter(person=person).values_list("sha256", flat=True))
+        # When each blob was last named by one of their rows: a put after that is
+        # someone else's re-use, whose row may not be committed yet.
+        last_named = _last_named(revisions, Dataset.objects.filter(person=person))
         study_runs = StudyRun.objects.filter(person__in=adapter_handles)
         counts = {
             "adapters": len(adapter_handles),
@@ -121,14 +127,23 @@ def erase_person(person: Person, *, actor: Actor, reason: str) -> dict:
         drop_erased_members(adapter_handles)
         person.delete()
         audit.record(actor, "person.erase", person, person_handle=handle, after={**counts, "reason": reason})
-    store = get_store()
-    still_used = set(
-        Revision.objects.filter(sha256__in=revision_blobs).values_list("sha256", flat=True)
-    ) | set(Dataset.objects.filter(sha256__in=dataset_blobs).values_list("sha256", flat=True))
-    for sha in (revision_blobs | dataset_blobs) - still_used:
-        store.delete(sha)
+    # Each blob is checked for references again under its lock, and spared if it was put
+    # since their rows were written: another person's upload of the same bytes that has
+    # stored it but not yet committed. Left unreferenced, the orphan sweep removes it.
+    for sha in revision_blobs | dataset_blobs:
+        delete_unreferenced_blob(sha, put_after_ns=last_named[sha])
     mark_erasure()
     return counts
+
+
+def _last_named(*querysets) -> dict[str, int]:
+    """sha256 -> the newest created_at (ns since the epoch) of the rows naming it."""
+    newest: dict[str, int] = {}
+    for queryset in querysets:
+        for sha, created_at in queryset.values_list("sha256", "created_at"):
+            stamp = (created_at - EPOCH) // timedelta(microseconds=1) * 1000
+            newest[sha] = max(newest.get(sha, 0), stamp)
+    return newest
 
 
 def mark_erasure() -> None:

@@ -9,7 +9,7 @@ from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.errors import Invalid, NotFound
 from adapters_app.lifecycle.gates import refresh_gate_status
 from adapters_app.lifecycle.roles import authorize
-from adapters_app.lifecycle.storage import get_store
+from adapters_app.lifecycle.storage import delete_unreferenced_blob, get_store
 from adapters_app.models import Adapter, BaseModel, Dataset, Job, Revision
 from mintweb.version import code_version
 from workers.engine.payload import peft_tar_gz, unpack
@@ -79,8 +79,9 @@ def create_revision(
             if on_created is not None:
                 on_created(revision)
     except BaseException:
-        if put.created and not Revision.objects.filter(sha256=put.sha256).exists():
-            store.delete(put.sha256)
+        # Unless another writer re-used the blob meanwhile (it may commit yet).
+        if put.created:
+            delete_unreferenced_blob(put.sha256, put_after_ns=put.stamp_ns)
         raise
     return revision
 

@@ -3,16 +3,24 @@
 Keys are the sha256 of the bytes. Writes go to a temp file in the same folder,
 are fsynced and renamed into place, so a reader never sees half a blob. Every
 read verifies the hash: a blob corrupted on disk is refused, never served.
+
+A blob's mtime is when it was last put: storing bytes that are already there
+renews it, because the caller is about to reference the blob in a row it has not
+committed yet. Deletes that depend on a blob being unreferenced go through
+`delete_unreferenced`, which decides under the blob's lock (a put takes the same
+lock) and spares a blob put again since the deleter last knew of it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -37,6 +45,7 @@ class PutResult:
     sha256: str
     size: int
     created: bool  # False when identical bytes were already stored
+    stamp_ns: int = 0  # the blob's mtime as this put left it (see delete_unreferenced)
 
 
 class AdapterStore:
@@ -62,24 +71,47 @@ class AdapterStore:
         if expected_sha256 is not None and expected_sha256 != sha256:
             raise StoreError(f"refusing to store bytes with sha256 {sha256} under key {expected_sha256}")
         path = self.path_for(sha256)
-        if path.exists():
-            # Same key must mean same bytes; a mismatch is corruption, not a
-            # reason to overwrite silently.
-            self.get(sha256)
-            return PutResult(sha256, len(data), created=False)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return PutResult(sha256, len(data), created=True)
+        with self._locked(sha256):
+            if path.exists():
+                # Same key must mean same bytes; a mismatch is corruption, not a
+                # reason to overwrite silently.
+                self.get(sha256)
+                return PutResult(sha256, len(data), created=False, stamp_ns=self._renew(path))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            return PutResult(sha256, len(data), created=True, stamp_ns=self._renew(path))
+
+    @staticmethod
+    def _renew(path: Path) -> int:
+        """Set the blob's mtime to now, and always later than it was (clocks are coarse):
+        a deleter compares it with the stamp it knows, and must see any later put."""
+        stamp = max(time.time_ns(), path.stat().st_mtime_ns + 1)
+        os.utime(path, ns=(stamp, stamp))
+        return stamp
+
+    @contextmanager
+    def _locked(self, sha256: str) -> Iterator[None]:
+        """Exclusive, across processes and threads, for the blobs sharing `sha256`'s first
+        two hex digits (256 lock files, not one per blob). Held only for file work and
+        reads, never while waiting on a database lock, so it cannot deadlock with one."""
+        lock = self.root / sha256[:2] / ".lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def get(self, sha256: str) -> bytes:
         path = self.path_for(sha256)
@@ -104,6 +136,24 @@ class AdapterStore:
         except FileNotFoundError:
             return False
         return True
+
+    def delete_unreferenced(
+        self, sha256: str, *, referenced: Callable[[str], bool], put_after_ns: int
+    ) -> bool:
+        """Delete the blob unless `referenced(sha256)` or it was put after `put_after_ns`
+        (someone re-used it and may be about to commit a row naming it; the orphan sweep
+        decides later). Decided under the blob's lock, so no put slips in between the
+        check and the unlink. True when deleted."""
+        path = self.path_for(sha256)
+        with self._locked(sha256):
+            try:
+                stamp = path.stat().st_mtime_ns
+            except FileNotFoundError:
+                return False
+            if stamp > put_after_ns or referenced(sha256):
+                return False
+            path.unlink()
+            return True
 
     def all_keys(self) -> Iterator[str]:
         for path in self.root.glob("??/??/*"):
