@@ -530,3 +530,14 @@ def test_serving_refuses_a_base_the_bank_does_not_batch_so_the_runtime_serves_it
     with pytest.raises(serving.Unservable, match="not one the engine can train and serve"):
         serving.server_for(str(tmp_path), "f" * 64)
     assert "f" * 64 not in serving._servers  # nothing was loaded for it
+
+
+def test_the_bank_refuses_an_architecture_the_table_does_not_batch():
+    """Batched grading builds a bank directly: it must not batch a base it cannot serve exactly."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from workers.engine.batched_lora import BatchedLoraError
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32))
+    with pytest.raises(BatchedLoraError, match="not one the engine can train and serve"):
+        BatchedLoraModel(model)

@@ -27,6 +27,10 @@ Slots are keyed by the revision's sha256, never a name: loading a different payl
 can never be served from a stale slot. Loading copies the adapter's factors into the
 bank in place; that copy is the "cold load" to compare with PEFT's `load_adapter`.
 
+Only architectures the table marks as batched (architectures.py) are wrapped: for those
+tests check every row against PEFT, grouped-query attention (k/v narrower than q) and
+Gemma 3 (head_dim 256, tied and scaled embeddings) included; any other base is refused.
+
 No Django imports.
 """
 
@@ -241,6 +245,9 @@ class BatchedLoraModel:
         """`cpu_kernel=False` keeps a CPU float32 model on the torch-ops path (to compare them)."""
         if max_slots < 1 or max_rank < 1:
             raise ValueError("max_slots and max_rank must be at least 1")
+        refused = _unbatched_architecture(model.config)
+        if refused:
+            raise BatchedLoraError(refused)
         self.model = model
         self.max_slots = max_slots
         self.max_rank = max_rank
@@ -421,6 +428,18 @@ class BatchedLoraModel:
             return self.model(*args, **kwargs)
         with self.rows(rows):
             return self.model(*args, **kwargs)
+
+
+def _unbatched_architecture(config) -> str:
+    """Why the bank cannot serve this base exactly ('' when it can): an architecture the
+    table (architectures.py) does not know, or one it marks as not batched."""
+    from workers.engine.architectures import UnknownArchitecture, architecture_of
+
+    try:
+        arch = architecture_of(config)
+    except UnknownArchitecture as exc:
+        return str(exc)
+    return "" if arch.batched else f"{arch.family} bases are not batched: {arch.unbatched_reason}"
 
 
 def _unsupported_settings(config: dict) -> str:
