@@ -541,3 +541,30 @@ def test_the_bank_refuses_an_architecture_the_table_does_not_batch():
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32))
     with pytest.raises(BatchedLoraError, match="not one the engine can train and serve"):
         BatchedLoraModel(model)
+
+
+def test_the_one_at_a_time_runtime_renders_a_conversation_and_answers_as_the_bank_does(tmp_path):
+    """The runtime (what serves what the bank cannot) renders messages with the base's own
+    template and stops where the bank stops: the same answer, on Gemma 3."""
+    from workers.engine.base_models import save_model_folder, weights_digest
+    from workers.engine.runtime import AdapterRuntime
+
+    model, tokenizer = tiny_gemma3()
+    payloads = random_payloads(model, 1)
+    [sha] = payloads
+    folder = save_model_folder(model, tokenizer, tmp_path / "gemma")
+    messages = [Message("system", "Be brief."), Message("user", QUESTIONS[3])]
+    params = SamplingParams(max_tokens=8)
+
+    [alone] = AdapterRuntime().generate(
+        str(folder), weights_digest(folder), sha, payloads.get, messages, params
+    )
+    bank = BatchedLoraModel(copy.deepcopy(model), max_slots=1, max_rank=8)
+    bank.load(sha, payloads[sha])
+    generator = BatchGenerator(bank, tokenizer)
+    batched = generator.submit(messages, sha, params)
+    generator.run_until_idle()
+    assert (alone.text, alone.prompt_tokens) == (batched.result().text, batched.result().prompt_tokens)
+    assert alone.prompt_tokens == len(
+        tokenizer.encode(render_prompt(messages, tokenizer), add_special_tokens=False)
+    )
