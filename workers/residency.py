@@ -18,8 +18,6 @@ from adapters_app.models import ResidentAdapter
 from workers.engine.runtime import ResidencyEvent
 from workers.residency_report import Evicted, Loaded, Used, process_writer, worker_name
 
-__all__ = ["ResidencyReporter", "tier_of", "worker_name"]
-
 
 def tier_of(device: str) -> str:
     return ResidentAdapter.GPU if device.startswith("cuda") else ResidentAdapter.CPU
