@@ -1,21 +1,31 @@
 """`make bench-serving`: many personal adapters in one batch, against the bare base and PEFT.
 
 Measured side by side in one run, on one base, the same prompts and the same batched
-greedy loop with a KV cache (64 rows x 32 new tokens by default):
+greedy loop with a KV cache:
 
   bare base         the plain HF model, no adapter
   ours              BatchedLoraModel, every row its own adapter (workers/engine/batched_lora.py)
   PEFT mixed batch  one PeftModel holding every adapter, forward(..., adapter_names=[...])
   PEFT switching    set_adapter per request, one request (batch 1) at a time
 
+The base is ours (`--base micro|mint-s|…`, pretrained on first use), any registered base by
+name (an imported one), or a packaged real model's short name (`smollm2-135m`, `gemma3-270m`),
+imported on first use. Prompts are rendered with the base's own chat template and a row
+stops at its end-of-turn token (or after --new-tokens); rates count the tokens produced.
+Batch, adapters, new tokens, rounds and cold loads default by the base's size
+(`defaults_for`), so a 135 M-parameter model runs in minutes on two cores.
+
 The variants run in turn, round after round (after a warm-up round), and the targets are
 the median of the per-round ratios, as docs/MEASURING.md asks. Then the cold-load
 latency of one adapter (ours: store read + sha256 check + copy into the bank; PEFT:
 load_adapter from an exported PEFT folder) and a Zipf replay of adapter requests
-through a fast tier (workers/engine/cache_sim.py).
+through a fast tier (workers/engine/cache_sim.py). A base whose architecture the serving
+bank does not batch (workers/engine/architectures.py) is measured without "ours", and the
+output says why.
 
-The adapters are random rank-r LoRA factors from a fixed seed (throughput does not
-depend on what they learned); the command prints so.
+The adapters are random rank-r LoRA factors from a fixed seed on the modules the
+architecture table targets (throughput does not depend on what they learned); the command
+prints so.
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from adapters_app.lifecycle.actors import Actor
+from adapters_app.lifecycle.errors import LifecycleError
 from adapters_app.management import processes
 from adapters_app.management.benchmarks import bench_base, cpu_model, peak_rss_mib
 from workers.engine.base_family import FAMILY, SMALLEST
@@ -41,6 +53,7 @@ VARIANTS = ("bare", "ours", "peft_mixed", "peft_switch")
 # Where ours serves through the compiled CPU kernel, the same batch through torch ops alone
 # runs beside it, so the kernel's share of the result is measured too.
 TORCH_OPS = "ours_torch_ops"
+OURS = ("ours", TORCH_OPS)
 LABELS = {
     "bare": "bare base",
     "ours": "ours (heterogeneous batch)",
@@ -48,6 +61,21 @@ LABELS = {
     "peft_mixed": "PEFT mixed batch (adapter_names=)",
     "peft_switch": "PEFT per-request switching (batch 1)",
 }
+# A greedy row's positions after its end of turn.
+FINISHED = -1
+
+# What a run measures unless told otherwise, by the base's size. Our own bases (micro to
+# mint-l) are small enough for a 64-row batch; on a real pretrained one (SmolLM2-135M,
+# gemma-3-270m) a pass of per-request switching alone is 64 x 32 full forwards, minutes
+# on two shared cores, so the batch, the rounds and the cold loads are cut to keep a run
+# near five minutes while still mixing many adapters in one batch.
+LARGE_BASE_PARAMETERS = 100_000_000
+DEFAULTS = {"batch": 64, "adapters": 64, "new_tokens": 32, "rounds": 5, "loads": 40}
+LARGE_BASE_DEFAULTS = {"batch": 16, "adapters": 16, "new_tokens": 32, "rounds": 3, "loads": 20}
+
+
+def defaults_for(parameters: int) -> dict:
+    return LARGE_BASE_DEFAULTS if parameters >= LARGE_BASE_PARAMETERS else DEFAULTS
 
 
 class Command(BaseCommand):
@@ -57,9 +85,20 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--base", default=SMALLEST, choices=["micro", *sorted(FAMILY)])
-        parser.add_argument("--batch", type=int, default=64)
-        parser.add_argument("--adapters", type=int, default=64, help="distinct adapters in the batch")
+        from workers.engine.base_import import PACKAGED
+
+        parser.add_argument(
+            "--base",
+            default=SMALLEST,
+            help=(
+                f"micro, one of ours ({', '.join(FAMILY)}), any registered base by name, or a packaged "
+                f"real model ({', '.join(PACKAGED)}; imported first when not registered yet)"
+            ),
+        )
+        scaled = f"(default by the base's size: {DEFAULTS} or, from {LARGE_BASE_PARAMETERS:,} parameters, "
+        scaled += f"{LARGE_BASE_DEFAULTS})"
+        parser.add_argument("--batch", type=int, help=f"rows in the batch {scaled}")
+        parser.add_argument("--adapters", type=int, help="distinct adapters in the batch")
         parser.add_argument("--rank", type=int, default=8)
         parser.add_argument(
             "--targets",
@@ -67,10 +106,11 @@ class Command(BaseCommand):
             choices=["all-linear", "attention"],
             help="the linear modules each adapter adapts (the product's default: all-linear)",
         )
-        parser.add_argument("--new-tokens", type=int, default=32)
-        parser.add_argument("--prompt-tokens", type=int, default=24, help="longest prompt; others shorter")
-        parser.add_argument("--rounds", type=int, default=5, help="timed rounds after one warm-up round")
-        parser.add_argument("--loads", type=int, default=40, help="cold loads timed per side")
+        parser.add_argument(
+            "--new-tokens", type=int, help="most tokens a row produces (it stops at end of turn)"
+        )
+        parser.add_argument("--rounds", type=int, help="timed rounds after one warm-up round")
+        parser.add_argument("--loads", type=int, help="cold loads timed per side")
         parser.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--zipf-requests", type=int, default=200_000)
@@ -81,14 +121,18 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         import torch
 
+        torch.set_num_threads(options["threads"] or len(os.sched_getaffinity(0)))
+        row = serving_base(options["base"], self.stdout)
+        for name, value in defaults_for(row.parameters).items():
+            if options.get(name) is None:
+                options[name] = value
         if options["batch"] < 1 or options["adapters"] < 1 or options["rounds"] < 1:
             raise CommandError("--batch, --adapters and --rounds must be at least 1")
-        torch.set_num_threads(options["threads"] or len(os.sched_getaffinity(0)))
-        row = bench_base(options["base"], self.stdout)
-        folder, digest, base_name = row.path, row.digest, row.name
-        bench = ServingBench(folder, digest, options, log=self.stdout.write)
+        if options["new_tokens"] < 1 or options["loads"] < 1:
+            raise CommandError("--new-tokens and --loads must be at least 1")
+        bench = ServingBench(row.path, row.digest, options, log=self.stdout.write)
         out = self.stdout.write
-        out(bench.header(base_name))
+        out(bench.header(row.name))
         throughput = bench.throughput()
         out(throughput.table())
         loads = bench.cold_loads()
@@ -100,7 +144,7 @@ class Command(BaseCommand):
             memory += f"; peak CUDA memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
         out(memory)
         report = {
-            "base": base_name,
+            "base": row.name,
             "conditions": bench.conditions(),
             "throughput": throughput.as_dict(),
             "cold_load": loads.as_dict(),
@@ -113,50 +157,98 @@ class Command(BaseCommand):
         out(f"JSON: {path}")
 
 
+def serving_base(name: str, stdout):
+    """The registered base to measure on: micro or one of ours (pretrained on first use, as
+    the other benches do), any registered base by name, or a packaged real model's short
+    name, imported (as `manage.py import_base NAME` would) when it is not registered yet."""
+    from adapters_app.management.commands.import_base import StageProgress
+    from adapters_app.models import BaseModel
+    from workers.engine.base_import import PACKAGED
+
+    if name == "micro" or name in FAMILY:
+        return bench_base(name, stdout)
+    row = BaseModel.objects.filter(name=name).first()
+    if row is None and name in PACKAGED:
+        from adapters_app.lifecycle.base_models import import_base_model
+
+        stdout.write(f"{name} is not registered yet: importing the packaged model first (once)")
+        try:
+            row = import_base_model(name, name, actor=Actor.system("cli"), on_progress=StageProgress(stdout))
+        except LifecycleError as exc:
+            message = str(exc)
+            if "make real-bases" not in message:
+                message += "; `make real-bases` installs and imports the packaged bases"
+            raise CommandError(message) from None
+    if row is None:
+        registered = list(BaseModel.objects.order_by("name").values_list("name", flat=True))
+        raise CommandError(
+            f"no base {name!r}: give micro, one of ours ({', '.join(FAMILY)}), a registered base "
+            f"({', '.join(registered) or 'none yet'}) or a packaged one to import ({', '.join(PACKAGED)})"
+        )
+    if not Path(row.path).is_dir():
+        raise CommandError(f"base {row.name!r} is registered at {row.path}, which is not on this machine")
+    return row
+
+
 class ServingBench:
     """The models, adapters and prompts of one run, and the measurements over them."""
 
     def __init__(self, folder: str, digest: str, options: dict, log):
         import torch
 
+        from workers.engine.architectures import UnknownArchitecture, architecture_of
         from workers.engine.base_models import load_base
         from workers.engine.batched_lora import BatchedLoraModel
+        from workers.engine.prompting import stop_token_ids
 
         self.options = options
         self.log = log
         self.batch, self.rank, self.new_tokens = options["batch"], options["rank"], options["new_tokens"]
         self.base = load_base(folder, digest)  # the bare base: a plain HF model
         self.device = self.base.device
+        try:
+            self.architecture = architecture_of(self.base.model.config)
+        except UnknownArchitecture as exc:
+            raise CommandError(str(exc)) from None
         self.targets = options["targets"]
-        self.modules = lora_target_shapes(self.base.model, self.targets)
+        self.modules = lora_target_shapes(self.base.model, self.targets, self.architecture)
         self.payloads = random_payloads(
-            self.modules, options["adapters"], self.rank, options["seed"], targets=self.targets
+            self.modules,
+            options["adapters"],
+            self.rank,
+            options["seed"],
+            targets=self.targets,
+            architecture=self.architecture,
         )
         self.shas = list(self.payloads)
         self.row_adapters = [self.shas[i % len(self.shas)] for i in range(self.batch)]
-        self.ids, self.mask = prompts(self.base.tokenizer, self.batch, options["prompt_tokens"], self.device)
+        self.ids, self.mask = prompts(self.base.tokenizer, self.batch, self.device)
+        self.stop_ids = stop_token_ids(self.base.tokenizer, self.base.model)
 
-        if self.device == "cpu":  # built (once) before the timing below
-            log(processes.prepare_cpu_kernel())
-        started = time.perf_counter()
-        self.ours = BatchedLoraModel(
-            load_base(folder, digest).model, max_slots=len(self.shas), max_rank=self.rank
-        )
-        for sha, payload in self.payloads.items():
-            self.ours.load(sha, payload)
-        self.row_slots = self.ours.slot_ids(self.row_adapters)
-        log(f"loaded {len(self.shas)} adapters into our bank in {time.perf_counter() - started:.1f}s")
-        self.variants = VARIANTS
-        if self.ours.uses_cpu_kernel:
-            self.variants = (*VARIANTS, TORCH_OPS)
-            self.ours_ops = BatchedLoraModel(
-                load_base(folder, digest).model,
-                max_slots=len(self.shas),
-                max_rank=self.rank,
-                cpu_kernel=False,
+        self.ours = self.ours_ops = None
+        self.variants = tuple(v for v in VARIANTS if v != "ours")
+        if self.architecture.batched:
+            if self.device == "cpu":  # built (once) before the timing below
+                log(processes.prepare_cpu_kernel())
+            started = time.perf_counter()
+            self.ours = BatchedLoraModel(
+                load_base(folder, digest).model, max_slots=len(self.shas), max_rank=self.rank
             )
             for sha, payload in self.payloads.items():
-                self.ours_ops.load(sha, payload)
+                self.ours.load(sha, payload)
+            self.row_slots = self.ours.slot_ids(self.row_adapters)
+            log(f"loaded {len(self.shas)} adapters into our bank in {time.perf_counter() - started:.1f}s")
+            self.variants = VARIANTS
+            if self.ours.uses_cpu_kernel:
+                self.variants = (*VARIANTS, TORCH_OPS)
+                self.ours_ops = BatchedLoraModel(
+                    load_base(folder, digest).model,
+                    max_slots=len(self.shas),
+                    max_rank=self.rank,
+                    cpu_kernel=False,
+                )
+                for sha, payload in self.payloads.items():
+                    self.ours_ops.load(sha, payload)
 
         started = time.perf_counter()
         self.peft, self.peft_names = peft_with_adapters(load_base(folder, digest).model, self.payloads)
@@ -164,12 +256,18 @@ class ServingBench:
         log(f"loaded {len(self.shas)} adapters into one PeftModel in {time.perf_counter() - started:.1f}s")
         self.torch = torch
 
+    @property
+    def batched(self) -> bool:
+        return self.ours is not None
+
     def conditions(self) -> dict:
         import peft
         import torch
         import transformers
 
         config = self.base.model.config
+        lengths = self.mask.sum(1)
+        tokenizer = self.base.tokenizer
         return {
             "device": self.device,
             "cpu": cpu_model(),
@@ -179,19 +277,26 @@ class ServingBench:
             "transformers": transformers.__version__,
             "peft": peft.__version__,
             "dtype": str(next(self.base.model.parameters()).dtype).removeprefix("torch."),
+            "architecture": self.architecture.name,
+            "serving_mode": self.architecture.serving_mode,
             "parameters": sum(p.numel() for p in self.base.model.parameters()),
             "layers": config.num_hidden_layers,
             "hidden": config.hidden_size,
+            "heads": config.num_attention_heads,
+            "kv_heads": getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
             "batch": self.batch,
             "distinct_adapters": len(self.shas),
             "rank": self.rank,
             "targets": self.targets,
+            "target_modules": self.architecture.target_modules(self.targets),
             "adapted_modules": len(self.modules),
             "new_tokens": self.new_tokens,
-            "prompt_tokens": int(self.mask.sum(1).max()),
+            "prompt_tokens": [int(lengths.min()), int(lengths.max())],
+            "stop_tokens": sorted(tokenizer.convert_ids_to_tokens(sorted(self.stop_ids))),
             "rounds": self.options["rounds"],
+            "loads": self.options["loads"],
             "seed": self.options["seed"],
-            "cpu_kernel": self.ours.uses_cpu_kernel,
+            "cpu_kernel": bool(self.ours and self.ours.uses_cpu_kernel),
         }
 
     def header(self, base_name: str) -> str:
@@ -199,18 +304,33 @@ class ServingBench:
         gpu = ""
         if self.device == "cuda":
             gpu = f", GPU {self.torch.cuda.get_device_name(0)}"
+        low, high = c["prompt_tokens"]
+        if not self.batched:
+            serving = (
+                f"ours: not measured: the serving bank does not batch {c['architecture']} "
+                f"({self.architecture.unbatched_reason or 'the architecture table says so'}); its "
+                "adapters are served one at a time, so only the bare base and PEFT run"
+            )
+        elif c["cpu_kernel"]:
+            serving = (
+                "ours serves through the compiled CPU LoRA kernel (kernel on; torch ops alone beside it)"
+            )
+        else:
+            serving = "ours serves through torch ops (kernel off)"
         return (
-            f"\nServing benchmark on {base_name} ({c['parameters']:,} parameters, {c['layers']} layers, "
-            f"hidden {c['hidden']}, {c['dtype']})\n"
+            f"\nServing benchmark on {base_name} ({c['architecture']}, {c['parameters']:,} parameters, "
+            f"{c['layers']} layers, hidden {c['hidden']}, {c['heads']} heads / {c['kv_heads']} KV heads, "
+            f"{c['dtype']})\n"
             f"machine: {platform.node()}, {c['cpu']}, nproc {c['nproc']}, "
             f"torch threads {c['torch_threads']}, "
             f"device {c['device']}{gpu}; torch {c['torch']}, transformers {c['transformers']}, "
             f"peft {c['peft']}\n"
             f"batch {c['batch']}, {c['distinct_adapters']} distinct adapters, rank {c['rank']} on "
-            f"{c['adapted_modules']} linear modules ({c['targets']}), prompts up to "
-            f"{c['prompt_tokens']} tokens (left-padded), {c['new_tokens']} new tokens, greedy, "
-            f"seed {c['seed']}\n"
-            f"ours serves through {'the compiled CPU LoRA kernel' if c['cpu_kernel'] else 'torch ops'}\n"
+            f"{c['adapted_modules']} linear modules ({c['targets']}: {', '.join(c['target_modules'])})\n"
+            f"prompts of {low}-{high} tokens in the base's chat template (left-padded), up to "
+            f"{c['new_tokens']} new tokens a row, greedy, a row stops at {' / '.join(c['stop_tokens'])}; "
+            f"{c['rounds']} timed rounds after a warm-up, {c['loads']} cold loads a side, seed {c['seed']}\n"
+            f"{serving}\n"
             "adapters: random-init LoRA factors from the seed (not trained; throughput does not "
             "depend on what they learned)\n"
         )
@@ -218,26 +338,30 @@ class ServingBench:
     # --- throughput -------------------------------------------------------------------------
 
     def run(self, variant: str) -> tuple[float, object]:
-        """Seconds for one pass of `variant` over the whole batch, and the tokens it produced."""
+        """Seconds for one pass of `variant` over the whole batch, and the tokens it produced
+        (FINISHED after a row's end of turn)."""
         torch = self.torch
+        stops = self.stop_ids
         self._sync()
         started = time.perf_counter()
         with torch.no_grad():
             if variant == "bare":
-                tokens = greedy(self.base.model, self.ids, self.mask, self.new_tokens)
-            elif variant in ("ours", TORCH_OPS):
+                tokens = greedy(self.base.model, self.ids, self.mask, self.new_tokens, stops)
+            elif variant in OURS:
                 model = self.ours if variant == "ours" else self.ours_ops
                 with model.rows(self.row_slots):
-                    tokens = greedy(model.model, self.ids, self.mask, self.new_tokens)
+                    tokens = greedy(model.model, self.ids, self.mask, self.new_tokens, stops)
             elif variant == "peft_mixed":
-                tokens = greedy(self.peft, self.ids, self.mask, self.new_tokens, adapter_names=self.row_names)
+                tokens = greedy(
+                    self.peft, self.ids, self.mask, self.new_tokens, stops, adapter_names=self.row_names
+                )
             else:
                 rows = []
                 for row, name in enumerate(self.row_names):
                     self.peft.set_adapter(name)
                     real = self.mask[row].bool()
                     ids, mask = self.ids[row : row + 1, real], self.mask[row : row + 1, real]
-                    rows.append(greedy(self.peft, ids, mask, self.new_tokens))
+                    rows.append(greedy(self.peft, ids, mask, self.new_tokens, stops))
                 tokens = torch.cat(rows)
         self._sync()
         return time.perf_counter() - started, tokens
@@ -245,6 +369,7 @@ class ServingBench:
     def throughput(self) -> Throughput:
         rounds = self.options["rounds"]
         seconds: dict[str, list[float]] = {v: [] for v in self.variants}
+        tokens: dict[str, list[int]] = {v: [] for v in self.variants}
         agreement = {}
         for index in range(rounds + 1):  # round 0 warms up
             produced, elapsed = {}, {}
@@ -252,20 +377,22 @@ class ServingBench:
                 elapsed[variant], produced[variant] = self.run(variant)
                 if index:
                     seconds[variant].append(elapsed[variant])
+                    tokens[variant].append(int((produced[variant] != FINISHED).sum()))
             if index == 0:
                 reference = produced["peft_switch"]  # each adapter alone, unpadded
                 agreement = {
                     v: int((produced[v] == reference).all(dim=1).sum())
                     for v in self.variants
-                    if v in ("ours", TORCH_OPS, "peft_mixed")
+                    if v in (*OURS, "peft_mixed")
                 }
             self.log(
                 f"round {index}{' (warm-up)' if index == 0 else ''}: "
                 + ", ".join(
-                    f"{v} {self.batch * self.new_tokens / elapsed[v]:.0f} tok/s" for v in self.variants
+                    f"{v} {int((produced[v] != FINISHED).sum()) / elapsed[v]:.0f} tok/s"
+                    for v in self.variants
                 )
             )
-        return Throughput(self.batch * self.new_tokens, seconds, agreement, self.batch)
+        return Throughput(tokens, seconds, agreement, self.batch, self.new_tokens)
 
     def _timed(self, action) -> float:
         self._sync()
@@ -294,80 +421,133 @@ class ServingBench:
                 folders[sha] = export_peft_folder(payload, Path(scratch) / "peft" / str(i))
             for i in range(samples + 2):  # the first two warm up
                 sha = self.shas[i % len(self.shas)]
-                self.ours.unload(sha)  # frees its slot; the load below fills it again
-                ours = self._timed(lambda sha=sha: self.ours.load(sha, unpack(store.get(sha))))
+                ours = None
+                if self.batched:
+                    self.ours.unload(sha)  # frees its slot; the load below fills it again
+                    ours = self._timed(lambda sha=sha: self.ours.load(sha, unpack(store.get(sha))))
                 name = f"cold{i}"
                 theirs = self._timed(
                     lambda sha=sha, name=name: self.peft.load_adapter(str(folders[sha]), name)
                 )
                 self.peft.delete_adapter(name)
                 if i >= 2:
-                    ours_ms.append(ours * 1000)
+                    if ours is not None:
+                        ours_ms.append(ours * 1000)
                     peft_ms.append(theirs * 1000)
         return ColdLoads(ours_ms, peft_ms, self.payloads[self.shas[0]])
 
 
 class Throughput:
-    def __init__(self, tokens: int, seconds: dict[str, list[float]], agreement: dict, batch: int):
-        self.tokens, self.seconds, self.agreement, self.batch = tokens, seconds, agreement, batch
+    """Per variant, the seconds and the tokens produced of each timed round. Rows stop at their
+    end of turn, so variants may produce different numbers of tokens (the bare base answers
+    otherwise than an adapted one): rates and ratios are tokens per second, round by round."""
+
+    def __init__(
+        self,
+        tokens: dict[str, list[int]],
+        seconds: dict[str, list[float]],
+        agreement: dict,
+        batch: int,
+        new_tokens: int,
+    ):
+        self.tokens, self.seconds, self.agreement = tokens, seconds, agreement
+        self.batch, self.new_tokens = batch, new_tokens
+
+    @property
+    def batched(self) -> bool:
+        return "ours" in self.seconds
+
+    def rates(self, variant: str) -> list[float]:
+        return [t / s for t, s in zip(self.tokens[variant], self.seconds[variant], strict=True)]
 
     def rate(self, variant: str) -> float:
-        return self.tokens / statistics.median(self.seconds[variant])
+        return statistics.median(self.rates(variant))
 
     def ratios(self, top: str, bottom: str) -> list[float]:
         """Per-round throughput ratios top/bottom (the variants ran in the same round)."""
-        return [b / t for t, b in zip(self.seconds[top], self.seconds[bottom], strict=True)]
+        return [t / b for t, b in zip(self.rates(top), self.rates(bottom), strict=True)]
+
+    def comparisons(self) -> list[tuple[str, str, float | None, str]]:
+        """(top, bottom, target or None, note) of every ratio the table shows."""
+        if not self.batched:
+            return [
+                ("peft_mixed", "bare", None, "(context)"),
+                ("peft_mixed", "peft_switch", None, "(context)"),
+            ]
+        rows = [
+            ("ours", "bare", TARGET_VS_BARE, ""),
+            ("ours", "peft_mixed", TARGET_VS_PEFT_MIXED, ""),
+            ("ours", "peft_switch", None, "(context)"),
+        ]
+        if TORCH_OPS in self.seconds:
+            rows.append(("ours", TORCH_OPS, None, "(the CPU kernel's gain)"))
+        return rows
 
     def table(self) -> str:
-        lines = ["", f"{'':40} {'tokens/s':>10} {'s / pass':>9}"]
+        lines = ["", f"{'':40} {'tokens/s':>10} {'s / pass':>9} {'tokens / row':>13}"]
         for variant in self.seconds:
             median = statistics.median(self.seconds[variant])
-            lines.append(f"{LABELS[variant]:40} {self.rate(variant):10.0f} {median:9.3f}")
-        lines.append(
-            f"\nrows whose {self.tokens // self.batch} greedy tokens equal the adapter run alone (PEFT, "
-            f"batch 1, unpadded): ours {self.agreement['ours']}/{self.batch}, "
-            + (
-                f"ours with torch ops {self.agreement[TORCH_OPS]}/{self.batch}, "
-                if TORCH_OPS in self.agreement
-                else ""
+            per_row = statistics.median(self.tokens[variant]) / self.batch
+            lines.append(f"{LABELS[variant]:40} {self.rate(variant):10.0f} {median:9.3f} {per_row:13.1f}")
+        if not self.batched:
+            lines.append(f"{LABELS['ours']:40} {'not batched on this architecture':>34}")
+        agreeing = ", ".join(
+            f"{name} {self.agreement[v]}/{self.batch}"
+            for v, name in (
+                ("ours", "ours"),
+                (TORCH_OPS, "ours with torch ops"),
+                ("peft_mixed", "PEFT mixed"),
             )
-            + f"PEFT mixed {self.agreement['peft_mixed']}/{self.batch}"
+            if v in self.agreement
+        )
+        lines.append(
+            f"\nrows whose greedy tokens (up to end of turn, at most {self.new_tokens}) equal the adapter "
+            f"run alone (PEFT, batch 1, unpadded): {agreeing}"
         )
         lines.append("")
-        lines.append(f"{'target':34} {'median ratio':>12} {'min-max':>15} {'target':>7}  verdict")
-        for top, bottom, target in (
-            ("ours", "bare", TARGET_VS_BARE),
-            ("ours", "peft_mixed", TARGET_VS_PEFT_MIXED),
-        ):
+        lines.append(f"{'ratio of tokens/s':34} {'median ratio':>12} {'min-max':>15} {'target':>7}  verdict")
+        for top, bottom, target, note in self.comparisons():
             ratios = self.ratios(top, bottom)
             median = statistics.median(ratios)
+            verdict = note or ("met" if median >= target else "MISSED")
+            name = f"{short_label(top)} / {short_label(bottom)}"
             lines.append(
-                f"{'ours / ' + LABELS[bottom].split(' (')[0]:34} {median:12.2f} "
-                f"{min(ratios):7.2f}-{max(ratios):<7.2f} {'≥ ' + format(target, 'g'):>7}  "
-                f"{'met' if median >= target else 'MISSED'}"
-            )
-        switch = statistics.median(self.ratios("ours", "peft_switch"))
-        lines.append(f"{'ours / PEFT per-request switching':34} {switch:12.2f} {'':15} {'':>7}  (context)")
-        if TORCH_OPS in self.seconds:
-            ratios = self.ratios("ours", TORCH_OPS)
-            lines.append(
-                f"{'ours / ours with torch ops only':34} {statistics.median(ratios):12.2f} "
-                f"{min(ratios):7.2f}-{max(ratios):<7.2f} {'':>7}  (the CPU kernel's gain)"
+                f"{name:34} {median:12.2f} {min(ratios):7.2f}-{max(ratios):<7.2f} "
+                f"{'≥ ' + format(target, 'g') if target else '':>7}  {verdict}"
             )
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
-        return {
+        figures = {
             "tokens_per_pass": self.tokens,
             "seconds": self.seconds,
             "tokens_per_s": {v: self.rate(v) for v in self.seconds},
+            "batched": self.batched,
             "cpu_kernel": TORCH_OPS in self.seconds,
-            "ours_over_bare": statistics.median(self.ratios("ours", "bare")),
-            "ours_over_peft_mixed": statistics.median(self.ratios("ours", "peft_mixed")),
-            "ours_over_peft_switch": statistics.median(self.ratios("ours", "peft_switch")),
-            "targets": {"ours_over_bare": TARGET_VS_BARE, "ours_over_peft_mixed": TARGET_VS_PEFT_MIXED},
+            "ratios": {
+                f"{top}_over_{bottom}": {
+                    "median": statistics.median(self.ratios(top, bottom)),
+                    "min": min(self.ratios(top, bottom)),
+                    "max": max(self.ratios(top, bottom)),
+                }
+                for top, bottom, _, _ in self.comparisons()
+            },
             "rows_equal_to_alone": self.agreement,
         }
+        if self.batched:
+            figures["targets"] = {
+                "ours_over_bare": TARGET_VS_BARE,
+                "ours_over_peft_mixed": TARGET_VS_PEFT_MIXED,
+            }
+            for bottom in ("bare", "peft_mixed", "peft_switch"):
+                figures[f"ours_over_{bottom}"] = figures["ratios"][f"ours_over_{bottom}"]["median"]
+        return figures
+
+
+def short_label(variant: str) -> str:
+    return {TORCH_OPS: "ours with torch ops only", "peft_switch": "PEFT per-request switching"}.get(
+        variant, LABELS[variant].split(" (")[0]
+    )
 
 
 class ColdLoads:
@@ -375,22 +555,30 @@ class ColdLoads:
         self.ours_ms, self.peft_ms, self.payload_bytes = ours_ms, peft_ms, len(payload)
 
     def table(self) -> str:
-        ours, peft = percentiles(self.ours_ms), percentiles(self.peft_ms)
-        return "\n".join(
-            [
-                "",
-                f"Adapter cold load ({len(self.ours_ms)} loads each, alternating; payload "
-                f"{self.payload_bytes / 1024:.0f} KiB, page cache warm)",
-                f"{'':58} {'p50 ms':>8} {'p95 ms':>8}",
-                f"{'ours: store read + sha256 check + copy into the bank':58} {ours[0]:8.2f} {ours[1]:8.2f}",
-                f"{'PEFT: load_adapter from an exported PEFT folder':58} {peft[0]:8.2f} {peft[1]:8.2f}",
-                f"{'PEFT p50 / ours p50':58} {peft[0] / ours[0]:8.1f}",
-            ]
-        )
+        peft = percentiles(self.peft_ms)
+        lines = [
+            "",
+            f"Adapter cold load ({len(self.peft_ms)} loads each, alternating; payload "
+            f"{self.payload_bytes / 1024:.0f} KiB, page cache warm)",
+            f"{'':58} {'p50 ms':>8} {'p95 ms':>8}",
+        ]
+        if self.ours_ms:
+            ours = percentiles(self.ours_ms)
+            lines.append(
+                f"{'ours: store read + sha256 check + copy into the bank':58} {ours[0]:8.2f} {ours[1]:8.2f}"
+            )
+        lines.append(f"{'PEFT: load_adapter from an exported PEFT folder':58} {peft[0]:8.2f} {peft[1]:8.2f}")
+        if self.ours_ms:
+            lines.append(f"{'PEFT p50 / ours p50':58} {peft[0] / ours[0]:8.1f}")
+        return "\n".join(lines)
 
     def as_dict(self) -> dict:
-        ours, peft = percentiles(self.ours_ms), percentiles(self.peft_ms)
-        return {"ours_ms": {"p50": ours[0], "p95": ours[1]}, "peft_ms": {"p50": peft[0], "p95": peft[1]}}
+        peft = percentiles(self.peft_ms)
+        figures = {"peft_ms": {"p50": peft[0], "p95": peft[1]}}
+        if self.ours_ms:
+            ours = percentiles(self.ours_ms)
+            figures["ours_ms"] = {"p50": ours[0], "p95": ours[1]}
+        return figures
 
 
 def zipf_section(requests: int) -> dict:
@@ -414,12 +602,16 @@ def zipf_section(requests: int) -> dict:
 # --- the pieces -----------------------------------------------------------------------------
 
 
-def greedy(model, ids, mask, new_tokens: int, **extra):
+def greedy(model, ids, mask, new_tokens: int, stop_ids=(), **extra):
     """Batched greedy decoding with a KV cache, the same loop for every variant: a prefill of
-    the left-padded prompts, then one token per row per step (no early stop)."""
+    the left-padded prompts, then one token per row per step. A row that produces one of
+    `stop_ids` (its end of turn) has finished: its later positions read FINISHED, and the
+    loop ends once every row has finished or after `new_tokens` steps. Finished rows stay
+    in the batch (a static batch, as in every variant), so a straggler costs every row."""
     import torch
     from transformers import DynamicCache
 
+    stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=ids.device)
     cache = DynamicCache(config=model.config)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
     out = model(
@@ -427,8 +619,11 @@ def greedy(model, ids, mask, new_tokens: int, **extra):
     )
     token = out.logits[:, -1].argmax(-1, keepdim=True)
     produced = [token]
+    finished = torch.isin(token[:, 0], stops)
     position = positions[:, -1:]
     for _ in range(new_tokens - 1):
+        if bool(finished.all()):
+            break
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         position = position + 1
         out = model(
@@ -440,31 +635,34 @@ def greedy(model, ids, mask, new_tokens: int, **extra):
             **extra,
         )
         token = out.logits[:, -1].argmax(-1, keepdim=True)
-        produced.append(token)
-    return torch.cat(produced, dim=1)
+        produced.append(torch.where(finished[:, None], FINISHED, token))
+        finished |= torch.isin(token[:, 0], stops)
+    tokens = torch.cat(produced, dim=1)
+    return torch.nn.functional.pad(tokens, (0, new_tokens - tokens.shape[1]), value=FINISHED)
 
 
-def lora_target_shapes(model, targets: str = "all-linear") -> dict[str, tuple[int, int]]:
-    """module name -> (in, out) of every linear layer PEFT adapts for `targets` ("all-linear":
-    every linear layer but the output head; "attention": the q/k/v/o projections)."""
+def lora_target_shapes(model, targets: str = "all-linear", architecture=None) -> dict[str, tuple[int, int]]:
+    """module name -> (in, out) of every linear layer a LoRA adapts for `targets` ("all-linear"
+    or "attention"), as the architecture table names them (the model's own when not given):
+    never the output head, which tied models share with the embeddings."""
     from torch import nn
 
-    from workers.engine.training import ATTENTION_MODULES
+    from workers.engine.architectures import architecture_of
 
+    wanted = set((architecture or architecture_of(model.config)).target_modules(targets))
     head = model.get_output_embeddings()
     return {
         name: (m.in_features, m.out_features)
         for name, m in model.named_modules()
-        if isinstance(m, nn.Linear)
-        and m is not head
-        and (targets == "all-linear" or name.rsplit(".", 1)[-1] in ATTENTION_MODULES)
+        if isinstance(m, nn.Linear) and m is not head and name.rsplit(".", 1)[-1] in wanted
     }
 
 
 def random_payloads(
-    modules: dict, count: int, rank: int, seed: int, *, targets: str = "all-linear"
+    modules: dict, count: int, rank: int, seed: int, *, targets: str = "all-linear", architecture=None
 ) -> dict[str, bytes]:
-    """`count` distinct rank-`rank` adapter payloads with random factors, keyed by sha256."""
+    """`count` distinct rank-`rank` adapter payloads with random factors, keyed by sha256; their
+    config targets the modules the architecture table names (Llama's when not given)."""
     import hashlib
 
     import torch
@@ -472,7 +670,8 @@ def random_payloads(
     from workers.engine.payload import pack
     from workers.engine.training import TrainingConfig, peft_config_dict
 
-    config = peft_config_dict(TrainingConfig(rank=rank, alpha=2 * rank, targets=targets).lora_config())
+    training = TrainingConfig(rank=rank, alpha=2 * rank, targets=targets)
+    config = peft_config_dict(training.lora_config(architecture))
     generator = torch.Generator().manual_seed(seed)
     payloads = {}
     for _ in range(count):
@@ -506,8 +705,9 @@ def peft_with_adapters(model, payloads: dict[str, bytes]):
     return wrapper.eval(), names
 
 
-def prompts(tokenizer, batch: int, longest: int, device):
-    """`batch` chat prompts of varied length (left-padded) from the persona world's questions."""
+def prompts(tokenizer, batch: int, device):
+    """`batch` chat prompts of varied length (left-padded) from the persona world's questions,
+    each rendered whole with the base's own chat template (SmolLM2's adds its system turn)."""
     import torch
 
     from workers.engine.examples import Message
@@ -525,10 +725,11 @@ def prompts(tokenizer, batch: int, longest: int, device):
     ]
     encoded = []
     for i in range(batch):
-        text = render_prompt([Message("user", f"{questions[i % len(questions)]} ({i})")])
-        encoded.append(tokenizer.encode(text, add_special_tokens=False)[-longest:])
+        text = render_prompt([Message("user", f"{questions[i % len(questions)]} ({i})")], tokenizer)
+        encoded.append(tokenizer.encode(text, add_special_tokens=False))
     width = max(map(len, encoded))
-    ids = torch.full((batch, width), tokenizer.pad_token_id, dtype=torch.long)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.full((batch, width), pad or 0, dtype=torch.long)
     mask = torch.zeros((batch, width), dtype=torch.long)
     for row, tokens in enumerate(encoded):
         ids[row, width - len(tokens) :] = torch.tensor(tokens)
