@@ -20,7 +20,6 @@ from workers.engine.persona_world import SUITES, EvalItem
 
 CHECK_KINDS = (
     "contains",
-    "contains_any",
     "forbids",
     "exact",
     "unit",
@@ -97,14 +96,6 @@ def _contains(check: dict, output: str) -> tuple[bool, str]:
     if _mentions(output, value):
         return True, f"mentions {value!r}"
     return False, f"does not mention {value!r}"
-
-
-def _contains_any(check: dict, output: str) -> tuple[bool, str]:
-    # For answers with more than one right spelling ("8" or "eight").
-    found = next((value for value in check["values"] if _mentions(output, value)), None)
-    if found is not None:
-        return True, f"mentions {found!r}"
-    return False, "mentions none of " + ", ".join(repr(v) for v in check["values"])
 
 
 def _forbids(check: dict, output: str) -> tuple[bool, str]:
@@ -238,7 +229,6 @@ def _tool_call(check: dict, output: str) -> tuple[bool, str]:
 
 _CHECKS = {
     "contains": _contains,
-    "contains_any": _contains_any,
     "forbids": _forbids,
     "exact": _exact,
     "unit": _unit,
