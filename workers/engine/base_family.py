@@ -158,8 +158,15 @@ def _message(raw: dict) -> Message:
 
 
 def replay_examples(folder: str | os.PathLike) -> list[Example]:
-    """The base's replay rows, or none for a base that ships none (e.g. a foreign HF model)."""
+    """The base's replay rows: a sample of its corpus for our own bases; for an imported
+    base, its own answers to general requests, made on first need (self_replay.py); none
+    for a folder that is neither."""
+    from workers.engine.base_import import import_record
+    from workers.engine.self_replay import ensure_self_replay
+
     path = Path(folder) / REPLAY_FILE
+    if not path.exists() and import_record(folder):
+        path = ensure_self_replay(folder)
     if not path.exists():
         return []
     return [_example(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
