@@ -8,12 +8,14 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from adapters_app.lifecycle.actors import Actor
-from adapters_app.lifecycle.base_models import ensure_family_base
+from adapters_app.lifecycle.base_models import ensure_family_base, import_base_model
 from adapters_app.lifecycle.errors import LifecycleError
 from adapters_app.management.progress import progress_bar
+from adapters_app.models import BaseModel
 from workers.engine.base_family import FAMILY, SMALLEST
+from workers.engine.base_import import PACKAGED, import_record
 from workers.engine.persona_world import generate_world
-from workers.engine.report import REPORT_TRAINING, personalization_report
+from workers.engine.report import REAL_BASE_TRAINING, REPORT_TRAINING, personalization_report
 from workers.engine.training import TrainingConfig, TrainingConfigInvalid
 
 
@@ -24,30 +26,37 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--base", default=SMALLEST, choices=sorted(FAMILY))
+        parser.add_argument(
+            "--base",
+            default=SMALLEST,
+            help=f"one of our bases ({', '.join(FAMILY)}: built on first use), a packaged real base "
+            f"({', '.join(PACKAGED)}: imported on first use) or any registered base's name",
+        )
         parser.add_argument("--people", type=int, default=4)
         parser.add_argument("--world-seed", type=int, default=0)
-        parser.add_argument("--training", default=json.dumps(REPORT_TRAINING), help="LoRA settings as JSON")
+        parser.add_argument(
+            "--training",
+            default=None,
+            help="LoRA settings as JSON (default: the recipe measured for the base: "
+            f"{json.dumps(REPORT_TRAINING)} on ours, {json.dumps(REAL_BASE_TRAINING)} on real ones)",
+        )
         parser.add_argument(
             "--json", dest="json_path", default=str(Path(settings.VAR_DIR) / "reports" / "eval-report.json")
         )
 
     def handle(self, *args, base, people, world_seed, training, json_path, **options):
+        if people < 2:
+            raise CommandError("--people must be at least 2 (own vs another person's adapter)")
+        try:
+            registered = self.base_named(base)
+        except LifecycleError as exc:
+            raise CommandError(str(exc)) from None
+        if training is None:
+            training = json.dumps(REAL_BASE_TRAINING if import_record(registered.path) else REPORT_TRAINING)
         try:
             config = TrainingConfig.from_dict(json.loads(training))
         except (ValueError, TrainingConfigInvalid) as exc:
             raise CommandError(f"--training: {exc}") from None
-        if people < 2:
-            raise CommandError("--people must be at least 2 (own vs another person's adapter)")
-        try:
-            registered = ensure_family_base(
-                base,
-                actor=Actor.system("cli"),
-                on_step=progress_bar(self.stdout, base),
-                log=self.stdout.write,
-            )
-        except LifecycleError as exc:
-            raise CommandError(str(exc)) from None
         folder = Path(registered.path)
         world = generate_world(world_seed, people=max(people, 2))
         started = time.monotonic()
@@ -82,3 +91,20 @@ class Command(BaseCommand):
             )
         )
         self.stdout.write(f"written to {out}")
+
+    def base_named(self, name: str) -> BaseModel:
+        if name in FAMILY:
+            return ensure_family_base(
+                name,
+                actor=Actor.system("cli"),
+                on_step=progress_bar(self.stdout, name),
+                log=self.stdout.write,
+            )
+        registered = BaseModel.objects.filter(name=name).first()
+        if registered is not None:
+            return registered
+        if name in PACKAGED:
+            self.stdout.write(f"importing the packaged {name} (once; about a minute)")
+            return import_base_model(name, name, actor=Actor.system("cli"))
+        choices = [*FAMILY, *PACKAGED, *BaseModel.objects.values_list("name", flat=True)]
+        raise CommandError(f"no base {name!r}; choose from {', '.join(sorted(set(choices)))}")
