@@ -52,3 +52,14 @@ def test_it_reports_an_imported_base_with_retention_on_general_knowledge(importe
 def test_an_unknown_base_is_refused_with_the_choices(db):
     with pytest.raises(CommandError, match=r"no base 'nope'; choose from .*mint-s.*smollm2-135m"):
         call_command("eval_report", "--base", "nope", stdout=io.StringIO())
+
+
+def test_retention_is_general_knowledge_on_an_imported_base_and_our_skills_on_ours(
+    imported_llama, micro_base
+):
+    from workers.engine.persona_world import generate_world
+    from workers.engine.report import retention_items
+
+    world = generate_world(0, people=2)
+    assert retention_items(imported_llama.path, world) == general_knowledge_items()
+    assert retention_items(micro_base.path, world) == world.general_items()

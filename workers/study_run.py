@@ -42,17 +42,22 @@ class CohortMember:
     gate: dict = field(default_factory=lambda: dict(DEFAULT_GATE))  # what a run must pass
 
 
-def cohort_members(study: Study, wanted: Callable[[str], bool] = lambda handle: True) -> list[CohortMember]:
+def cohort_members(
+    study: Study, wanted: Callable[[str], bool] = lambda handle: True, *, base_folder: str | None = None
+) -> list[CohortMember]:
     """The cohort's members that `wanted` names (by handle), with their data: generated
     people are made again from the world seed (same seed, same people); fleet members'
     datasets are read by the id and sha256 the study pinned, hash-verified, and only for
-    the members wanted (a resumed cell reads no data of the people it has finished)."""
+    the members wanted (a resumed cell reads no data of the people it has finished).
+    Generated people are graded for retention on what the cell's base can be asked
+    (`report.retention_items`: the general-knowledge set on an imported base)."""
     from workers.engine.examples import parse_jsonl
     from workers.engine.persona_world import generate_world, jsonl
+    from workers.engine.report import retention_items
 
     if "adapters" not in study.cohort:
         world = generate_world(study.cohort["world_seed"], people=study.people)
-        general = world.general_items()
+        general = retention_items(base_folder, world) if base_folder else world.general_items()
         return [
             CohortMember(
                 p.handle, parse_jsonl(jsonl(p.training_rows())).examples, p.eval_items(world) + general
@@ -134,7 +139,9 @@ class StudyCellRun(JobRun):
         cell = StudyCell.objects.select_related("study", "base").get(pk=job.params["cell"])
         study, base_row = cell.study, cell.base
         done = set(StudyRun.objects.filter(cell=cell).values_list("person", "seed"))
-        cohort = cohort_members(study, lambda handle: any((handle, s) not in done for s in study.seeds))
+        cohort = cohort_members(
+            study, lambda handle: any((handle, s) not in done for s in study.seeds), base_folder=base_row.path
+        )
         pending = [(p, seed) for p in cohort for seed in study.seeds if (p.handle, seed) not in done]
         job.append_log(
             f"{cell}: {len(done)} of {cell.runs_total} runs recorded already, {len(pending)} to go"
