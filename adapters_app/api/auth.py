@@ -1,20 +1,37 @@
-"""Bearer-key authentication and JSON plumbing shared by /api/ and /v1/."""
+"""What /api/ and /v1/ share: Bearer-key auth, JSON errors, and the NinjaAPI that declares them.
+
+Both are django-ninja APIs. Ninja because its request and response shapes are Pydantic models
+(as are the OpenAI types /v1 mirrors), because one declaration gives both the validation and
+the OpenAPI document (a hand-written document drifts from the code; a generated one cannot),
+and because its views are plain functions like the rest of this project.
+
+Errors keep the shapes clients have always had: `{"error": {"code", "message", "details"?}}`
+under /api/, OpenAI's error object under /v1/. A LifecycleError carries its own status
+(400/403/404/409); a request that does not fit its declared schema is a 400 naming each field.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from django.http import HttpRequest, JsonResponse
-from django.views.decorators.csrf import csrf_exempt
+from django.http import HttpRequest, HttpResponseNotAllowed, JsonResponse
+from django.urls import URLPattern
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.parser import Parser
+from ninja.security import HttpBearer
 
 from adapters_app.lifecycle.actors import Actor
-from adapters_app.lifecycle.errors import LifecycleError
+from adapters_app.lifecycle.errors import Invalid, LifecycleError
 from adapters_app.models import ApiKey
+from mintweb.version import RELEASE
 from workers.engine.store import StoreError
 
 ErrorRenderer = Callable[[int, str, str, object], JsonResponse]
+
+METHOD_ORDER = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
 def management_error(status: int, code: str, message: str, details: object = None) -> JsonResponse:
@@ -22,6 +39,122 @@ def management_error(status: int, code: str, message: str, details: object = Non
     if details is not None:
         body["error"]["details"] = details
     return JsonResponse(body, status=status)
+
+
+class ApiKeyBearer(HttpBearer):
+    """`Authorization: Bearer <key>` (keys from `manage.py create_api_key`). What the key's
+    person may do is decided by the lifecycle services from their role, not here."""
+
+    def authenticate(self, request: HttpRequest, token: str):
+        user = ApiKey.authenticate(token.strip()) if token.strip() else None
+        if user is None:
+            return None
+        request.user = user
+        request.actor = Actor.from_user(user, via="api")
+        return user
+
+
+class JsonObjectParser(Parser):
+    """Request bodies are JSON objects; anything else is refused by name."""
+
+    def parse_body(self, request: HttpRequest) -> dict:
+        try:
+            body = json.loads(request.body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise Invalid(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise Invalid("request body must be a JSON object")
+        return body
+
+
+def declare_api(*, urls_namespace: str, render_error: ErrorRenderer, **options) -> NinjaAPI:
+    """A NinjaAPI behind API keys whose every error is rendered by `render_error`.
+
+    Its own /openapi.json and docs are off: /api/openapi.json serves one document for both APIs.
+    """
+    api = NinjaAPI(
+        urls_namespace=urls_namespace,
+        auth=ApiKeyBearer(),
+        version=RELEASE,
+        parser=JsonObjectParser(),
+        openapi_url=None,
+        docs_url=None,
+        **options,
+    )
+
+    @api.exception_handler(LifecycleError)
+    def refused(request, exc: LifecycleError):
+        return render_error(exc.status, exc.code, exc.message, exc.details)
+
+    @api.exception_handler(StoreError)
+    def integrity(request, exc: StoreError):
+        # A blob failed its sha256 check (or is missing): say so, never serve it.
+        return render_error(500, "integrity_error", str(exc), None)
+
+    @api.exception_handler(AuthenticationError)
+    def unauthenticated(request, exc: AuthenticationError):
+        return render_error(401, "invalid_api_key", "a valid Bearer API key is required", None)
+
+    @api.exception_handler(ValidationError)
+    def invalid(request, exc: ValidationError):
+        message, details = field_errors(exc.errors)
+        return render_error(400, "invalid_request", message, details)
+
+    @api.exception_handler(HttpError)
+    def unparsable(request, exc: HttpError):
+        # Ninja wraps what the parser refused ("Cannot parse request body"); the parser's own
+        # words say what was wrong.
+        cause = exc.__cause__
+        message = cause.message if isinstance(cause, LifecycleError) else str(exc)
+        return render_error(exc.status_code, "invalid_request", message, None)
+
+    return api
+
+
+def field_errors(errors: Iterable[dict]) -> tuple[str, dict[str, str]]:
+    """Pydantic's errors as the lifecycle words its own: one message naming every field, and
+    details keyed by the top-level field (`ranks`, `stream_options`, `limit`)."""
+    details: dict[str, str] = {}
+    for error in errors:
+        source, *path = error["loc"]
+        if source == "body" and path:
+            path = path[1:]  # the view's parameter name, not a field of the request
+        field = str(path[0]) if path else source
+        where = ".".join(str(part) for part in path) or source
+        details.setdefault(field, f"{where}: {error['msg']}")
+    return "invalid request: " + "; ".join(details.values()), details
+
+
+def answer_wrong_methods_in_json(patterns: list, render_error: ErrorRenderer) -> list:
+    """Ninja answers a method a route lacks with a plain-text 405 whose Allow header comes
+    from a set; clients of ours get the JSON error and the methods in a stable order."""
+    for pattern in patterns:
+        if isinstance(pattern, URLPattern):
+            pattern.callback = _json_not_allowed(pattern.callback, render_error)
+    return patterns
+
+
+def _json_not_allowed(view, render_error: ErrorRenderer):
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs):
+        response = view(request, *args, **kwargs)
+        if not isinstance(response, HttpResponseNotAllowed):
+            return response
+        allowed = {method.strip() for method in response["Allow"].split(",")}
+        answer = render_error(405, "method_not_allowed", f"{request.method} is not allowed here", None)
+        answer["Allow"] = ", ".join(sorted(allowed, key=_method_rank))
+        return answer
+
+    return wrapper
+
+
+def _method_rank(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+# -- until /v1 is declared with ninja too ------------------------------------------------------
+
+from django.views.decorators.csrf import csrf_exempt  # noqa: E402
 
 
 def bearer_user(request: HttpRequest):
@@ -45,11 +178,6 @@ def json_body(request: HttpRequest) -> dict:
 
 
 def api_endpoint(*methods: str, render_error: ErrorRenderer = management_error):
-    """Bearer auth, an allowed-methods check, and LifecycleError → JSON error.
-
-    The view receives `request.actor` (an Actor with via="api").
-    """
-
     def decorate(view):
         @csrf_exempt
         @functools.wraps(view)
@@ -70,7 +198,6 @@ def api_endpoint(*methods: str, render_error: ErrorRenderer = management_error):
             except LifecycleError as exc:
                 return render_error(exc.status, exc.code, exc.message, exc.details)
             except StoreError as exc:
-                # A blob failed its sha256 check (or is missing): say so, never serve it.
                 return render_error(500, "integrity_error", str(exc), None)
 
         return wrapper

@@ -5,52 +5,57 @@ a GGUF), under a second for a small HF folder. A client should allow for that in
 the import is idempotent, so one that timed out on the client's side can simply be repeated.
 """
 
-from django.http import JsonResponse
+from ninja import Router, Status
 
+from adapters_app.api import schemas
 from adapters_app.api import serializers as out
-from adapters_app.api.auth import api_endpoint, json_body
+from adapters_app.api.schemas import answers
 from adapters_app.lifecycle.base_models import base_models, get_base_model, import_base_model
 from adapters_app.lifecycle.errors import Invalid
 from adapters_app.models import BaseModel
 from workers.engine.base_import import PACKAGED
 
-
-@api_endpoint("GET", "POST")
-def base_models_collection(request):
-    if request.method == "POST":
-        return _import(request)
-    return JsonResponse({"data": [out.base_model_dict(base) for base in base_models()]})
+router = Router()
 
 
-@api_endpoint("GET")
-def base_model_detail(request, name):
-    return JsonResponse(out.base_model_dict(get_base_model(name), detail=True))
+@router.get("/base-models", response=answers({200: schemas.BaseModelList}, 401), url_name="base-models")
+def list_base_models(request):
+    """List the registered base models, each with its serving mode and adapter count."""
+    return {"data": [out.base_model_dict(base) for base in base_models()]}
 
 
-def _import(request):
-    body = json_body(request)
-    name, source, package = body.get("name"), body.get("from"), body.get("package")
-    if not isinstance(name, str) or not name:
+@router.post(
+    "/base-models",
+    response=answers({201: schemas.BaseModelDetail, 200: schemas.BaseModelDetail}, 400, 401, 403, 409),
+    url_name="base-models",
+)
+def import_base(request, payload: schemas.BaseModelImport):
+    """Import a pretrained causal LM as a base (admin role): a HF folder or .gguf file on the
+    server (`from`) or a packaged base (`package`). Runs in the request: tens of seconds for a
+    real model. 201 when registered, 200 when these weights already are under this name
+    (nothing rewritten); 409 when they are under another name or the name is taken."""
+    if not payload.name:
         raise Invalid("name is required")
-    if (source is None) == (package is None):
+    if (payload.source is None) == (payload.package is None):
         raise Invalid(
             "give either `from` (a HF folder or .gguf file on the server) or `package` "
             f"({', '.join(PACKAGED)})"
         )
-    if package is not None and package not in PACKAGED:
-        raise Invalid(f"package must be one of {', '.join(PACKAGED)}")
-    for field in ("from", "sha256", "license"):
-        if body.get(field) is not None and not isinstance(body[field], str):
-            raise Invalid(f"{field} must be a string")
-    before = BaseModel.objects.filter(name=name).values_list("digest", flat=True).first()
+    before = BaseModel.objects.filter(name=payload.name).values_list("digest", flat=True).first()
     base = import_base_model(
-        name,
-        package or source,
+        payload.name,
+        payload.package or payload.source,
         actor=request.actor,
-        license=body.get("license"),
-        expected_sha256=body.get("sha256"),
+        license=payload.license,
+        expected_sha256=payload.sha256,
     )
     created = before != base.digest
-    return JsonResponse(
-        out.base_model_dict(get_base_model(base.name), detail=True), status=201 if created else 200
-    )
+    return Status(201 if created else 200, out.base_model_dict(get_base_model(base.name), detail=True))
+
+
+@router.get(
+    "/base-models/{name}", response=answers({200: schemas.BaseModelDetail}, 401, 404), url_name="base-model"
+)
+def base_model_detail(request, name: str):
+    """A base model with its folder and size."""
+    return out.base_model_dict(get_base_model(name), detail=True)

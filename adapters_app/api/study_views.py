@@ -1,12 +1,15 @@
 """Footprint study endpoints: launch, list, read, cancel, resume, export."""
 
-from django.http import JsonResponse, StreamingHttpResponse
+from django.http import StreamingHttpResponse
+from ninja import Router, Status
 
-from adapters_app.api.auth import api_endpoint, json_body
-from adapters_app.api.views import _after_id, _limit, _page
+from adapters_app.api import schemas
+from adapters_app.api.schemas import answers
+from adapters_app.api.views import _limit, _page
 from adapters_app.lifecycle import studies
-from adapters_app.lifecycle.errors import Invalid
 from adapters_app.models import Study
+
+router = Router()
 
 
 def _study_dict(study: Study, progress: studies.StudyProgress | None) -> dict:
@@ -33,51 +36,72 @@ def _detail(study: Study) -> dict:
     }
 
 
-@api_endpoint("GET", "POST")
-def studies_collection(request):
-    if request.method == "POST":
-        study = studies.create_study(json_body(request), actor=request.actor)
-        return JsonResponse(_detail(study), status=201)
-    # Newest first, keyset on the id: ?after=<the last id seen>.
-    after, limit = _after_id(request, "study"), _limit(request)
+@router.get("/studies", response=answers({200: schemas.StudyPage}, 400, 401), url_name="studies")
+def list_studies(request, after: int | None = None, limit: int = 50):
+    """List footprint studies, newest first (keyset pagination: ?after=<id>&limit=)."""
+    limit = _limit(limit)
     rows = Study.objects.order_by("-id")
     if after is not None:
         rows = rows.filter(pk__lt=after)
     page = list(rows[: limit + 1])
     progress = studies.study_progress(page[:limit])
-    return JsonResponse(
-        _page(page, limit, lambda study: _study_dict(study, progress.get(study.pk)), cursor=lambda s: s.pk)
-    )
+    return _page(page, limit, lambda study: _study_dict(study, progress.get(study.pk)), cursor=lambda s: s.pk)
 
 
-@api_endpoint("GET")
-def study_detail(request, study_id):
-    return JsonResponse(_detail(studies.get_study(study_id)))
+@router.post("/studies", response=answers({201: schemas.StudyDetail}, 400, 401, 403), url_name="studies")
+def launch_study(request, payload: schemas.StudyRequest):
+    """Launch a footprint study: one cell per base x rank x targets x init, each a queued
+    `study` job training every person x seed. Invalid fields are named in error.details and
+    nothing is written."""
+    study = studies.create_study(payload.model_dump(exclude_unset=True), actor=request.actor)
+    return Status(201, _detail(study))
 
 
-@api_endpoint("POST")
-def study_cancel(request, study_id):
+@router.get(
+    "/studies/{int:study_id}", response=answers({200: schemas.StudyDetail}, 401, 404), url_name="study"
+)
+def study_detail(request, study_id: int):
+    """A study's progress, recommendation per base and cells with their reliability."""
+    return _detail(studies.get_study(study_id))
+
+
+@router.post(
+    "/studies/{int:study_id}/cancel",
+    response=answers({200: schemas.StudyCancelled}, 401, 403, 404, 409),
+    url_name="study-cancel",
+)
+def cancel_study(request, study_id: int):
+    """Cancel every queued or running cell (recorded runs are kept)."""
     study = studies.get_study(study_id)
     stopped = studies.cancel_study(study, actor=request.actor)
-    return JsonResponse({"cancelled_cells": stopped, **_detail(study)})
+    return {"cancelled_cells": stopped, **_detail(study)}
 
 
-@api_endpoint("POST")
-def study_resume(request, study_id):
+@router.post(
+    "/studies/{int:study_id}/resume",
+    response=answers({202: schemas.StudyResumed}, 401, 403, 404, 409),
+    url_name="study-resume",
+)
+def resume_study(request, study_id: int):
+    """Queue a new job for every failed, cancelled or pending cell; recorded runs are skipped."""
     study = studies.get_study(study_id)
     queued = studies.resume_study(study, actor=request.actor)
-    return JsonResponse({"resumed_cells": queued, **_detail(study)}, status=202)
+    return Status(202, {"resumed_cells": queued, **_detail(study)})
 
 
-@api_endpoint("GET")
-def study_results(request, study_id):
-    """Every recorded run: JSON (cells and runs), or ?format=csv streamed."""
+@router.get(
+    "/studies/{int:study_id}/results",
+    response=answers({200: schemas.StudyResults}, 400, 401, 404),
+    url_name="study-results",
+    openapi_extra={
+        "responses": {"200": {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+    },
+)
+def study_results(request, study_id: int, format: schemas.ResultsFormat = "json"):
+    """Every recorded run: JSON (the study, its cells and runs), or ?format=csv streamed."""
     study = studies.get_study(study_id)
-    chosen = request.GET.get("format", "json")
-    if chosen == "csv":
+    if format == "csv":
         response = StreamingHttpResponse(studies.results_csv(study), content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="study-{study.pk}-results.csv"'
         return response
-    if chosen != "json":
-        raise Invalid("format must be json or csv")
-    return JsonResponse(studies.results_json(study))
+    return studies.results_json(study)

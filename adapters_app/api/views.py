@@ -1,10 +1,11 @@
-"""Management API endpoints: parse, call one lifecycle service, serialise."""
+"""Management API endpoints: ninja validates against `schemas`, one lifecycle service acts."""
 
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpResponse
+from ninja import Query, Router, Status
 
+from adapters_app.api import schemas
 from adapters_app.api import serializers as out
-from adapters_app.api.auth import api_endpoint, json_body
-from adapters_app.api.openapi import openapi_document
+from adapters_app.api.schemas import answers
 from adapters_app.lifecycle import gates, jobs, people, pointer
 from adapters_app.lifecycle.datasets import get_dataset, refuse_oversize, upload_dataset
 from adapters_app.lifecycle.errors import Invalid, NotFound
@@ -13,202 +14,287 @@ from adapters_app.models import BaseModel, Dataset, Job, Person
 
 PAGE_LIMIT = 100
 
+router = Router(by_alias=True)
 
-def openapi_json(request):
-    return JsonResponse(openapi_document(request.build_absolute_uri("/")), json_dumps_params={"indent": 2})
+ADAPTER_PATH = "/adapters/{person}/{adapter}"
 
 
-@api_endpoint("GET", "POST")
-def people_collection(request):
-    if request.method == "POST":
-        body = json_body(request)
-        person = people.create_person(
-            str(body.get("handle", "")), display_name=str(body.get("display_name", "")), actor=request.actor
-        )
-        return JsonResponse(out.person_dict(person), status=201)
+@router.get("/people", response=answers({200: schemas.PersonPage}, 400, 401), url_name="people")
+def list_people(request, after: str = "", limit: int = 50):
+    """List people (keyset pagination: ?after=<handle>&limit=)."""
     # Keyset pagination on the unique handle: stable and cheap at any depth.
-    after = request.GET.get("after", "")
-    limit = _limit(request)
+    limit = _limit(limit)
     rows = list(Person.objects.filter(handle__gt=after).order_by("handle")[: limit + 1])
-    return JsonResponse(_page(rows, limit, out.person_dict, cursor=lambda person: person.handle))
+    return _page(rows, limit, out.person_dict, cursor=lambda person: person.handle)
 
 
-@api_endpoint("POST")
-def person_erase(request, person):
-    """Erasure on request: the person, their adapters, revisions, datasets, blobs and
-    the study runs trained on their data. Admins only; a reason is required (audited)."""
+@router.post("/people", response=answers({201: schemas.Person}, 400, 401, 403, 409), url_name="people")
+def create_person(request, payload: schemas.PersonRequest):
+    """Create a person."""
+    person = people.create_person(payload.handle, display_name=payload.display_name, actor=request.actor)
+    return Status(201, out.person_dict(person))
+
+
+@router.post(
+    "/people/{person}/erase",
+    response=answers({200: schemas.Erased}, 400, 401, 403, 404),
+    url_name="person-erase",
+)
+def erase_person(request, person: str, payload: schemas.EraseRequest):
+    """Erase a person: their adapters, revisions, datasets, stored blobs and the study runs
+    trained on their data (admin role; a reason is required, and an audit tombstone names
+    what was erased)."""
     owner = people.get_person(person)
-    counts = people.erase_person(owner, actor=request.actor, reason=str(json_body(request).get("reason", "")))
-    return JsonResponse({"erased": person, **counts})
+    counts = people.erase_person(owner, actor=request.actor, reason=payload.reason)
+    return {"erased": person, **counts}
 
 
-@api_endpoint("GET", "POST")
-def person_adapters(request, person):
+@router.get(
+    "/people/{person}/adapters",
+    response=answers({200: schemas.AdapterPage}, 400, 401, 404),
+    url_name="person-adapters",
+)
+def list_adapters(request, person: str, after: str = "", limit: int = 50):
+    """List a person's adapters (keyset pagination: ?after=<name>&limit=)."""
     owner = people.get_person(person)
-    if request.method == "GET":
-        # Keyset on the name, unique per person, as the people list pages on the handle.
-        after, limit = request.GET.get("after", ""), _limit(request)
-        adapters = owner.adapters.select_related("person", "base", "live_revision")
-        rows = list(adapters.filter(name__gt=after).order_by("name")[: limit + 1])
-        return JsonResponse(_page(rows, limit, out.adapter_dict, cursor=lambda adapter: adapter.name))
-    body = json_body(request)
-    base_name = body.get("base")
+    # Keyset on the name, unique per person, as the people list pages on the handle.
+    limit = _limit(limit)
+    adapters = owner.adapters.select_related("person", "base", "live_revision")
+    rows = list(adapters.filter(name__gt=after).order_by("name")[: limit + 1])
+    return _page(rows, limit, out.adapter_dict, cursor=lambda adapter: adapter.name)
+
+
+@router.post(
+    "/people/{person}/adapters",
+    response=answers({201: schemas.Adapter}, 400, 401, 403, 404, 409),
+    url_name="person-adapters",
+)
+def create_adapter(request, person: str, payload: schemas.AdapterRequest):
+    """Create an adapter bound to a base model."""
+    owner = people.get_person(person)
+    base_name = payload.base
     base = BaseModel.objects.filter(name=base_name).first() if base_name else BaseModel.objects.first()
     if base is None:
         raise NotFound(f"no base model {base_name!r}" if base_name else "no base model is registered")
     adapter = people.create_adapter(
-        owner,
-        str(body.get("name", "")),
-        base=base,
-        description=str(body.get("description", "")),
-        actor=request.actor,
+        owner, payload.name, base=base, description=payload.description, actor=request.actor
     )
-    return JsonResponse(out.adapter_dict(adapter), status=201)
+    return Status(201, out.adapter_dict(adapter))
 
 
-@api_endpoint("GET")
-def adapter_detail(request, person, adapter):
-    return JsonResponse(out.adapter_dict(people.get_adapter(person, adapter), detail=True))
+@router.get(ADAPTER_PATH, response=answers({200: schemas.AdapterDetail}, 401, 404), url_name="adapter")
+def adapter_detail(request, person: str, adapter: str):
+    """An adapter with its live pointer, revisions and pointer history."""
+    return out.adapter_dict(people.get_adapter(person, adapter), detail=True)
 
 
-@api_endpoint("GET", "POST")
-def adapter_datasets(request, person, adapter):
+@router.get(
+    f"{ADAPTER_PATH}/datasets",
+    response=answers({200: schemas.DatasetPage}, 400, 401, 404),
+    url_name="datasets",
+)
+def list_datasets(
+    request,
+    person: str,
+    adapter: str,
+    after: int | None = None,
+    purpose: schemas.DatasetPurpose | None = None,
+    limit: int = 50,
+):
+    """The person's datasets, oldest first (?after=<id>&purpose=train|eval&limit=). Datasets
+    belong to the person, so every adapter of theirs lists the same ones."""
+    owner = people.get_adapter(person, adapter).person
+    limit = _limit(limit)
+    datasets = Dataset.objects.filter(person=owner, pk__gt=after or 0)
+    if purpose is not None:
+        datasets = datasets.filter(purpose=purpose)
+    rows = list(datasets.order_by("pk")[: limit + 1])
+    return _page(rows, limit, out.dataset_dict, cursor=lambda dataset: dataset.pk)
+
+
+@router.post(
+    f"{ADAPTER_PATH}/datasets",
+    response=answers({201: schemas.Dataset, 200: schemas.Dataset}, 400, 401, 403, 404, 413),
+    url_name="datasets",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+        }
+    },
+)
+def upload(request, person: str, adapter: str, name: str = "", purpose: str = "train"):
+    """Upload JSONL (chat `messages` or `prompt`/`completion`); ?name=&purpose=train|eval.
+    201 for a new dataset, 200 when the same file is already there. Invalid files get
+    line-numbered errors in error.details and create nothing."""
     target = people.get_adapter(person, adapter)
-    if request.method == "GET":
-        # Datasets belong to the person, so every adapter of theirs lists the same ones.
-        return JsonResponse(_dataset_page(request, target.person))
     # By the declared length, before the body is read into memory.
     refuse_oversize(_content_length(request))
     dataset, created = upload_dataset(
-        target.person,
-        request.body,
-        name=request.GET.get("name", ""),
-        purpose=request.GET.get("purpose", "train"),
-        actor=request.actor,
+        target.person, request.body, name=name, purpose=purpose, actor=request.actor
     )
-    return JsonResponse(out.dataset_dict(dataset), status=201 if created else 200)
+    return Status(201 if created else 200, out.dataset_dict(dataset))
 
 
-@api_endpoint("POST")
-def adapter_train(request, person, adapter):
+@router.post(
+    f"{ADAPTER_PATH}/train", response=answers({202: schemas.Job}, 400, 401, 403, 404, 409), url_name="train"
+)
+def train(request, person: str, adapter: str, payload: schemas.TrainRequest):
+    """Start a training job."""
     target = people.get_adapter(person, adapter)
-    body = json_body(request)
-    dataset = get_dataset(target.person, _required(body, "dataset"))
-    config = body.get("config") or {}
-    if not isinstance(config, dict):
-        raise Invalid("config must be an object")
-    auto = body.get("auto_promote")
-    if auto is not None and not isinstance(auto, bool):
-        raise Invalid("auto_promote must be true or false")
-    job = jobs.start_training(target, dataset, config=config, actor=request.actor, auto_promote=auto)
-    return JsonResponse(out.job_dict(job), status=202)
+    dataset = get_dataset(target.person, _required(payload.dataset, "dataset"))
+    job = jobs.start_training(
+        target, dataset, config=payload.config or {}, actor=request.actor, auto_promote=payload.auto_promote
+    )
+    return Status(202, out.job_dict(job))
 
 
-@api_endpoint("POST")
-def adapter_evaluate(request, person, adapter):
+@router.post(
+    f"{ADAPTER_PATH}/evaluate",
+    response=answers({202: schemas.Job}, 400, 401, 403, 404, 409),
+    url_name="evaluate",
+)
+def evaluate(request, person: str, adapter: str, payload: schemas.EvaluateRequest):
+    """Start an evaluation job (a revision, or the bare base when omitted)."""
     target = people.get_adapter(person, adapter)
-    body = json_body(request)
-    dataset = get_dataset(target.person, _required(body, "dataset"))
-    revision = get_revision(target, str(body["revision"])) if body.get("revision") else None
+    dataset = get_dataset(target.person, _required(payload.dataset, "dataset"))
+    revision = get_revision(target, payload.revision) if payload.revision else None
     job = jobs.start_evaluation(target, dataset, revision=revision, actor=request.actor)
-    return JsonResponse(out.job_dict(job), status=202)
+    return Status(202, out.job_dict(job))
 
 
-@api_endpoint("POST")
-def adapter_infer(request, person, adapter):
-    """Generate with a revision (the live one unless `revision` is given) as a tracked job."""
+@router.post(
+    f"{ADAPTER_PATH}/infer", response=answers({202: schemas.Job}, 400, 401, 403, 404, 409), url_name="infer"
+)
+def infer(request, person: str, adapter: str, payload: schemas.InferRequest):
+    """Generate with a revision (the live one unless `revision` is given) as a tracked job;
+    the text is in the finished job's result."""
     target = people.get_adapter(person, adapter)
-    body = json_body(request)
-    if body.get("revision"):
-        revision = get_revision(target, str(body["revision"]))
+    if payload.revision:
+        revision = get_revision(target, payload.revision)
     elif target.live_revision_id:
         revision = target.live_revision
     else:
         raise Invalid(f"{target.handle} has no live revision; name one with `revision`")
-    max_tokens = body.get("max_tokens", 32)
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
-        raise Invalid("max_tokens must be an integer")
     job = jobs.start_inference(
-        target, revision, prompt=str(body.get("prompt", "")), max_tokens=max_tokens, actor=request.actor
+        target, revision, prompt=payload.prompt, max_tokens=payload.max_tokens, actor=request.actor
     )
-    return JsonResponse(out.job_dict(job), status=202)
+    return Status(202, out.job_dict(job))
 
 
-@api_endpoint("POST")
-def adapter_promote(request, person, adapter):
+@router.post(
+    f"{ADAPTER_PATH}/promote",
+    response=answers({200: schemas.PointerEvent}, 400, 401, 403, 404, 409),
+    url_name="promote",
+)
+def promote(request, person: str, adapter: str, payload: schemas.PromoteRequest):
+    """Make a revision live. A revision failing its gate is refused (409 gate_failed,
+    error.details lists the checks) unless `override_reason` is given (audited)."""
     target = people.get_adapter(person, adapter)
-    body = json_body(request)
-    revision = get_revision(target, _required(body, "revision"))
+    revision = get_revision(target, _required(payload.revision, "revision"))
     event = pointer.promote(
-        revision,
-        actor=request.actor,
-        reason=str(body.get("reason", "")),
-        override_reason=str(body.get("override_reason", "")),
+        revision, actor=request.actor, reason=payload.reason, override_reason=payload.override_reason
     )
-    return JsonResponse(out.pointer_event_dict(event))
+    return out.pointer_event_dict(event)
 
 
-@api_endpoint("GET", "POST")
-def adapter_gate(request, person, adapter):
+@router.get(f"{ADAPTER_PATH}/gate", response=answers({200: schemas.Gate}, 401, 404), url_name="gate")
+def gate(request, person: str, adapter: str):
     """The promotion gate: evaluation dataset, thresholds, auto-promotion."""
+    return out.gate_dict(people.get_adapter(person, adapter))
+
+
+@router.post(
+    f"{ADAPTER_PATH}/gate", response=answers({200: schemas.Gate}, 400, 401, 403, 404), url_name="gate"
+)
+def configure_gate(request, person: str, adapter: str, payload: schemas.GateRequest | None = None):
+    """Configure the gate: evaluation dataset, thresholds (merged over the defaults),
+    auto-promotion after training."""
     target = people.get_adapter(person, adapter)
-    if request.method == "POST":
-        body = json_body(request)
-        dataset = get_dataset(target.person, str(body["eval_dataset"])) if body.get("eval_dataset") else None
-        auto = body.get("auto_promote")
-        if auto is not None and not isinstance(auto, bool):
-            raise Invalid("auto_promote must be true or false")
-        gates.configure_gate(
-            target,
-            actor=request.actor,
-            eval_dataset=dataset,
-            thresholds=body.get("thresholds"),
-            auto_promote=auto,
-        )
-    return JsonResponse(out.gate_dict(target))
+    payload = payload or schemas.GateRequest()
+    dataset = get_dataset(target.person, str(payload.eval_dataset)) if payload.eval_dataset else None
+    gates.configure_gate(
+        target,
+        actor=request.actor,
+        eval_dataset=dataset,
+        thresholds=payload.thresholds,
+        auto_promote=payload.auto_promote,
+    )
+    return out.gate_dict(target)
 
 
-@api_endpoint("POST")
-def adapter_rollback(request, person, adapter):
+@router.post(
+    f"{ADAPTER_PATH}/rollback",
+    response=answers({200: schemas.PointerEvent}, 400, 401, 403, 404, 409),
+    url_name="rollback",
+)
+def rollback(request, person: str, adapter: str, payload: schemas.RollbackRequest | None = None):
+    """Move live back (to the previous live revision when `to` is omitted)."""
     target = people.get_adapter(person, adapter)
-    body = json_body(request)
-    to = get_revision(target, str(body["to"])) if body.get("to") else None
-    event = pointer.rollback(target, to=to, actor=request.actor, reason=str(body.get("reason", "")))
-    return JsonResponse(out.pointer_event_dict(event))
+    payload = payload or schemas.RollbackRequest()
+    to = get_revision(target, payload.to) if payload.to else None
+    event = pointer.rollback(target, to=to, actor=request.actor, reason=payload.reason)
+    return out.pointer_event_dict(event)
 
 
-@api_endpoint("GET")
-def jobs_collection(request):
+@router.get("/jobs", response=answers({200: schemas.JobPage}, 400, 401, 404), url_name="jobs")
+def list_jobs(
+    request,
+    after: int | None = None,
+    adapter: str = Query("", description="person/adapter"),
+    state: schemas.JobState | None = None,
+    kind: schemas.JobKind | None = None,
+    limit: int = 50,
+):
     """Jobs newest first, keyset on the id as the studies list: ?after=<the last id seen>
-    (&adapter=<person/adapter>&state=&kind=&limit=)."""
-    after, limit = _after_id(request, "job"), _limit(request)
+    (&adapter=<person/adapter>&state=&kind=&limit=). Lists leave out each job's log and loss
+    curve: the job's own URL has them."""
+    limit = _limit(limit)
     found = Job.objects.select_related("adapter__person", "revision", "result_revision")
     if after is not None:
         found = found.filter(pk__lt=after)
-    if handle := request.GET.get("adapter"):
-        person, _, name = handle.partition("/")
-        found = found.filter(adapter=people.get_adapter(person, name))
-    for field, choices in (("state", Job.STATES), ("kind", Job.KINDS)):
-        if (value := _choice(request, field, choices)) is not None:
-            found = found.filter(**{field: value})
+    if adapter:
+        owner, _, name = adapter.partition("/")
+        found = found.filter(adapter=people.get_adapter(owner, name))
+    if state is not None:
+        found = found.filter(state=state)
+    if kind is not None:
+        found = found.filter(kind=kind)
     rows = list(found.order_by("-pk")[: limit + 1])
-    return JsonResponse(
-        _page(rows, limit, lambda job: out.job_dict(job, detail=False), cursor=lambda job: job.pk)
-    )
+    return _page(rows, limit, lambda job: out.job_dict(job, detail=False), cursor=lambda job: job.pk)
 
 
-@api_endpoint("GET")
-def job_detail(request, job_id):
-    return JsonResponse(out.job_dict(_job(job_id)))
+@router.get("/jobs/{int:job_id}", response=answers({200: schemas.Job}, 401, 404), url_name="job")
+def job_detail(request, job_id: int):
+    """A job with its progress, loss curve and log."""
+    return out.job_dict(_job(job_id))
 
 
-@api_endpoint("POST")
-def job_cancel(request, job_id):
-    return JsonResponse(out.job_dict(jobs.cancel_job(_job(job_id), actor=request.actor)))
+@router.post(
+    "/jobs/{int:job_id}/cancel",
+    response=answers({200: schemas.Job}, 401, 403, 404, 409),
+    url_name="job-cancel",
+)
+def cancel_job(request, job_id: int):
+    """Cancel a queued or running job."""
+    return out.job_dict(jobs.cancel_job(_job(job_id), actor=request.actor))
 
 
-@api_endpoint("GET")
-def revision_download(request, person, adapter, rev):
+@router.get(
+    "/revisions/{person}/{adapter}/{rev}/download",
+    response=answers({200: None}, 401, 403, 404),
+    url_name="download",
+    openapi_extra={
+        "responses": {
+            "200": {
+                "description": "adapter_model.safetensors + adapter_config.json",
+                "content": {"application/gzip": {}},
+            }
+        }
+    },
+)
+def download(request, person: str, adapter: str, rev: str):
+    """The revision's PEFT folder as .tar.gz."""
     revision = get_revision(people.get_adapter(person, adapter), rev)
     filename, archive = download_revision(revision, actor=request.actor)
     response = HttpResponse(archive, content_type="application/gzip")
@@ -233,37 +319,10 @@ def _job(job_id: int) -> Job:
     return job
 
 
-def _required(body: dict, key: str) -> str:
-    value = body.get(key)
+def _required(value: str | int | None, field: str) -> str:
     if value in (None, ""):
-        raise Invalid(f"{key} is required")
+        raise Invalid(f"{field} is required")
     return str(value)
-
-
-def _dataset_page(request, person: Person) -> dict:
-    """The person's datasets, oldest first, keyset on the id (?after=<id>&purpose=&limit=)."""
-    after, limit = _after_id(request, "dataset"), _limit(request)
-    datasets = Dataset.objects.filter(person=person, pk__gt=after or 0)
-    if (purpose := _choice(request, "purpose", Dataset.PURPOSES)) is not None:
-        datasets = datasets.filter(purpose=purpose)
-    rows = list(datasets.order_by("pk")[: limit + 1])
-    return _page(rows, limit, out.dataset_dict, cursor=lambda dataset: dataset.pk)
-
-
-def _choice(request, field: str, choices) -> str | None:
-    """A list filter's ?field=: None when absent, refused when not one of the model's choices."""
-    value = request.GET.get(field)
-    if value is not None and value not in dict(choices):
-        raise Invalid(f"{field} must be one of {', '.join(dict(choices))}")
-    return value
-
-
-def _after_id(request, what: str) -> int | None:
-    """The `after` cursor of a list keyed by id: None when absent, refused when not an id."""
-    after = request.GET.get("after", "")
-    if after and not after.isdigit():
-        raise Invalid(f"after must be a {what} id")
-    return int(after) if after else None
 
 
 def _page(rows: list, limit: int, serialize, *, cursor) -> dict:
@@ -272,13 +331,9 @@ def _page(rows: list, limit: int, serialize, *, cursor) -> dict:
     return {"data": [serialize(row) for row in rows], "next_after": cursor(rows[-1]) if more else None}
 
 
-def _limit(request) -> int:
+def _limit(limit: int) -> int:
     """?limit=: rows per page, 50 unless asked; more than PAGE_LIMIT gets PAGE_LIMIT (a
     client asking for "all" still pages), and fewer than one is a mistake worth naming."""
-    try:
-        limit = int(request.GET.get("limit", 50))
-    except ValueError:
-        raise Invalid("limit must be an integer") from None
     if limit < 1:
         raise Invalid(f"limit must be at least 1 (at most {PAGE_LIMIT} rows come back a page)")
     return min(PAGE_LIMIT, limit)

@@ -1,0 +1,373 @@
+"""The management API's request and response shapes, declared once.
+
+Ninja validates requests against these and builds /api/openapi.json from them. Request bodies
+are strict (a string is not a number, "yes" is not true), as the hand parsing they replace was.
+Rules that need the database or the whole request (a handle is free, a base is registered, a
+study's grid is not too big) stay in the lifecycle services, which the console shares.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from ninja import Schema
+from pydantic import ConfigDict, Field
+
+from adapters_app import models
+from adapters_app.lifecycle.studies import STUDY_INITS
+from workers.engine.base_import import PACKAGED
+from workers.engine.training import TARGET_PRESETS
+
+HANDLE_PATTERN = "^[a-z0-9][a-z0-9_-]{0,62}$"
+
+JobState = Literal[tuple(dict(models.Job.STATES))]
+JobKind = Literal[tuple(dict(models.Job.KINDS))]
+DatasetPurpose = Literal[tuple(dict(models.Dataset.PURPOSES))]
+Package = Literal[tuple(PACKAGED)]
+TargetPreset = Literal[TARGET_PRESETS]
+StudyInit = Literal[STUDY_INITS]
+ResultsFormat = Literal["json", "csv"]
+
+
+class RequestBody(Schema):
+    model_config = ConfigDict(strict=True)
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+class PersonRequest(RequestBody):
+    handle: str = Field("", json_schema_extra={"pattern": HANDLE_PATTERN})
+    display_name: str = ""
+
+
+class EraseRequest(RequestBody):
+    reason: str = Field("", description="required: why (kept in the audit tombstone)")
+
+
+class AdapterRequest(RequestBody):
+    name: str = Field("", json_schema_extra={"pattern": HANDLE_PATTERN})
+    base: str | None = Field(None, description="a registered base model; the first one when omitted")
+    description: str = ""
+
+
+class BaseModelImport(RequestBody):
+    name: str = Field(json_schema_extra={"pattern": HANDLE_PATTERN})
+    source: str | None = Field(None, alias="from", description="a HF folder or .gguf file on the server")
+    package: Package | None = None
+    sha256: str | None = Field(None, json_schema_extra={"pattern": "^[0-9a-fA-F]{64}$"})
+    license: str | None = None
+
+
+class TrainRequest(RequestBody):
+    dataset: str | int = Field(description="the dataset's id or name")
+    # Passed on as given: the trainer names every bad or unknown setting in error.details.
+    config: dict[str, Any] | None = Field(
+        None,
+        description="rank, alpha, targets (all-linear|attention), learning_rate, steps, batch_size, "
+        "seed, init; defaults for the rest",
+    )
+    auto_promote: bool | None = None
+
+
+class EvaluateRequest(RequestBody):
+    dataset: str | int
+    revision: str | None = Field(None, description="the bare base when omitted")
+
+
+class InferRequest(RequestBody):
+    prompt: str = ""
+    revision: str | None = Field(None, description="the live revision when omitted")
+    max_tokens: int = 32
+
+
+class PromoteRequest(RequestBody):
+    revision: str = Field("", examples=["r2"])
+    reason: str = ""
+    override_reason: str = Field("", description="promote a revision failing its gate (audited)")
+
+
+class GateRequest(RequestBody):
+    eval_dataset: str | int | None = None
+    thresholds: dict[str, Any] | None = Field(None, examples=[{"recall": {"min": 0.8}}])
+    auto_promote: bool | None = None
+
+
+class RollbackRequest(RequestBody):
+    to: str | None = Field(None, description="the previous live revision when omitted")
+    reason: str = ""
+
+
+class StudyRequest(RequestBody):
+    """Checked as a whole by `lifecycle.studies.validate_study`: every problem is named in
+    error.details and nothing is written."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    name: str = Field("", max_length=100)
+    bases: list[str] | None = None
+    ranks: list[int] | None = None
+    targets: list[TargetPreset] | None = None
+    inits: list[StudyInit] | None = None
+    seeds: int | list[int] | None = Field(None, description="a count (seeds 0..n-1) or a list of seeds")
+    people: int | None = Field(None, description="generated people")
+    world_seed: int | None = None
+    adapters: list[str] | None = Field(
+        None,
+        description="instead of people and world_seed: a cohort of fleet adapters "
+        '("person/adapter"); each trains on the data behind its live revision (its '
+        "person's newest training set if untrained), is graded on its gate's "
+        "evaluation set and judged by its gate's thresholds, all pinned (the data "
+        "by sha256) when the study is made",
+    )
+    training: dict[str, Any] | None = Field(
+        None, description="steps, learning_rate, batch_size, replay, max_length, dropout"
+    )
+    reliability_target: float | None = Field(None, description="0.95 when omitted")
+
+
+# -- responses --------------------------------------------------------------------------------
+
+
+class ErrorDetail(Schema):
+    code: str
+    message: str
+    details: Any = None
+
+
+class Error(Schema):
+    error: ErrorDetail
+
+
+class Person(Schema):
+    handle: str
+    display_name: str
+    created_at: str | None
+
+
+class PersonPage(Schema):
+    data: list[Person]
+    next_after: str | None
+
+
+class Erased(Schema):
+    model_config = ConfigDict(extra="allow")
+
+    erased: str
+    adapters: int
+    revisions: int
+    datasets: int
+    study_runs: int
+
+
+class Provenance(Schema):
+    dataset_sha256: str
+    dataset_rows: int
+    training_config: dict[str, Any]
+    seed: int
+    init_method: str
+    base_digest: str
+    code_version: str
+    job: int | None
+    created_by: str
+    created_at: str | None
+
+
+class Revision(Schema):
+    label: str
+    number: int
+    sha256: str
+    size_bytes: int
+    rank: int
+    parameters: int
+    parent: str | None
+    provenance: Provenance
+    final_loss: float | None
+    gate: dict[str, Any] = Field(description="the gate's verdict on this revision")
+
+
+class Gate(Schema):
+    eval_dataset: int | None
+    thresholds: dict[str, Any]
+    auto_promote: bool
+
+
+class PointerEvent(Schema):
+    action: Literal["promote", "rollback"]
+    from_: str | None = Field(alias="from")
+    to: str
+    actor: str
+    reason: str
+    at: str | None
+
+
+class Adapter(Schema):
+    id: str = Field(examples=["alice/assistant"])
+    person: str
+    name: str
+    base: str
+    base_digest: str
+    live: str | None
+    created_at: str | None
+
+
+class AdapterDetail(Adapter):
+    revisions: list[Revision]
+    gate: Gate
+    pointer_history: list[PointerEvent]
+
+
+class AdapterPage(Schema):
+    data: list[Adapter]
+    next_after: str | None
+
+
+class Dataset(Schema):
+    id: int
+    name: str
+    purpose: DatasetPurpose
+    format: str = Field(examples=["chat", "completion", "preference"])
+    sha256: str
+    rows: int
+    size_bytes: int
+    created_at: str | None
+
+
+class DatasetPage(Schema):
+    data: list[Dataset]
+    next_after: int | None
+
+
+class Progress(Schema):
+    step: int
+    total: int
+    percent: int
+    eta_seconds: float | None
+
+
+class ProgressDetail(Progress):
+    loss: list[list[int | float]] = Field(description="[step, loss] pairs")
+
+
+class JobSummary(Schema):
+    """A job as lists show it: its log and loss curve are on the job's own URL."""
+
+    id: int
+    kind: JobKind
+    state: JobState
+    adapter: str | None
+    dataset: int | None
+    revision: str | None
+    result_revision: str | None
+    progress: Progress
+    params: dict[str, Any]
+    result: dict[str, Any]
+    worker: str
+    heartbeat_at: str | None
+    error: str
+    cancel_requested: bool
+    created_by: str
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class Job(JobSummary):
+    progress: ProgressDetail
+    log: list[str]
+
+
+class JobPage(Schema):
+    data: list[JobSummary]
+    next_after: int | None
+
+
+class BaseModel(Schema):
+    name: str
+    digest: str = Field(description="sha256 over the weight files")
+    parameters: int
+    architecture: str = Field(examples=["LlamaForCausalLM"])
+    context_length: int | None
+    license: str
+    source: str
+    serving_mode: str = Field(examples=["batched", "one adapter at a time"])
+    adapters: int
+    created_at: str | None
+
+
+class BaseModelDetail(BaseModel):
+    serving_reason: str
+    path: str
+    bytes_on_disk: int | None
+
+
+class BaseModelList(Schema):
+    data: list[BaseModel]
+
+
+class Study(Schema):
+    id: int
+    name: str
+    state: str = Field(examples=["pending", "running", "finished", "failed", "cancelled"])
+    grid: dict[str, Any]
+    cohort: dict[str, Any]
+    reliability_target: float
+    runs_done: int
+    runs_total: int
+    created_by: str
+    created_at: str
+
+
+class StudyPage(Schema):
+    data: list[Study]
+    next_after: int | None
+
+
+class StudySummary(Study):
+    model_config = ConfigDict(extra="allow")
+
+    training: dict[str, Any]
+    alpha_per_rank: int
+    cells: dict[str, int] = Field(description="cell state -> count")
+    recommendations: list[dict[str, Any]]
+
+
+class StudyCell(Schema):
+    model_config = ConfigDict(extra="allow")
+
+    base: str
+    rank: int
+    targets: str
+    init: str
+    state: str = Field(examples=["pending", "queued", "running", "done", "failed", "cancelled"])
+    runs_done: int
+    runs_total: int
+    trainable_parameters: int | None
+    stored_parameters: int | None
+    payload_bytes: int | None
+    reliability: dict[str, Any]
+    job: int | None = None
+
+
+class StudyDetail(Schema):
+    study: StudySummary
+    cells: list[StudyCell]
+
+
+class StudyCancelled(StudyDetail):
+    cancelled_cells: int
+
+
+class StudyResumed(StudyDetail):
+    resumed_cells: int
+
+
+class StudyResults(Schema):
+    study: StudySummary
+    cells: list[StudyCell]
+    runs: list[dict[str, Any]]
+
+
+def answers(ok: dict[int, Any], *errors: int) -> dict:
+    """An operation's documented responses: its successes, and each error status in `Error` shape."""
+    return {**ok, frozenset(errors): Error} if errors else ok
