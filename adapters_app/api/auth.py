@@ -114,15 +114,17 @@ def declare_api(*, urls_namespace: str, render_error: ErrorRenderer, **options) 
 def field_errors(errors: Iterable[dict]) -> tuple[str, dict[str, str]]:
     """Pydantic's errors as the lifecycle words its own: one message naming every field, and
     details keyed by the top-level field (`ranks`, `stream_options`, `limit`)."""
-    details: dict[str, str] = {}
+    details: dict[str, list[str]] = {}
     for error in errors:
         source, *path = error["loc"]
         if source == "body" and path:
             path = path[1:]  # the view's parameter name, not a field of the request
         field = str(path[0]) if path else source
         where = ".".join(str(part) for part in path) or source
-        details.setdefault(field, f"{where}: {error['msg']}")
-    return "invalid request: " + "; ".join(details.values()), details
+        # Our own validators' words, without pydantic's prefix.
+        details.setdefault(field, []).append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    joined = {field: "; ".join(problems) for field, problems in details.items()}
+    return "invalid request: " + "; ".join(joined.values()), joined
 
 
 def answer_wrong_methods_in_json(patterns: list, render_error: ErrorRenderer) -> list:
@@ -150,56 +152,3 @@ def _json_not_allowed(view, render_error: ErrorRenderer):
 
 def _method_rank(method: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
-
-
-# -- until /v1 is declared with ninja too ------------------------------------------------------
-
-from django.views.decorators.csrf import csrf_exempt  # noqa: E402
-
-
-def bearer_user(request: HttpRequest):
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return ApiKey.authenticate(token.strip())
-
-
-def json_body(request: HttpRequest) -> dict:
-    if not request.body:
-        return {}
-    try:
-        body = json.loads(request.body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LifecycleError(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise LifecycleError("request body must be a JSON object")
-    return body
-
-
-def api_endpoint(*methods: str, render_error: ErrorRenderer = management_error):
-    def decorate(view):
-        @csrf_exempt
-        @functools.wraps(view)
-        def wrapper(request: HttpRequest, *args, **kwargs):
-            if request.method not in methods:
-                response = render_error(
-                    405, "method_not_allowed", f"{request.method} is not allowed here", None
-                )
-                response["Allow"] = ", ".join(methods)
-                return response
-            user = bearer_user(request)
-            if user is None:
-                return render_error(401, "invalid_api_key", "a valid Bearer API key is required", None)
-            request.user = user
-            request.actor = Actor.from_user(user, via="api")
-            try:
-                return view(request, *args, **kwargs)
-            except LifecycleError as exc:
-                return render_error(exc.status, exc.code, exc.message, exc.details)
-            except StoreError as exc:
-                return render_error(500, "integrity_error", str(exc), None)
-
-        return wrapper
-
-    return decorate

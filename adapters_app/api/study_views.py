@@ -94,7 +94,7 @@ def resume_study(request, study_id: int):
     response=answers({200: schemas.StudyResults}, 400, 401, 404),
     url_name="study-results",
     openapi_extra={
-        "responses": {"200": {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+        "responses": {200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
     },
 )
 def study_results(request, study_id: int, format: schemas.ResultsFormat = "json"):

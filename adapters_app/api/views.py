@@ -286,7 +286,7 @@ def cancel_job(request, job_id: int):
     url_name="download",
     openapi_extra={
         "responses": {
-            "200": {
+            200: {
                 "description": "adapter_model.safetensors + adapter_config.json",
                 "content": {"application/gzip": {}},
             }

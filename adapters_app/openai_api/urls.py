@@ -1,11 +1,15 @@
-from django.urls import path
+"""/v1/: the OpenAI-compatible API, behind the same keys as /api/, with OpenAI's error object."""
 
+from adapters_app.api.auth import answer_wrong_methods_in_json, declare_api
 from adapters_app.openai_api import views
 
 app_name = "openai"
 
-urlpatterns = [
-    path("models", views.models, name="models"),
-    path("completions", views.completions, name="completions"),
-    path("chat/completions", views.chat_completions, name="chat-completions"),
-]
+openai = declare_api(
+    urls_namespace=app_name,
+    render_error=views.openai_error,
+    title="MinT console OpenAI-compatible API",
+)
+openai.add_router("", views.router)
+
+urlpatterns = answer_wrong_methods_in_json(openai.urls[0], views.openai_error)

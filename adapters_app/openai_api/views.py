@@ -1,7 +1,8 @@
 """/v1/models, /v1/completions and /v1/chat/completions in OpenAI's shapes.
 
-Request parsing and response shaping live here (streamed chunks in `streaming`);
-resolution of `model` and generation are the lifecycle's and the worker's.
+Requests are validated against `schemas` by ninja (declared once, documented in
+/api/openapi.json); response shaping lives here (streamed chunks in `streaming`); resolution
+of `model` and generation are the lifecycle's and the worker's.
 """
 
 import time
@@ -9,24 +10,32 @@ import uuid
 from dataclasses import dataclass
 
 from django.http import JsonResponse, StreamingHttpResponse
+from ninja import Router
 
-from adapters_app.api.auth import api_endpoint, json_body
 from adapters_app.lifecycle import inference
 from adapters_app.lifecycle.errors import Invalid
 from adapters_app.models import Adapter, BaseModel, Revision
+from adapters_app.openai_api import schemas
 from adapters_app.openai_api.streaming import Chunks, error_object, event_stream, usage
-from workers.engine.examples import ROLES, Message
+from workers.engine.examples import Message
 from workers.engine.runtime import SamplingParams
 
 MODELS_LISTED = 1000
+
+router = Router()
 
 
 def openai_error(status: int, code: str, message: str, details: object = None) -> JsonResponse:
     return JsonResponse(error_object(status, code, message), status=status)
 
 
-@api_endpoint("GET", render_error=openai_error)
+def _errors(*statuses: int) -> dict:
+    return {frozenset(statuses): schemas.OpenAIError}
+
+
+@router.get("/models", response={200: schemas.ModelList, **_errors(401)}, url_name="models")
 def models(request):
+    """The base models and every adapter with a live revision."""
     created = int(time.time())
     data = [
         {"id": b.name, "object": "model", "created": int(b.created_at.timestamp()), "owned_by": "mint"}
@@ -40,18 +49,23 @@ def models(request):
     data += [
         {"id": a.handle, "object": "model", "created": created, "owned_by": a.person.handle} for a in live
     ]
-    return JsonResponse({"object": "list", "data": data})
+    return {"object": "list", "data": data}
 
 
-@api_endpoint("POST", render_error=openai_error)
-def completions(request):
-    body = json_body(request)
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+@router.post(
+    "/completions",
+    response={200: schemas.Completion, **_errors(400, 401, 404, 503)},
+    url_name="completions",
+    openapi_extra=schemas.EVENT_STREAM,
+)
+def completions(request, payload: schemas.CompletionRequest):
+    """A completion of `prompt`; with `stream: true`, server-sent chunks."""
+    prompt = payload.prompt
+    if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
     if not isinstance(prompt, str) or not prompt:
         raise Invalid("prompt must be a non-empty string")
-    call = Call.parse(body)
+    call = Call.parse(payload)
     if call.stream:
         return _streamed(call, prompt, chat=False)
     result = inference.complete(call.model, prompt, call.params, n=call.n)
@@ -59,21 +73,19 @@ def completions(request):
         {"index": i, "text": g["text"], "logprobs": None, "finish_reason": g["finish_reason"]}
         for i, g in enumerate(result["generations"])
     ]
-    return _response("text_completion", "cmpl", body["model"], result, choices)
+    return _response("text_completion", "cmpl", call.model, result, choices)
 
 
-@api_endpoint("POST", render_error=openai_error)
-def chat_completions(request):
-    body = json_body(request)
-    raw = body.get("messages")
-    if not isinstance(raw, list) or not raw:
-        raise Invalid("messages must be a non-empty list")
-    messages = []
-    for i, m in enumerate(raw):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise Invalid(f"messages[{i}] must have a role ({', '.join(ROLES)}) and string content")
-        messages.append(Message(m["role"], m["content"]))
-    call = Call.parse(body, chat=True)
+@router.post(
+    "/chat/completions",
+    response={200: schemas.ChatCompletion, **_errors(400, 401, 404, 503)},
+    url_name="chat-completions",
+    openapi_extra=schemas.EVENT_STREAM,
+)
+def chat_completions(request, payload: schemas.ChatCompletionRequest):
+    """The assistant's next message; with `stream: true`, server-sent chunks."""
+    messages = [Message(m.role, m.content) for m in payload.messages]
+    call = Call.parse(payload, chat=True)
     # The worker renders the conversation with the base's own chat template.
     if call.stream:
         return _streamed(call, messages, chat=True)
@@ -87,7 +99,7 @@ def chat_completions(request):
         }
         for i, g in enumerate(result["generations"])
     ]
-    return _response("chat.completion", "chatcmpl", body["model"], result, choices)
+    return _response("chat.completion", "chatcmpl", call.model, result, choices)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,25 +113,14 @@ class Call:
     include_usage: bool
 
     @classmethod
-    def parse(cls, body: dict, *, chat: bool = False) -> "Call":
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise Invalid("model is required")
-        stream = body.get("stream") or False
-        if not isinstance(stream, bool):
-            raise Invalid("stream must be true or false")
-        options = body.get("stream_options")
-        if options is not None and not stream:
-            raise Invalid("stream_options is only allowed when stream is true")
-        options = options or {}
-        if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
-            raise Invalid('stream_options must be an object like {"include_usage": true}')
+    def parse(cls, request: schemas.Sampling, *, chat: bool = False) -> "Call":
+        options = request.stream_options
         return cls(
-            model=model,
-            params=sampling_params(body, chat=chat),
-            n=_int(body, "n", 1, 1, 16),
-            stream=stream,
-            include_usage=options.get("include_usage", False),
+            model=request.model,
+            params=sampling_params(request, chat=chat),
+            n=request.n or 1,
+            stream=bool(request.stream),
+            include_usage=bool(options and options.include_usage),
         )
 
 
@@ -139,76 +140,44 @@ def _streamed(call: Call, prompt: inference.Prompt, *, chat: bool) -> StreamingH
     return response
 
 
-def sampling_params(body: dict, *, chat: bool = False) -> SamplingParams:
-    stop = body.get("stop") or ()
-    if isinstance(stop, str):
-        stop = (stop,)
-    if not isinstance(stop, list | tuple) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
-        raise Invalid("stop must be a string or a list of at most 4 strings")
-    seed = body.get("seed")
-    if seed is not None and (
-        not isinstance(seed, int) or isinstance(seed, bool) or not -(2**63) <= seed < 2**63
-    ):
-        raise Invalid("seed must be a 64-bit integer")
+def sampling_params(request: schemas.Sampling, *, chat: bool = False) -> SamplingParams:
+    """The engine's parameters; a field left out (or null) takes OpenAI's default."""
+    stop = request.stop or ()
+    max_tokens = request.max_tokens
     # Chat's newer name for max_tokens wins when both are given.
-    length_key = (
-        "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
-    )
-    top_p = _float(body, "top_p", 1.0, 0.0, 1.0)
-    if top_p == 0.0:
-        # A nucleus of mass 0 holds no token: the engine samples with top_p in (0, 1].
-        raise Invalid("top_p must be greater than 0 (at most 1); for greedy answers set temperature to 0")
+    if chat and request.max_completion_tokens is not None:
+        max_tokens = request.max_completion_tokens
     return SamplingParams(
-        max_tokens=_int(body, length_key, 16, 1, 1024),
-        temperature=_float(body, "temperature", 1.0, 0.0, 2.0),
-        top_p=top_p,
-        stop=tuple(stop),
-        seed=seed,
+        max_tokens=16 if max_tokens is None else max_tokens,
+        temperature=1.0 if request.temperature is None else float(request.temperature),
+        top_p=1.0 if request.top_p is None else float(request.top_p),
+        stop=(stop,) if isinstance(stop, str) else tuple(stop),
+        seed=request.seed,
     )
-
-
-def _int(body, key, default, low, high) -> int:
-    value = body.get(key, default)
-    if value is None:
-        value = default
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise Invalid(f"{key} must be an integer between {low} and {high}")
-    return value
-
-
-def _float(body, key, default, low, high) -> float:
-    value = body.get(key, default)
-    if value is None:
-        value = default
-    if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
-        raise Invalid(f"{key} must be a number between {low} and {high}")
-    return float(value)
 
 
 def _fingerprint(base: BaseModel, revision: Revision | None) -> str:
     return f"mint-{revision.sha256[:12]}" if revision else f"base-{base.digest[:12]}"
 
 
-def _response(kind: str, prefix: str, model: str, result: dict, choices: list) -> JsonResponse:
+def _response(kind: str, prefix: str, model: str, result: dict, choices: list) -> dict:
     revision = result["revision"]
-    return JsonResponse(
-        {
-            "id": f"{prefix}-{uuid.uuid4().hex}",
-            "object": kind,
-            "created": int(time.time()),
-            "model": model,
-            "system_fingerprint": _fingerprint(result["base"], revision),
-            "choices": choices,
-            "usage": usage(result["generations"]),
-            "mint": {
-                "revision": revision.label if revision else None,
-                "sha256": revision.sha256 if revision else None,
-                "base": result["base"].name,
-                # Which worker the router chose and why: "resident" (it held the adapter in
-                # memory), "disk" (on its local disk), "cold" (least loaded, loads it now)
-                # or "shared" (no worker reported yet).
-                "worker": result["route"].worker,
-                "route": result["route"].reason,
-            },
-        }
-    )
+    return {
+        "id": f"{prefix}-{uuid.uuid4().hex}",
+        "object": kind,
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": _fingerprint(result["base"], revision),
+        "choices": choices,
+        "usage": usage(result["generations"]),
+        "mint": {
+            "revision": revision.label if revision else None,
+            "sha256": revision.sha256 if revision else None,
+            "base": result["base"].name,
+            # Which worker the router chose and why: "resident" (it held the adapter in
+            # memory), "disk" (on its local disk), "cold" (least loaded, loads it now)
+            # or "shared" (no worker reported yet).
+            "worker": result["route"].worker,
+            "route": result["route"].reason,
+        },
+    }
