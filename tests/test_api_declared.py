@@ -102,3 +102,36 @@ def test_a_body_that_is_not_a_json_object_is_refused_by_name(post, client):
     response = post("/api/people", ["alice"])
     assert response.status_code == 400
     assert response.json()["error"]["message"] == "request body must be a JSON object"
+
+
+@pytest.mark.django_db
+def test_the_response_schemas_pass_what_the_serializers_write_through_unchanged(
+    make_revision, dataset, actor, micro_base
+):
+    """A key a serializer writes but its schema does not declare would silently vanish from
+    the response (and be missing from the document): every key must round-trip."""
+    from adapters_app.api import schemas
+    from adapters_app.api import serializers as out
+    from adapters_app.lifecycle.base_models import get_base_model
+    from adapters_app.lifecycle.pointer import promote
+    from adapters_app.models import Job
+
+    revision = make_revision()
+    event = promote(revision, actor=actor)
+    adapter = revision.adapter
+    job = Job.objects.create(
+        kind=Job.TRAIN, adapter=adapter, dataset=dataset, result_revision=revision, log="one\ntwo\n"
+    )
+    written = [
+        (schemas.Person, out.person_dict(adapter.person)),
+        (schemas.Adapter, out.adapter_dict(adapter)),
+        (schemas.AdapterDetail, out.adapter_dict(adapter, detail=True)),
+        (schemas.PointerEvent, out.pointer_event_dict(event)),
+        (schemas.Gate, out.gate_dict(adapter)),
+        (schemas.Dataset, out.dataset_dict(dataset)),
+        (schemas.Job, out.job_dict(job)),
+        (schemas.JobSummary, out.job_dict(job, detail=False)),
+        (schemas.BaseModelDetail, out.base_model_dict(get_base_model(micro_base.name), detail=True)),
+    ]
+    for schema, body in written:
+        assert schema.model_validate(body).model_dump(by_alias=True) == body, schema.__name__
