@@ -123,7 +123,7 @@ def list_datasets(
         }
     },
 )
-def upload(request, person: str, adapter: str, name: str = "", purpose: str = "train"):
+def upload(request, person: str, adapter: str, name: str = "", purpose: schemas.DatasetPurpose = "train"):
     """Upload JSONL (chat `messages` or `prompt`/`completion`); ?name=&purpose=train|eval.
     201 for a new dataset, 200 when the same file is already there. Invalid files get
     line-numbered errors in error.details and create nothing."""
