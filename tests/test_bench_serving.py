@@ -73,7 +73,7 @@ def test_it_runs_on_an_imported_gqa_base_by_its_registered_name(tiny_llama_base,
     assert conditions["stop_tokens"] == ["<|im_end|>"]
     assert "a row stops at <|im_end|>" in out
     assert "batch 4, 2 distinct adapters" in out and "up to 3 new tokens a row" in out
-    assert "1 timed rounds after a warm-up" in out and "torch threads 1" in out
+    assert "1 timed round after a warm-up" in out and "torch threads 1" in out
     for row in ("bare base", "ours (heterogeneous batch)", "PEFT mixed batch", "PEFT per-request switching"):
         assert row in out, row
     assert "ours 4/4" in out and "PEFT mixed 4/4" in out  # every row exact, GQA included

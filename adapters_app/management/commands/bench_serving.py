@@ -329,7 +329,8 @@ class ServingBench:
             f"{c['adapted_modules']} linear modules ({c['targets']}: {', '.join(c['target_modules'])})\n"
             f"prompts of {low}-{high} tokens in the base's chat template (left-padded), up to "
             f"{c['new_tokens']} new tokens a row, greedy, a row stops at {' / '.join(c['stop_tokens'])}; "
-            f"{c['rounds']} timed rounds after a warm-up, {c['loads']} cold loads a side, seed {c['seed']}\n"
+            f"{plural(c['rounds'], 'timed round')} after a warm-up, {plural(c['loads'], 'cold load')} a side,"
+            f" seed {c['seed']}\n"
             f"{serving}\n"
             "adapters: random-init LoRA factors from the seed (not trained; throughput does not "
             "depend on what they learned)\n"
@@ -735,6 +736,10 @@ def prompts(tokenizer, batch: int, device):
         ids[row, width - len(tokens) :] = torch.tensor(tokens)
         mask[row, width - len(tokens) :] = 1
     return ids.to(device), mask.to(device)
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def percentiles(values: list[float]) -> tuple[float, float]:
