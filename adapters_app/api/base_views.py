@@ -8,7 +8,6 @@ the import is idempotent, so one that timed out on the client's side can simply 
 from ninja import Router, Status
 
 from adapters_app.api import schemas
-from adapters_app.api import serializers as out
 from adapters_app.api.schemas import answers
 from adapters_app.lifecycle.base_models import base_models, get_base_model, import_base_model
 from adapters_app.lifecycle.errors import Invalid
@@ -21,7 +20,7 @@ router = Router()
 @router.get("/base-models", response=answers({200: schemas.BaseModelList}, 401), url_name="base-models")
 def list_base_models(request):
     """List the registered base models, each with its serving mode and adapter count."""
-    return {"data": [out.base_model_dict(base) for base in base_models()]}
+    return {"data": list(base_models())}
 
 
 @router.post(
@@ -50,7 +49,7 @@ def import_base(request, payload: schemas.BaseModelImport):
         expected_sha256=payload.sha256,
     )
     created = before != base.digest
-    return Status(201 if created else 200, out.base_model_dict(get_base_model(base.name), detail=True))
+    return Status(201 if created else 200, get_base_model(base.name))
 
 
 @router.get(
@@ -58,4 +57,4 @@ def import_base(request, payload: schemas.BaseModelImport):
 )
 def base_model_detail(request, name: str):
     """A base model with its folder and size."""
-    return out.base_model_dict(get_base_model(name), detail=True)
+    return get_base_model(name)

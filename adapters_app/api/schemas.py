@@ -1,6 +1,8 @@
 """The management API's request and response shapes, declared once.
 
-Ninja validates requests against these and builds /api/openapi.json from them. Request bodies
+Ninja validates requests against these, builds /api/openapi.json from them, and renders the
+domain objects a view returns through them (the `resolve_*` methods read what is not a plain
+field). Request bodies
 are strict (a string is not a number, "yes" is not true), as the hand parsing they replace was.
 Rules that need the database or the whole request (a handle is free, a base is registered, a
 study's grid is not too big) stay in the lifecycle services, which the console shares.
@@ -8,12 +10,15 @@ study's grid is not too big) stay in the lifecycle services, which the console s
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from ninja import Schema
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, PlainSerializer
 
 from adapters_app import models
+from adapters_app.lifecycle.base_models import bytes_on_disk, serving_of
+from adapters_app.lifecycle.gates import gate_of, verdict
 from adapters_app.lifecycle.studies import STUDY_INITS
 from workers.engine.base_import import PACKAGED
 from workers.engine.training import TARGET_PRESETS
@@ -27,6 +32,9 @@ Package = Literal[tuple(PACKAGED)]
 TargetPreset = Literal[TARGET_PRESETS]
 StudyInit = Literal[STUDY_INITS]
 ResultsFormat = Literal["json", "csv"]
+
+# As Python writes it (microseconds, +00:00), as clients have always had it.
+Timestamp = Annotated[datetime, PlainSerializer(datetime.isoformat, return_type=str)]
 
 
 class RequestBody(Schema):
@@ -142,7 +150,7 @@ class Error(Schema):
 class Person(Schema):
     handle: str
     display_name: str
-    created_at: str | None
+    created_at: Timestamp | None
 
 
 class PersonPage(Schema):
@@ -161,6 +169,8 @@ class Erased(Schema):
 
 
 class Provenance(Schema):
+    """Read from the revision itself: what made it, reproducibly."""
+
     dataset_sha256: str
     dataset_rows: int
     training_config: dict[str, Any]
@@ -170,7 +180,11 @@ class Provenance(Schema):
     code_version: str
     job: int | None
     created_by: str
-    created_at: str | None
+    created_at: Timestamp | None
+
+    @staticmethod
+    def resolve_job(revision) -> int | None:
+        return revision.job_id
 
 
 class Revision(Schema):
@@ -185,11 +199,33 @@ class Revision(Schema):
     final_loss: float | None
     gate: dict[str, Any] = Field(description="the gate's verdict on this revision")
 
+    @staticmethod
+    def resolve_parent(revision) -> str | None:
+        return revision.parent.label if revision.parent_id else None
+
+    @staticmethod
+    def resolve_provenance(revision):
+        return revision
+
+    @staticmethod
+    def resolve_gate(revision) -> dict:
+        return verdict(revision).as_dict()
+
 
 class Gate(Schema):
+    """Read from the adapter: its evaluation set, thresholds over the defaults, auto-promotion."""
+
     eval_dataset: int | None
     thresholds: dict[str, Any]
     auto_promote: bool
+
+    @staticmethod
+    def resolve_eval_dataset(adapter) -> int | None:
+        return adapter.eval_dataset_id
+
+    @staticmethod
+    def resolve_thresholds(adapter) -> dict:
+        return gate_of(adapter)
 
 
 class PointerEvent(Schema):
@@ -198,7 +234,20 @@ class PointerEvent(Schema):
     to: str
     actor: str
     reason: str
-    at: str | None
+    at: Timestamp | None
+
+    # Resolvers are looked up by the name the value is read under: the alias.
+    @staticmethod
+    def resolve_from(event) -> str | None:
+        return event.from_revision.label if event.from_revision_id else None
+
+    @staticmethod
+    def resolve_to(event) -> str:
+        return event.to_revision.label
+
+    @staticmethod
+    def resolve_at(event):
+        return event.created_at
 
 
 class Adapter(Schema):
@@ -208,13 +257,41 @@ class Adapter(Schema):
     base: str
     base_digest: str
     live: str | None
-    created_at: str | None
+    created_at: Timestamp | None
+
+    @staticmethod
+    def resolve_id(adapter) -> str:
+        return adapter.handle
+
+    @staticmethod
+    def resolve_person(adapter) -> str:
+        return adapter.person.handle
+
+    @staticmethod
+    def resolve_base(adapter) -> str:
+        return adapter.base.name
+
+    @staticmethod
+    def resolve_live(adapter) -> str | None:
+        return adapter.live_revision.label if adapter.live_revision_id else None
 
 
 class AdapterDetail(Adapter):
     revisions: list[Revision]
     gate: Gate
     pointer_history: list[PointerEvent]
+
+    @staticmethod
+    def resolve_revisions(adapter) -> list:
+        return list(adapter.revisions.select_related("parent").order_by("number"))
+
+    @staticmethod
+    def resolve_gate(adapter):
+        return adapter  # not its `gate` field: the Gate schema reads the adapter
+
+    @staticmethod
+    def resolve_pointer_history(adapter) -> list:
+        return list(adapter.pointer_events.select_related("from_revision", "to_revision"))
 
 
 class AdapterPage(Schema):
@@ -226,11 +303,11 @@ class Dataset(Schema):
     id: int
     name: str
     purpose: DatasetPurpose
-    format: str = Field(examples=["chat", "completion", "preference"])
+    format: str = Field(examples=["chat", "completion", "preference", "suite"])
     sha256: str
     rows: int
     size_bytes: int
-    created_at: str | None
+    created_at: Timestamp | None
 
 
 class DatasetPage(Schema):
@@ -244,9 +321,21 @@ class Progress(Schema):
     percent: int
     eta_seconds: float | None
 
+    @staticmethod
+    def resolve_total(job) -> int:
+        return job.total_steps
+
+    @staticmethod
+    def resolve_percent(job) -> int:
+        return job.progress_percent
+
 
 class ProgressDetail(Progress):
     loss: list[list[int | float]] = Field(description="[step, loss] pairs")
+
+    @staticmethod
+    def resolve_loss(job) -> list:
+        return job.loss_points
 
 
 class JobSummary(Schema):
@@ -263,18 +352,42 @@ class JobSummary(Schema):
     params: dict[str, Any]
     result: dict[str, Any]
     worker: str
-    heartbeat_at: str | None
+    heartbeat_at: Timestamp | None
     error: str
     cancel_requested: bool
     created_by: str
-    created_at: str | None
-    started_at: str | None
-    finished_at: str | None
+    created_at: Timestamp | None
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+
+    @staticmethod
+    def resolve_adapter(job) -> str | None:
+        return job.adapter.handle if job.adapter_id else None
+
+    @staticmethod
+    def resolve_dataset(job) -> int | None:
+        return job.dataset_id
+
+    @staticmethod
+    def resolve_revision(job) -> str | None:
+        return job.revision.label if job.revision_id else None
+
+    @staticmethod
+    def resolve_result_revision(job) -> str | None:
+        return job.result_revision.label if job.result_revision_id else None
+
+    @staticmethod
+    def resolve_progress(job):
+        return job
 
 
 class Job(JobSummary):
     progress: ProgressDetail
     log: list[str]
+
+    @staticmethod
+    def resolve_log(job) -> list[str]:
+        return job.log.splitlines()
 
 
 class JobPage(Schema):
@@ -283,6 +396,8 @@ class JobPage(Schema):
 
 
 class BaseModel(Schema):
+    """A base; its `adapters` count comes from `lifecycle.base_models` (`adapter_count`)."""
+
     name: str
     digest: str = Field(description="sha256 over the weight files")
     parameters: int
@@ -292,13 +407,29 @@ class BaseModel(Schema):
     source: str
     serving_mode: str = Field(examples=["batched", "one adapter at a time"])
     adapters: int
-    created_at: str | None
+    created_at: Timestamp | None
+
+    @staticmethod
+    def resolve_serving_mode(base) -> str:
+        return serving_of(base)[0]
+
+    @staticmethod
+    def resolve_adapters(base) -> int:
+        return base.adapter_count
 
 
 class BaseModelDetail(BaseModel):
     serving_reason: str
     path: str
     bytes_on_disk: int | None
+
+    @staticmethod
+    def resolve_serving_reason(base) -> str:
+        return serving_of(base)[1]
+
+    @staticmethod
+    def resolve_bytes_on_disk(base) -> int | None:
+        return bytes_on_disk(base)
 
 
 class BaseModelList(Schema):

@@ -45,7 +45,8 @@ def list_studies(request, after: int | None = None, limit: int = 50):
         rows = rows.filter(pk__lt=after)
     page = list(rows[: limit + 1])
     progress = studies.study_progress(page[:limit])
-    return _page(page, limit, lambda study: _study_dict(study, progress.get(study.pk)), cursor=lambda s: s.pk)
+    rows = [_study_dict(study, progress.get(study.pk)) for study in page]
+    return _page(rows, limit, cursor=lambda study: study["id"])
 
 
 @router.post("/studies", response=answers({201: schemas.StudyDetail}, 400, 401, 403), url_name="studies")

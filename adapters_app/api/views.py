@@ -1,10 +1,10 @@
-"""Management API endpoints: ninja validates against `schemas`, one lifecycle service acts."""
+"""Management API endpoints: ninja validates against `schemas`, one lifecycle service acts,
+and the object it returns is rendered through the operation's response schema."""
 
 from django.http import HttpResponse
 from ninja import Query, Router, Status
 
 from adapters_app.api import schemas
-from adapters_app.api import serializers as out
 from adapters_app.api.schemas import answers
 from adapters_app.lifecycle import gates, jobs, people, pointer
 from adapters_app.lifecycle.datasets import get_dataset, refuse_oversize, upload_dataset
@@ -25,14 +25,14 @@ def list_people(request, after: str = "", limit: int = 50):
     # Keyset pagination on the unique handle: stable and cheap at any depth.
     limit = _limit(limit)
     rows = list(Person.objects.filter(handle__gt=after).order_by("handle")[: limit + 1])
-    return _page(rows, limit, out.person_dict, cursor=lambda person: person.handle)
+    return _page(rows, limit, cursor=lambda person: person.handle)
 
 
 @router.post("/people", response=answers({201: schemas.Person}, 400, 401, 403, 409), url_name="people")
 def create_person(request, payload: schemas.PersonRequest):
     """Create a person."""
     person = people.create_person(payload.handle, display_name=payload.display_name, actor=request.actor)
-    return Status(201, out.person_dict(person))
+    return Status(201, person)
 
 
 @router.post(
@@ -61,7 +61,7 @@ def list_adapters(request, person: str, after: str = "", limit: int = 50):
     limit = _limit(limit)
     adapters = owner.adapters.select_related("person", "base", "live_revision")
     rows = list(adapters.filter(name__gt=after).order_by("name")[: limit + 1])
-    return _page(rows, limit, out.adapter_dict, cursor=lambda adapter: adapter.name)
+    return _page(rows, limit, cursor=lambda adapter: adapter.name)
 
 
 @router.post(
@@ -79,13 +79,13 @@ def create_adapter(request, person: str, payload: schemas.AdapterRequest):
     adapter = people.create_adapter(
         owner, payload.name, base=base, description=payload.description, actor=request.actor
     )
-    return Status(201, out.adapter_dict(adapter))
+    return Status(201, adapter)
 
 
 @router.get(ADAPTER_PATH, response=answers({200: schemas.AdapterDetail}, 401, 404), url_name="adapter")
 def adapter_detail(request, person: str, adapter: str):
     """An adapter with its live pointer, revisions and pointer history."""
-    return out.adapter_dict(people.get_adapter(person, adapter), detail=True)
+    return people.get_adapter(person, adapter)
 
 
 @router.get(
@@ -109,7 +109,7 @@ def list_datasets(
     if purpose is not None:
         datasets = datasets.filter(purpose=purpose)
     rows = list(datasets.order_by("pk")[: limit + 1])
-    return _page(rows, limit, out.dataset_dict, cursor=lambda dataset: dataset.pk)
+    return _page(rows, limit, cursor=lambda dataset: dataset.pk)
 
 
 @router.post(
@@ -133,7 +133,7 @@ def upload(request, person: str, adapter: str, name: str = "", purpose: schemas.
     dataset, created = upload_dataset(
         target.person, request.body, name=name, purpose=purpose, actor=request.actor
     )
-    return Status(201 if created else 200, out.dataset_dict(dataset))
+    return Status(201 if created else 200, dataset)
 
 
 @router.post(
@@ -146,7 +146,7 @@ def train(request, person: str, adapter: str, payload: schemas.TrainRequest):
     job = jobs.start_training(
         target, dataset, config=payload.config or {}, actor=request.actor, auto_promote=payload.auto_promote
     )
-    return Status(202, out.job_dict(job))
+    return Status(202, job)
 
 
 @router.post(
@@ -160,7 +160,7 @@ def evaluate(request, person: str, adapter: str, payload: schemas.EvaluateReques
     dataset = get_dataset(target.person, _required(payload.dataset, "dataset"))
     revision = get_revision(target, payload.revision) if payload.revision else None
     job = jobs.start_evaluation(target, dataset, revision=revision, actor=request.actor)
-    return Status(202, out.job_dict(job))
+    return Status(202, job)
 
 
 @router.post(
@@ -179,7 +179,7 @@ def infer(request, person: str, adapter: str, payload: schemas.InferRequest):
     job = jobs.start_inference(
         target, revision, prompt=payload.prompt, max_tokens=payload.max_tokens, actor=request.actor
     )
-    return Status(202, out.job_dict(job))
+    return Status(202, job)
 
 
 @router.post(
@@ -195,13 +195,13 @@ def promote(request, person: str, adapter: str, payload: schemas.PromoteRequest)
     event = pointer.promote(
         revision, actor=request.actor, reason=payload.reason, override_reason=payload.override_reason
     )
-    return out.pointer_event_dict(event)
+    return event
 
 
 @router.get(f"{ADAPTER_PATH}/gate", response=answers({200: schemas.Gate}, 401, 404), url_name="gate")
 def gate(request, person: str, adapter: str):
     """The promotion gate: evaluation dataset, thresholds, auto-promotion."""
-    return out.gate_dict(people.get_adapter(person, adapter))
+    return people.get_adapter(person, adapter)
 
 
 @router.post(
@@ -220,7 +220,7 @@ def configure_gate(request, person: str, adapter: str, payload: schemas.GateRequ
         thresholds=payload.thresholds,
         auto_promote=payload.auto_promote,
     )
-    return out.gate_dict(target)
+    return target
 
 
 @router.post(
@@ -234,7 +234,7 @@ def rollback(request, person: str, adapter: str, payload: schemas.RollbackReques
     payload = payload or schemas.RollbackRequest()
     to = get_revision(target, payload.to) if payload.to else None
     event = pointer.rollback(target, to=to, actor=request.actor, reason=payload.reason)
-    return out.pointer_event_dict(event)
+    return event
 
 
 @router.get("/jobs", response=answers({200: schemas.JobPage}, 400, 401, 404), url_name="jobs")
@@ -261,13 +261,13 @@ def list_jobs(
     if kind is not None:
         found = found.filter(kind=kind)
     rows = list(found.order_by("-pk")[: limit + 1])
-    return _page(rows, limit, lambda job: out.job_dict(job, detail=False), cursor=lambda job: job.pk)
+    return _page(rows, limit, cursor=lambda job: job.pk)
 
 
 @router.get("/jobs/{int:job_id}", response=answers({200: schemas.Job}, 401, 404), url_name="job")
 def job_detail(request, job_id: int):
     """A job with its progress, loss curve and log."""
-    return out.job_dict(_job(job_id))
+    return _job(job_id)
 
 
 @router.post(
@@ -277,7 +277,7 @@ def job_detail(request, job_id: int):
 )
 def cancel_job(request, job_id: int):
     """Cancel a queued or running job."""
-    return out.job_dict(jobs.cancel_job(_job(job_id), actor=request.actor))
+    return jobs.cancel_job(_job(job_id), actor=request.actor)
 
 
 @router.get(
@@ -325,10 +325,10 @@ def _required(value: str | int | None, field: str) -> str:
     return str(value)
 
 
-def _page(rows: list, limit: int, serialize, *, cursor) -> dict:
+def _page(rows: list, limit: int, *, cursor) -> dict:
     """One page of a keyset list from up to limit + 1 rows (an extra one says more follow)."""
     more, rows = len(rows) > limit, rows[:limit]
-    return {"data": [serialize(row) for row in rows], "next_after": cursor(rows[-1]) if more else None}
+    return {"data": rows, "next_after": cursor(rows[-1]) if more else None}
 
 
 def _limit(limit: int) -> int:
