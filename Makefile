@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch==2.13.0 (CPU) is pinned in pyproject.toml; an unpinned torch would pull a CUDA build.
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# django-ninja and the ninja build tool share the import name `ninja`: whichever pip installs
+	# last owns ninja/__init__.py. The web needs django-ninja's; torch needs only the build
+	# tool's binary (bin/ninja), which this leaves alone.
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps "django-ninja>=1.6,<2"
 	touch $(STAMP)
 
 install: $(STAMP)
