@@ -49,6 +49,12 @@ def bases_dir(settings, tmp_path):
     return settings.MINT_BASES_DIR
 
 
+def registered_under(bases_dir):
+    """The bases registered from this test's folder: the session's micro base (made by a
+    session fixture, outside any test's transaction) lives elsewhere."""
+    return BaseModel.objects.filter(path__startswith=str(bases_dir))
+
+
 def imported_dir(bases_dir: Path) -> list[str]:
     """What lies under the imported bases' folder, hidden staging folders included."""
     root = Path(bases_dir) / IMPORTED_DIR
@@ -270,7 +276,7 @@ def test_reimporting_the_same_weights_under_the_same_name_returns_the_row_and_le
     from_folder = import_base_model("tiny-llama", llama["folder"], actor=actor)
     assert first.pk == again.pk == from_folder.pk
     assert weights.stat().st_mtime_ns == written
-    assert BaseModel.objects.count() == 1
+    assert registered_under(bases_dir).count() == 1
     assert AuditEvent.objects.filter(action="base_model.import").count() == 1
     assert imported_dir(bases_dir) == ["tiny-llama"]
 
@@ -286,7 +292,7 @@ def test_the_same_weights_under_another_name_or_another_base_under_a_taken_name_
     other = tiny_models.write_gguf(other_model, tokenizer, tmp_path / "other.gguf")
     with pytest.raises(Conflict, match="a different base model is already registered as 'tiny-llama'"):
         import_base_model("tiny-llama", other, actor=actor)
-    assert list(BaseModel.objects.values_list("name", flat=True)) == ["tiny-llama"]
+    assert list(registered_under(bases_dir).values_list("name", flat=True)) == ["tiny-llama"]
     assert imported_dir(bases_dir) == ["tiny-llama"]
 
 
@@ -326,7 +332,7 @@ def test_a_refused_import_registers_nothing_and_leaves_nothing_on_disk(
             actor=actor,
             expected_sha256=expected,
         )
-    assert not BaseModel.objects.exists()
+    assert not registered_under(bases_dir).exists()
     assert not AuditEvent.objects.filter(action="base_model.import").exists()
     assert imported_dir(bases_dir) == []
 
@@ -338,7 +344,7 @@ def test_only_an_admin_may_import_a_base(sources, bases_dir, django_user_model):
         import_base_model(
             "tiny", sources[tiny_models.LLAMA]["gguf"], actor=Actor.from_user(operator, via="cli")
         )
-    assert not BaseModel.objects.exists()
+    assert not registered_under(bases_dir).exists()
     assert imported_dir(bases_dir) == []
 
 

@@ -30,6 +30,12 @@ def bases_dir(settings, tmp_path):
     return Path(settings.MINT_BASES_DIR)
 
 
+def registered_under(bases_dir):
+    """The bases registered from this test's folder: the session's micro base (made by a
+    session fixture, outside any test's transaction) lives elsewhere."""
+    return BaseModel.objects.filter(path__startswith=str(bases_dir))
+
+
 @pytest.fixture
 def api(client, django_user_model, bases_dir):
     """call(method, path, body=None, role="admin"): the API as a user of that role."""
@@ -60,14 +66,14 @@ def test_an_admin_imports_a_gguf_over_the_api_and_a_repeat_is_a_200(api, tiny_gg
     again = api("POST", "/api/base-models", {"name": "tiny", "from": str(tiny_gguf)})
     assert again.status_code == 200
     assert again.json()["digest"] == body["digest"]
-    assert BaseModel.objects.count() == 1
+    assert registered_under(bases_dir).count() == 1
 
 
 def test_an_operator_gets_a_403_and_nothing_is_imported(api, tiny_gguf, bases_dir):
     response = api("POST", "/api/base-models", {"name": "tiny", "from": str(tiny_gguf)}, role="operator")
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "forbidden"
-    assert not BaseModel.objects.exists()
+    assert not registered_under(bases_dir).exists()
     assert not (bases_dir / IMPORTED_DIR).exists() or not any((bases_dir / IMPORTED_DIR).iterdir())
 
 
@@ -186,14 +192,14 @@ def test_an_admin_imports_from_the_console_and_an_operator_neither_sees_nor_may(
     client.force_login(operator)
     assert 'action="/bases/import"' not in client.get("/bases/").content.decode()
     assert client.post("/bases/import", {"name": "tiny", "path": str(tiny_gguf)}).status_code == 403
-    assert not BaseModel.objects.exists()
+    assert not registered_under(bases_dir).exists()
 
     admin = with_role(django_user_model.objects.create_user("ada", password="pw-ada-12345"), "admin")
     client.force_login(admin)
     assert 'action="/bases/import"' in client.get("/bases/").content.decode()
     refused = client.post("/bases/import", {"name": "tiny", "path": "/nowhere/x.gguf"}, follow=True)
     assert "does not exist" in refused.content.decode()
-    assert not BaseModel.objects.exists()
+    assert not registered_under(bases_dir).exists()
     response = client.post("/bases/import", {"name": "tiny", "path": str(tiny_gguf), "license": "MIT"})
     base = BaseModel.objects.get(name="tiny")
     assert response.status_code == 302 and response["Location"] == base.get_absolute_url()
