@@ -1,6 +1,7 @@
 # MinT console. Two commands do all the set-up on a fresh machine (Python 3.11):
 #   make demo   install into .venv, migrate, build the micro base, start Redis + a worker
 #               + the web server, seed a demo fleet, print the URL and login
+#               (MINT_DEMO_BASE=smollm2-135m: the fleet on a real pretrained model, 4 people, ~1 hour)
 #   make test   install and run the whole suite (ruff first)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)

