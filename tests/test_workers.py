@@ -135,7 +135,8 @@ def test_serving_a_revision_leaves_it_and_its_base_resident_on_the_worker(
     # Uses come in faster than they are written; the ones held back are written a moment later.
     complete(f"alice/assistant@{revision.label}", "hello", SHORT)
     complete(f"alice/assistant@{revision.label}", "hey", SHORT)
-    wait_until(lambda: resident_revision(worker, revision).uses == 3, timeout=5)
+    # (by the writer's next round, every 2 s: give a loaded 2-core machine room)
+    wait_until(lambda: resident_revision(worker, revision).uses == 3, timeout=15)
 
 
 @pytest.mark.integration
