@@ -35,7 +35,10 @@ def start_worker(spawn_worker, settings, suffix: str):
 
 
 def resident_revision(worker: Worker, revision):
-    return ResidentAdapter.objects.filter(worker=worker, revision=revision).first()
+    """The revision's row in the worker's memory (the disk tier's copy, if any, is another row)."""
+    return ResidentAdapter.objects.filter(
+        worker=worker, revision=revision, tier__in=ResidentAdapter.MEMORY_TIERS
+    ).first()
 
 
 def a_worker(name: str, **fields) -> Worker:

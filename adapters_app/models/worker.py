@@ -136,7 +136,9 @@ class ResidentAdapter(models.Model):
                 fields=["worker", "pid", "holder", "sha256", "tier"], name="resident_unique_per_holder_tier"
             )
         ]
-        ordering = ["kind", "-last_used_at", "id"]
+        # Most recently used first, never-used last on every database (PostgreSQL would put
+        # NULLs first in a descending order, SQLite last).
+        ordering = ["kind", models.F("last_used_at").desc(nulls_last=True), "id"]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.sha256[:12]} on {self.worker_id}/{self.pid} ({self.holder}, {self.tier})"
