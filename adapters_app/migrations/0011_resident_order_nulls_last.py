@@ -4,14 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('adapters_app', '0010_base_model_import'),
+        ("adapters_app", "0010_base_model_import"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='residentadapter',
-            options={'ordering': ['kind', models.OrderBy(models.F('last_used_at'), descending=True, nulls_last=True), 'id']},
+            name="residentadapter",
+            options={
+                "ordering": [
+                    "kind",
+                    models.OrderBy(models.F("last_used_at"), descending=True, nulls_last=True),
+                    "id",
+                ]
+            },
         ),
     ]
