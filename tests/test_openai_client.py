@@ -136,6 +136,26 @@ def test_a_worker_error_mid_stream_reaches_the_client_as_an_error(client, make_r
         list(ask(client, stream=True))
 
 
+ABANDONED = b"abandoned by its reader: generation stopped"
+
+
+def test_a_client_that_goes_away_mid_stream_stops_its_answer_on_the_worker(
+    client, celery_worker_process, micro_base
+):
+    worker_log = celery_worker_process.log_path
+    before = worker_log.read_bytes().count(ABANDONED)
+    # The bare micro base talks on greedily until max_tokens: 900 tokens would take a while.
+    with client.chat.completions.create(
+        model=micro_base.name, messages=QUESTION, max_tokens=900, temperature=0, stream=True
+    ) as stream:
+        for seen, _ in enumerate(stream):
+            if seen == 2:
+                break  # the client leaves; the with-block closes its connection
+
+    # The web process flags the stream, the worker's next push sees it and its row leaves the batch.
+    wait_until(lambda: worker_log.read_bytes().count(ABANDONED) > before, timeout=60)
+
+
 @pytest.fixture
 def generate_task_ids():
     """The ids of the generate tasks this process sends (Celery's own publish signal)."""

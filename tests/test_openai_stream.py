@@ -10,7 +10,7 @@ from adapters_app.models import ApiKey
 from adapters_app.openai_api.streaming import Chunks, event_stream
 from tests.conftest import with_role
 from workers.engine.micro_base import build_byte_tokenizer
-from workers.engine.runtime import StreamedText
+from workers.engine.streamed_text import StreamedText
 
 
 def stream_token_by_token(text: str, stop=()) -> tuple[list[str], StreamedText]:

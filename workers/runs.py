@@ -327,7 +327,7 @@ def generate(request: dict) -> list[dict]:
 
     The request holds a raw `prompt` (completions) or `messages` (chat), which the serving
     path renders with the base's own chat template."""
-    from adapters_app.lifecycle.inference import StreamWriter
+    from adapters_app.lifecycle.inference import ReaderGone, StreamWriter
 
     params = request["params"]
     params["stop"] = tuple(params.get("stop") or ())
@@ -373,6 +373,10 @@ def generate(request: dict) -> list[dict]:
                 }
                 for g in generations
             ]
+    except ReaderGone:
+        # The client went away mid-stream: its rows left the batch; nobody wants the rest.
+        log.info("stream %s abandoned by its reader: generation stopped", request["stream_key"])
+        return []
     except Exception as exc:
         if stream:
             stream.error(f"{type(exc).__name__}: {exc}")

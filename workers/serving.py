@@ -8,11 +8,20 @@ slot and parks the parsed payload in the cpu tier), with a local disk cache and 
 shared store below. Celery task threads call `Server.generate`; their requests join the
 running batch between decode steps, whatever adapter each one uses.
 
-An adapter is never evicted from the bank while a row uses it. Loads happen on the
-generator's thread as it admits requests, protecting the adapters of the running and
-joining rows; a load that finds every slot busy makes the request wait for the next
-step rather than fail. Loads from other threads (the console's pin and prefetch tasks
-through `residency_managers()`) protect every adapter a submitted request still needs.
+An adapter is never evicted from the bank while a row uses it. The generator admits a
+request only when its adapter is in memory (bank or cpu tier: moving it into a slot is
+one copy, done on the generator's thread, protecting the adapters of the running and
+joining rows; a move that finds every slot busy makes the request wait for the next
+step rather than fail). An adapter still on disk or only in the store is staged by the
+server's loader threads (`ResidencyManager.stage`: read, verified and parsed outside the
+manager's lock) while the request waits in the queue and the batch keeps decoding; a
+load that fails fails the requests waiting for it. Loads from other threads (the
+console's pin and prefetch tasks through `residency_managers()`) stage first too, and
+protect every adapter a submitted request still needs.
+
+A request waits for its rows at most MINT_INFERENCE_TIMEOUT_SECONDS (nobody waits for
+it after that); a request whose stream's reader went away, or that timed out, is
+cancelled and its rows leave the batch at the next step.
 
 What the bank cannot serve (DoRA, LoRA biases, a rank above MINT_SERVING_MAX_RANK, …)
 raises `Unservable` before any slot is touched; `workers.runs.generate` then serves the
@@ -34,8 +43,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Container
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -68,6 +80,13 @@ TextCallback = Callable[[int, str], None]  # (choice index, settled text piece)
 
 class Unservable(BatchedLoraError):
     """The adapter's payload cannot go into the bank; serve it another way."""
+
+
+class GenerationTimedOut(TimeoutError):
+    """A request's rows did not finish in MINT_INFERENCE_TIMEOUT_SECONDS; they were cancelled."""
+
+
+LOADER_THREADS = 2  # cold loads staged at once per base
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +165,11 @@ class Server:
         self._rows_in_use = threading.local()  # on the generator thread, while it admits
         self._refused: dict[str, str] = {}  # sha256 -> why the bank cannot serve it
         self._changes: deque[TierChange] = deque()  # device-tier changes not reported yet
+        self._staging: set[str] = set()  # adapters the loader threads are bringing in
+        self._staging_lock = threading.Lock()
+        self._loader = ThreadPoolExecutor(
+            LOADER_THREADS, thread_name_prefix=f"adapter-loader-{base_digest[:8]}"
+        )
         self.residency = ResidencyManager(
             get_store(),
             settings.MINT_RESIDENCY_CACHE_DIR / base_digest[:16],
@@ -197,16 +221,23 @@ class Server:
         # Each choice samples on its own: seed, seed + 1, … as the runtime does.
         rows = [params if params.seed is None else replace(params, seed=params.seed + i) for i in range(n)]
         futures = []
+        deadline = time.monotonic() + settings.MINT_INFERENCE_TIMEOUT_SECONDS
         self._hold(revision_sha, n)
         try:
             for index, row in enumerate(rows):
                 callback = (lambda piece, index=index: on_text(index, piece)) if on_text else None
                 futures.append(self.generator.submit(prompt, revision_sha, row, on_text=callback))
             try:
-                completions = [future.result() for future in futures]
+                completions = [
+                    future.result(timeout=max(0.0, deadline - time.monotonic())) for future in futures
+                ]
             except Unservable as exc:
                 self._refused[revision_sha] = str(exc)
                 raise
+            except FutureTimeout:
+                raise GenerationTimedOut(
+                    f"no answer in {settings.MINT_INFERENCE_TIMEOUT_SECONDS} s: the request was cancelled"
+                ) from None
         finally:
             for future in futures:
                 future.cancel()  # only those still queued, after a sibling failed
@@ -227,6 +258,7 @@ class Server:
 
     def stop(self) -> None:
         self.generator.stop(timeout=10)
+        self._loader.shutdown(wait=False, cancel_futures=True)
 
     def forget(self, sha256: str) -> bool:
         """Drop an erased revision from the bank, the cpu tier and the local cache; False
@@ -257,8 +289,14 @@ class Server:
             return set(self._busy)
 
     def load_for_rows(self, sha256: str, in_use: set) -> bool:
-        """Called by the generator as it admits a request: bring the adapter into the bank.
-        False when every slot holds an adapter the batch uses (the request waits)."""
+        """Called by the generator as it admits a request: bring the adapter into the bank
+        if it is in memory. False when it is not (a loader thread is bringing it: the
+        request waits, the batch goes on) or every slot holds an adapter the batch uses."""
+        if sha256 in self._refused:
+            raise Unservable(self._refused[sha256])
+        if self.residency.tier_of(sha256) not in (DEVICE, CPU):
+            self._stage_in_background(sha256)
+            return False
         self._rows_in_use.adapters = in_use
         try:
             self.residency.get(sha256)
@@ -268,6 +306,28 @@ class Server:
             self._rows_in_use.adapters = None
         self.generator.slots_changed()
         return True
+
+    def _stage_in_background(self, sha256: str) -> None:
+        with self._staging_lock:
+            if sha256 in self._staging:
+                return
+            self._staging.add(sha256)
+        self._loader.submit(self._stage, sha256)
+
+    def _stage(self, sha256: str) -> None:
+        """On a loader thread: read, verify and parse the adapter into the cpu tier."""
+        try:
+            self.residency.stage(sha256)
+        except Exception as exc:
+            if isinstance(exc, Unservable):
+                self._refused[sha256] = str(exc)
+            else:
+                log.warning("could not load adapter %s: %s", sha256[:12], exc)
+            self.generator.fail_queued(sha256, exc)
+        finally:
+            with self._staging_lock:
+                self._staging.discard(sha256)
+            self.generator.wake()
 
     def _materialize(self, data: bytes) -> _HostAdapter:
         sha256 = hashlib.sha256(data).hexdigest()

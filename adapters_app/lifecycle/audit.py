@@ -29,7 +29,6 @@ def record(
     )
 
 
-
 def export_audit(events: QuerySet, *, actor: Actor) -> QuerySet:
     """`events` for an export of the audit log, once the actor's role allows it: the log
     names every person and what was done to their data, so viewers may read it page by

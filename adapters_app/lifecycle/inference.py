@@ -4,7 +4,11 @@ A non-streamed request waits for the task's result. A streamed one gives the
 task a Redis list to write to: the worker pushes a "started" record when it
 takes the request, a "text" record for each piece of settled text, and ends
 with "done" (finish reasons and token counts) or "error"; the web process pops
-them as they come. Both ends of that list live in this module.
+them as they come. Both ends of that list live in this module. A reader that
+goes away before the end (the client disconnected) leaves a flag beside the
+list; the worker sees it with its next push (same round trip) and stops
+generating, so an abandoned stream frees its batch slot at once rather than
+after max_tokens.
 
 A later issue replaces the one-request-per-task path with continuous
 heterogeneous batching; callers keep this interface.
@@ -42,6 +46,10 @@ class InferenceUnavailable(LifecycleError):
 class InferenceFailed(LifecycleError):
     status = 500
     code = "server_error"
+
+
+class ReaderGone(Exception):
+    """The web process stopped reading a stream (its client went away): stop generating."""
 
 
 # A raw prompt (completions), or a conversation (chat) the worker renders with the base's
@@ -122,6 +130,7 @@ def stream(model: str, prompt: Prompt, params: SamplingParams, *, n: int = 1) ->
 
 
 def _events(key: str, dispatched: routing.Dispatched) -> Iterator[TextPiece | Finished]:
+    ended = False  # the worker said it is done, or failed: it is not generating any more
     try:
         while True:
             record = _pop(key)
@@ -130,14 +139,31 @@ def _events(key: str, dispatched: routing.Dispatched) -> Iterator[TextPiece | Fi
             if record["type"] == "text":
                 yield TextPiece(record["index"], record["text"])
             elif record["type"] == "done":
+                ended = True
                 yield Finished(record["generations"])
                 return
             elif record["type"] == "error":
+                ended = True
                 raise InferenceFailed(f"generation failed on the worker: {record['message']}")
     finally:
-        # Also when the client went away mid-stream: nobody will read what is left.
-        redis_client().delete(key)
+        # Also when the client went away mid-stream: nobody will read what is left, and the
+        # worker is told to stop generating it.
+        pipe = redis_client().pipeline(transaction=False)
+        pipe.delete(key)
+        if not ended:
+            pipe.set(gone_key(key), 1, ex=stream_ttl())
+        pipe.execute()
         dispatched.end()
+
+
+def gone_key(key: str) -> str:
+    """Set when a stream's reader has gone away."""
+    return f"{key}:gone"
+
+
+def stream_ttl() -> int:
+    """How long a stream's keys may outlive a reader or writer that vanished."""
+    return max(60, 2 * settings.MINT_INFERENCE_TIMEOUT_SECONDS)
 
 
 def _pop(key: str) -> dict | None:
@@ -151,13 +177,16 @@ class StreamWriter:
     def __init__(self, key: str):
         self.key = key
         # The reader deletes the list when it is done; this bounds one whose reader vanished.
-        self.ttl = max(60, 2 * settings.MINT_INFERENCE_TIMEOUT_SECONDS)
+        self.ttl = stream_ttl()
 
     def started(self) -> None:
         self._push({"type": "started"})
 
     def text(self, index: int, text: str) -> None:
-        self._push({"type": "text", "index": index, "text": text})
+        """Push a piece; raises ReaderGone once nobody reads the stream any more."""
+        if self._push({"type": "text", "index": index, "text": text}):
+            redis_client().delete(self.key)  # what was pushed after the reader left
+            raise ReaderGone(f"the stream's reader went away ({self.key})")
 
     def done(self, generations: list[dict]) -> None:
         self._push({"type": "done", "generations": generations})
@@ -165,11 +194,13 @@ class StreamWriter:
     def error(self, message: str) -> None:
         self._push({"type": "error", "message": message})
 
-    def _push(self, record: dict) -> None:
+    def _push(self, record: dict) -> bool:
+        """Push a record; True when the reader has gone away (asked in the same round trip)."""
         pipe = redis_client().pipeline(transaction=False)
         pipe.rpush(self.key, json.dumps(record))
         pipe.expire(self.key, self.ttl)
-        pipe.execute()
+        pipe.exists(gone_key(self.key))
+        return bool(pipe.execute()[-1])
 
 
 def redis_client() -> redis.Redis:

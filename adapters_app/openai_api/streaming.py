@@ -100,4 +100,9 @@ def event_stream(events: Iterable[TextPiece | Finished], chunks: Chunks, *, n: i
     except Exception:
         log.exception("a streamed response failed")
         yield sse(error_object(500, "server_error", "the stream failed on the server"))
+    finally:
+        # Closed early when the client went away: the worker is told to stop at once.
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
     yield DONE

@@ -34,6 +34,18 @@ Rows sample independently: greedy when temperature is 0, otherwise temperature a
 top-p with a per-row `torch.Generator` seeded from the request's seed. Everything runs
 on the model's device.
 
+The decode thread does no I/O. Each row's text is detokenized incrementally
+(`streamed_text.StreamedText`, the one stop-string implementation, shared with the
+one-at-a-time runtime); the pieces a streaming request's callback gets, and the outcome
+of such a request, go through a `_Publisher`: its own thread calls the callbacks (a
+Redis push each, in the worker) with what piled up since the last round, joined, every
+`publish_every` seconds at most, and resolves the future after the request's last piece.
+A request is dropped from the batch at the next step once its future is done: cancelled
+by its caller (a client gone, a deadline passed) or failed by its callback. A request
+whose adapter is not in the bank waits in the queue while `make_resident` brings it (the
+worker's server reads it on a loader thread and calls `wake()`), so the running rows
+never wait for a store.
+
 No Django imports.
 """
 
@@ -55,6 +67,7 @@ from workers.engine.batched_lora import BankFull, BatchedLoraModel
 from workers.engine.examples import Message
 from workers.engine.prompting import render_prompt, stop_token_ids
 from workers.engine.runtime import SamplingParams
+from workers.engine.streamed_text import StreamedText
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +99,89 @@ class _Request:
 class _Row:
     request: _Request
     generator: torch.Generator | None
-    tokens: list[int] = field(default_factory=list)
-    sent: int = 0  # characters of text already passed to on_text
+    text: StreamedText  # its tokens, and their text as far as it is settled
+
+
+class _Publisher:
+    """Streaming requests' text and outcomes, delivered off the decode thread (see the
+    module's docstring). Per request, pieces and the outcome keep their order."""
+
+    def __init__(self, every: float):
+        self.every = every
+        self._items: deque[tuple[_Request, str | None, Completion | None, BaseException | None]] = deque()
+        self._cond = threading.Condition()
+        self._busy = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def text(self, request: _Request, piece: str) -> None:
+        self._put((request, piece, None, None))
+
+    def resolve(
+        self, request: _Request, result: Completion | None = None, error: BaseException | None = None
+    ) -> None:
+        self._put((request, None, result, error))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything handed over has been delivered."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._items and not self._busy, timeout)
+
+    def stop(self, timeout: float | None = None) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _put(self, item) -> None:
+        with self._cond:
+            self._items.append(item)
+            if self._thread is None:
+                self._stopping = False
+                self._thread = threading.Thread(target=self._loop, name="batch-publish", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._items or self._stopping)
+                if not self._items:
+                    return  # stopping, everything delivered
+                items, self._busy = list(self._items), True
+                self._items.clear()
+            try:
+                self._deliver(items)
+            except Exception:
+                log.exception("delivering streamed text failed")
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+            if self.every > 0 and not self._stopping:
+                time.sleep(self.every)  # lets the next round's pieces pile up into one call each
+
+    def _deliver(self, items) -> None:
+        pieces: dict[_Request, list[str]] = {}
+        for request, piece, result, error in items:
+            if piece is not None:
+                pieces.setdefault(request, []).append(piece)
+                continue
+            self._send(request, pieces.pop(request, ()))
+            _resolve(request.future, result, error)
+        for request, texts in pieces.items():
+            self._send(request, texts)
+
+    @staticmethod
+    def _send(request: _Request, texts) -> None:
+        if not texts or request.future.done():
+            return  # nobody reads it any more
+        try:
+            request.on_text("".join(texts))
+        except Exception as exc:
+            _resolve(request.future, error=exc)  # the decode thread drops the row next step
 
 
 class BatchGenerator:
@@ -104,6 +198,7 @@ class BatchGenerator:
         max_batch: int = 64,
         max_wait: float = 0.0,
         loader: PayloadLoader | None = None,
+        publish_every: float = 0.02,
     ):
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -129,6 +224,7 @@ class BatchGenerator:
         self._positions: torch.Tensor | None = None  # [batch] that token's position id
         self._slot_ids: torch.Tensor | None = None  # [batch]
         self._rows_set = False  # whether the model's per-row slots are this batch's
+        self._publisher = _Publisher(publish_every)
 
     # --- requests -----------------------------------------------------------------------
 
@@ -202,7 +298,24 @@ class BatchGenerator:
 
     def run_until_idle(self) -> None:
         while not self.idle():
-            self.step()
+            if not self.step() and not self._rows:
+                self._wait_for_work()
+        self._publisher.flush()
+
+    def wake(self) -> None:
+        """Something a queued request waits for changed (an adapter came into memory)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def fail_queued(self, adapter: str, error: BaseException) -> int:
+        """Fail the queued requests for `adapter` (it could not be loaded); how many."""
+        with self._cond:
+            failed = [r for r in self._queue if r.adapter == adapter]
+            for request in failed:
+                self._queue.remove(request)
+        for request in failed:
+            _resolve(request.future, error=error)
+        return len(failed)
 
     def serve_forever(self) -> threading.Thread:
         """Step in a daemon thread until `stop()`; returns the thread."""
@@ -220,6 +333,7 @@ class BatchGenerator:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self._publisher.stop(timeout)
 
     def _serve(self) -> None:
         while True:
@@ -229,9 +343,17 @@ class BatchGenerator:
                 if self._stopping:
                     return
             try:
-                self.step()
+                if not self.step() and not self._rows:
+                    self._wait_for_work()
             except Exception:
                 log.exception("a batch step failed; its requests were failed")
+
+    def _wait_for_work(self, longest: float = 0.05) -> None:
+        """Nothing runs and every queued request waits for its adapter: sleep until a load
+        lands (`wake`) or a request comes, not in a busy loop."""
+        with self._cond:
+            if not self._stopping:
+                self._cond.wait(longest)
 
     # --- admission ------------------------------------------------------------------------
 
@@ -252,8 +374,8 @@ class BatchGenerator:
         in_use = {row.request.adapter for row in self._rows}
         joining, waiting = [], []
         for request in taken:
-            if request.future.cancelled():
-                continue
+            if request.future.done():
+                continue  # cancelled by its caller while it waited
             try:
                 resident = self.make_resident(request.adapter, in_use)
             except Exception as exc:
@@ -266,7 +388,7 @@ class BatchGenerator:
             if request.adapter is not None:
                 self._recent[request.adapter] = None
                 self._recent.move_to_end(request.adapter)
-            joining.append(_Row(request, _row_generator(request.params, self.device)))
+            joining.append(self._row(request))
         if waiting:
             with self._cond:
                 self._queue.extendleft(reversed(waiting))
@@ -296,6 +418,16 @@ class BatchGenerator:
                 self.model.unload(idle[0])
                 self._recent.pop(idle[0], None)
                 self.slots_changed()
+
+    def _row(self, request: _Request) -> _Row:
+        on_text = None
+        if request.on_text is not None:
+            on_text = lambda piece: self._publisher.text(request, piece)  # noqa: E731
+        return _Row(
+            request,
+            _row_generator(request.params, self.device),
+            StreamedText(self.tokenizer, request.params.stop, on_text=on_text),
+        )
 
     def slots_changed(self) -> None:
         """The bank's slots changed: set the running rows' slot ids again before decoding."""
@@ -393,48 +525,34 @@ class BatchGenerator:
         for offset, token in enumerate(tokens):
             index = first + offset
             row = self._rows[index]
-            if row.request.future.cancelled() or self._advance(row, token):
+            # A done future: cancelled by its caller, or failed by its stream's callback.
+            if row.request.future.done() or self._advance(row, token):
                 done.append(index)
         if done:
             self._drop(done)
 
     def _advance(self, row: _Row, token: int) -> bool:
-        """Add a token to a row; True when the row is finished (and its future resolved)."""
-        request = row.request
-        params = request.params
+        """Add a token to a row; True when the row is finished (its outcome handed over)."""
+        request, text = row.request, row.text
         finish = None
-        if token in self.eos_ids:
+        if token in self.eos_ids or text.add(token):
             finish = "stop"
-        else:
-            row.tokens.append(token)
-        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
-        for stop in params.stop:
-            if stop and stop in text:
-                text, finish = text[: text.index(stop)], "stop"
-        if finish is None and len(row.tokens) >= params.max_tokens:
+        elif len(text.tokens) >= request.params.max_tokens:
             finish = "length"
-        try:
-            if request.on_text is not None:
-                ready = len(text) if finish else _safe_length(text, params.stop)
-                if ready > row.sent:
-                    request.on_text(text[row.sent : ready])
-                    row.sent = ready
-        except Exception as exc:
-            _resolve(request.future, error=exc)
-            return True
         if finish is None:
             return False
-        _resolve(
-            request.future,
-            Completion(
-                text=text,
-                token_ids=tuple(row.tokens),
-                prompt_tokens=len(request.prompt_ids),
-                completion_tokens=len(row.tokens),
-                finish_reason=finish,
-                adapter=request.adapter,
-            ),
+        completion = Completion(
+            text=text.finish(),
+            token_ids=tuple(text.tokens),  # an EOS is never added
+            prompt_tokens=len(request.prompt_ids),
+            completion_tokens=len(text.tokens),
+            finish_reason=finish,
+            adapter=request.adapter,
         )
+        if request.on_text is not None:
+            self._publisher.resolve(request, completion)  # after its last piece
+        else:
+            _resolve(request.future, completion)
         return True
 
     def _drop(self, indices: list[int]) -> None:
@@ -513,16 +631,3 @@ def _kept_columns(layer, columns: int) -> int:
 def _left_pad(states: torch.Tensor, width: int) -> torch.Tensor:
     """[batch, heads, seq, dim] padded with zeros on the left of seq up to `width`."""
     return F.pad(states, (0, 0, width - states.shape[-2], 0))
-
-
-def _safe_length(text: str, stops: Sequence[str]) -> int:
-    """How much of a running row's text can be streamed: not a tail that may yet become a
-    stop string, nor a trailing replacement character (a multi-byte character cut short)."""
-    end = len(text.rstrip("\ufffd"))
-    hold = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, end), 0, -1):
-            if text[end - size : end] == stop[:size]:
-                hold = max(hold, size)
-                break
-    return end - hold

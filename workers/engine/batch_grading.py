@@ -51,7 +51,9 @@ def grade_many(
         [
             generator.submit(
                 # rendered by the generator with the base's own chat template
-                item.messages, sha, SamplingParams(max_tokens=MAX_NEW_TOKENS[item.suite])
+                item.messages,
+                sha,
+                SamplingParams(max_tokens=MAX_NEW_TOKENS[item.suite]),
             )
             for item in items
         ]

@@ -135,7 +135,7 @@ def _turn_spans(tokenizer, messages: Sequence[Message]) -> tuple[str, list[_Span
         if at < 0:
             raise ChatTemplateError("the base's chat template changes the assistant's text; cannot find it")
         end = len(head) + at + len(content)
-        end_of_turn = _leading_special(tokenizer, full[end:len(turn)])
+        end_of_turn = _leading_special(tokenizer, full[end : len(turn)])
         # An opening answer has no generation prompt to start from: its content only.
         spans.append(_Span(len(head) if i else len(head) + at, end, end_of_turn))
         done = end + len(end_of_turn or "")

@@ -35,11 +35,17 @@ tier at once, pin and local file included, nothing demoted.
 How an adapter becomes a host object and a device object is injected (`Transfers`), so
 the engine's batched LoRA bank can plug in; `BYTES` (payload bytes as they are) and
 `tensor_transfers()` (the unpacked `AdapterPayload`, its tensors moved to the device)
-are the plain defaults. One lock guards the manager: cold loads are serialised.
+are the plain defaults. One lock guards the manager's books. `stage` does a cold load's
+slow part (the disk or store read, its sha256, parsing) outside that lock, so a request
+for an adapter already in memory never waits behind someone else's cold load: the
+batched server stages on a loader thread and admits only what is in memory, and the
+console's prefetch and pin stage first. `get` on an adapter that is not staged still
+does the whole load under the lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import math
@@ -345,6 +351,8 @@ class ResidencyManager:
         self._corrupt_files = 0
         self._loads = {source: _Latencies() for source in (STORE, DISK, CPU)}
         self._lock = threading.RLock()
+        self._staging: dict[str, int] = {}  # sha256 -> stages reading it now
+        self._forgets: dict[str, int] = {}  # sha256 -> times forgotten while being staged
         self._adopt_local_files()
 
     # --- the request path -----------------------------------------------------------
@@ -355,6 +363,62 @@ class ResidencyManager:
             self._record(sha256)
             return self._bring(sha256, DEVICE, counted=True)
 
+    def stage(self, sha256: str, *, counted: bool = True) -> None:
+        """Bring the adapter into the cpu tier (or leave it in memory where it is), reading,
+        verifying and parsing it without holding the manager's lock: only the books are
+        written under it. A `get` that follows is a cpu hit, one copy away from the device.
+
+        `counted` as a request's load: hits and misses of the disk and store are counted. The
+        load's time goes into the cold-load figures of its source either way. An adapter forgotten
+        (erased) while it was being read is dropped, not placed."""
+        _check_key(sha256)
+        with self._lock:
+            if any(sha256 in self._tiers[name].held for name in (DEVICE, CPU)):
+                return
+            on_disk = sha256 in self._tiers[DISK].held
+            self._staging[sha256] = self._staging.get(sha256, 0) + 1
+            forgotten = self._forgets.get(sha256, 0)
+        try:
+            started, data, source = self.clock(), None, DISK
+            if on_disk:
+                try:
+                    data = self.local.get(sha256)  # verifies the sha256
+                except (BlobCorrupted, BlobNotFound) as exc:
+                    log.warning("dropping the local copy of %s: %s", sha256[:12], exc)
+                    with self._lock:
+                        self._corrupt_files += isinstance(exc, BlobCorrupted)
+                        if sha256 in self._tiers[DISK].held:
+                            self._evict(self._tiers[DISK], sha256, count=False)
+            if data is None:
+                source = STORE
+                try:
+                    data = self.store.get(sha256)  # verifies the sha256
+                except BlobNotFound:
+                    with self._lock:
+                        self._store_misses += counted
+                    raise
+            host = self.transfers.materialize(data)
+            with self._lock:
+                if self._forgets.get(sha256, 0) != forgotten:
+                    return  # erased meanwhile: its bytes go nowhere
+                disk = self._tiers[DISK]
+                self._count(disk, hit=source == DISK, counted=counted)
+                if source == STORE:
+                    self._store_hits += counted
+                    self._write_local(sha256, data)
+                if not any(sha256 in self._tiers[name].held for name in (DEVICE, CPU)):
+                    self._record(sha256)
+                    # Pins may fill the cpu tier: then `get` loads it straight onto the device.
+                    with contextlib.suppress(ResidencyError):
+                        self._place(self._tiers[CPU], sha256, host, keep=True)
+                self._loads[source].add(self.clock() - started)  # a cold load, whoever asked
+        finally:
+            with self._lock:
+                self._staging[sha256] -= 1
+                if not self._staging[sha256]:
+                    del self._staging[sha256]
+                    self._forgets.pop(sha256, None)
+
     # --- the console's actions ------------------------------------------------------
     def prefetch(self, sha256: str, tier: str = CPU) -> None:
         """Load the adapter into `tier` (or leave it where it is, if that is faster).
@@ -363,6 +427,8 @@ class ResidencyManager:
         count it as one use, since someone expects the adapter to be wanted soon."""
         _check_key(sha256)
         _check_tier(tier)
+        if tier != DISK:
+            self.stage(sha256, counted=False)  # the slow part, outside the lock
         with self._lock:
             self._record(sha256)
             self._bring(sha256, tier, counted=False, keep=True)
@@ -374,6 +440,8 @@ class ResidencyManager:
         budget together."""
         _check_key(sha256)
         _check_tier(tier)
+        if tier != DISK:
+            self.stage(sha256, counted=False)  # the slow part, outside the lock
         with self._lock:
             self._bring(sha256, tier, counted=False, keep=True)
             self._check_pins_fit(sha256, tier)
@@ -394,6 +462,8 @@ class ResidencyManager:
         with self._lock:
             if unless_in is not None and sha256 in unless_in():
                 return None
+            if sha256 in self._staging:
+                self._forgets[sha256] = self._forgets.get(sha256, 0) + 1  # its stage drops it
             self._pins.pop(sha256, None)
             left = []
             for tier in self._tiers.values():

@@ -18,6 +18,7 @@ from workers.engine.base_models import LoadedBase, load_base
 from workers.engine.examples import Example
 from workers.engine.payload import unpack
 from workers.engine.prompting import IGNORE_INDEX, Prompt, encode_for_training, prompt_text, stop_token_ids
+from workers.engine.streamed_text import StreamedText
 
 PayloadLoader = Callable[[str], bytes]
 # Called with (choice index, text piece) as a generation's text becomes final; under the runtime's lock.
@@ -247,57 +248,6 @@ def _lora_fields(config: dict) -> dict:
     return fields
 
 
-class StreamedText:
-    """One generation's text as its tokens arrive: decoded incrementally, cut at the first stop string.
-
-    `on_text` receives only text that can no longer change: never half a character (a byte-level
-    token can end inside one, which decodes as U+FFFD until the rest arrives) and never a piece
-    that could be the start of a stop string. The pieces always add up to `finish()`'s text.
-    """
-
-    def __init__(self, tokenizer, stop: Sequence[str] = (), on_text: Callable[[str], None] | None = None):
-        self.tokenizer = tokenizer
-        self.stop = tuple(s for s in stop if s)
-        self.on_text = on_text
-        self.stopped = False
-        self._sent = 0
-
-    def feed(self, tokens: Sequence[int]) -> bool:
-        """Take the tokens generated so far; True once a stop string has appeared."""
-        text = self._cut(self.tokenizer.decode(tokens, skip_special_tokens=True))
-        if not self.stopped:
-            text = text[: len(text) - self._undecided(text)]
-        self._send(text)
-        return self.stopped
-
-    def finish(self, tokens: Sequence[int]) -> str:
-        """The final text of these (all the generated) tokens; sends what was held back."""
-        text = self._cut(self.tokenizer.decode(tokens, skip_special_tokens=True))
-        self._send(text)
-        return text
-
-    def _cut(self, text: str) -> str:
-        found = [text.index(s) for s in self.stop if s in text]
-        if found:
-            self.stopped = True
-            return text[: min(found)]
-        return text
-
-    def _undecided(self, text: str) -> int:
-        """How many trailing characters may still change: an unfinished character, a stop string's start."""
-        settled = text.rstrip("\ufffd")
-        held = max(
-            (size for s in self.stop for size in range(1, len(s)) if settled.endswith(s[:size])), default=0
-        )
-        return len(text) - len(settled) + held
-
-    def _send(self, text: str) -> None:
-        if len(text) > self._sent:
-            if self.on_text is not None:
-                self.on_text(text[self._sent :])
-            self._sent = len(text)
-
-
 def _generate_one(
     base, model, prompt: Prompt, params: SamplingParams, index: int, on_text: TextCallback | None = None
 ) -> Generation:
@@ -314,10 +264,11 @@ def _generate_one(
     )
 
     def stop_string_seen(ids, scores, **_) -> torch.Tensor:
-        # Called after every new token: streams what is settled and ends generation at a stop string.
-        return torch.tensor(
-            [streamed.feed(_before_eos(ids[0, prompt_length:].tolist(), stop_ids))], device=ids.device
-        )
+        # Called after every new token: streams what is settled and ends generation at a stop
+        # string. Only the new token is looked at (an EOS ends generation on its own).
+        token = int(ids[0, -1])
+        stopped = token not in stop_ids and ids.shape[1] > prompt_length and streamed.add(token)
+        return torch.tensor([stopped], device=ids.device)
 
     sampling = params.temperature > 0
     if params.seed is not None:
