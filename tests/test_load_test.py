@@ -26,3 +26,17 @@ def test_the_load_test_serves_every_request_and_prints_the_table(micro_base, red
     earlier_run.refresh_from_db()
     assert earlier_run.revoked_at is not None
     assert ApiKey.objects.filter(name="load test", revoked_at=None).count() == 1
+
+
+def test_a_streamed_load_test_also_times_the_first_text(micro_base, redis_server):
+    out = io.StringIO()
+
+    call_command("load_test", adapters=4, clients=2, requests=4, max_tokens=40, stream=True, stdout=out)
+
+    lines = [line.split("  ", 1) for line in out.getvalue().splitlines() if "  " in line]
+    table = {name.strip(): value.strip() for name, value in lines if name.strip()}
+    assert table["failures"] == "0"
+    assert "streamed" in table["requests"]
+    first, total = (int(table[f"{row} p50"].removesuffix(" ms")) for row in ("first text", "latency"))
+    assert 0 < first <= total
+    assert "40 completion tokens per answer" in out.getvalue()  # the bare micro base talks to the end

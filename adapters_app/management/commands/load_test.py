@@ -47,6 +47,7 @@ RANK = 8
 @dataclass(slots=True)
 class Tally:
     latencies: list[float] = field(default_factory=list)
+    first_text: list[float] = field(default_factory=list)  # streamed: seconds to the first text
     completion_tokens: int = 0
     failures: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -60,10 +61,11 @@ class Command(BaseCommand):
         parser.add_argument("--clients", type=int, default=32)
         parser.add_argument("--requests", type=int, default=640, help="requests in all (the bounded loop)")
         parser.add_argument("--max-tokens", type=int, default=16)
+        parser.add_argument("--stream", action="store_true", help="stream the answers (server-sent events)")
         parser.add_argument("--base", choices=["micro", "mint-s"], default="micro")
         parser.add_argument("--seed", type=int, default=0)
 
-    def handle(self, *args, adapters, clients, requests, max_tokens, base, seed, **options):
+    def handle(self, *args, adapters, clients, requests, max_tokens, base, seed, stream, **options):
         if min(adapters, clients, requests) < 1:
             raise CommandError("--adapters, --clients and --requests must be at least 1")
         base_row = bench_base(base, self.stdout)
@@ -99,12 +101,14 @@ class Command(BaseCommand):
             _wait_for_log(worker_log, " ready.", children)
             _wait_for_url(url, children)
             self.stdout.write(f"worker and web server up ({url}); warming up…")
-            _ask(url, key, models[0], max_tokens, Tally())  # loads the base on the worker: not timed
-            tally, seconds = _run(url, key, models, clients, requests, max_tokens, seed)
+            _ask(url, key, models[0], max_tokens, Tally(), stream=stream)  # loads the base: not timed
+            tally, seconds = _run(url, key, models, clients, requests, max_tokens, seed, stream)
         finally:
             for child in reversed(children):
                 processes.stop(child)
-        self.stdout.write(_table(base_row.name, len(models), clients, requests, max_tokens, tally, seconds))
+        self.stdout.write(
+            _table(base_row.name, len(models), clients, requests, max_tokens, stream, tally, seconds)
+        )
         if tally.failures:
             for failure in tally.failures[:5]:
                 self.stderr.write(f"failed: {failure}")
@@ -154,7 +158,7 @@ class Command(BaseCommand):
         return ApiKey.issue(user, name="load test")[1]
 
 
-def _run(url, key, models, clients, requests, max_tokens, seed) -> tuple[Tally, float]:
+def _run(url, key, models, clients, requests, max_tokens, seed, stream) -> tuple[Tally, float]:
     tally, left, pick = Tally(), [requests], random.Random(seed)
     plan = [(pick.choice(models), pick.choice(QUESTIONS)) for _ in range(requests)]
 
@@ -165,7 +169,7 @@ def _run(url, key, models, clients, requests, max_tokens, seed) -> tuple[Tally, 
                     return
                 left[0] -= 1
                 model, question = plan[left[0]]
-            _ask(url, key, model, max_tokens, tally, question)
+            _ask(url, key, model, max_tokens, tally, question, stream=stream)
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     started = time.perf_counter()
@@ -176,23 +180,28 @@ def _run(url, key, models, clients, requests, max_tokens, seed) -> tuple[Tally, 
     return tally, time.perf_counter() - started
 
 
-def _ask(url, key, model, max_tokens, tally: Tally, question: str = QUESTIONS[0]) -> None:
+def _ask(url, key, model, max_tokens, tally: Tally, question: str = QUESTIONS[0], *, stream=False) -> None:
     body = {
         "model": model,
         "messages": [{"role": "user", "content": question}],
         "max_tokens": max_tokens,
         "temperature": 0,
     }
+    if stream:
+        body.update(stream=True, stream_options={"include_usage": True})
     request = urllib.request.Request(
         f"{url}/v1/chat/completions",
         data=json.dumps(body).encode(),
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
     )
     started, timeout = time.perf_counter(), settings.MINT_INFERENCE_TIMEOUT_SECONDS + 30
+    first_text = None
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            answer = json.loads(response.read())
-        tokens = int(answer["usage"]["completion_tokens"])
+            if stream:
+                tokens, first_text = _read_events(response, started)
+            else:
+                tokens = int(json.loads(response.read())["usage"]["completion_tokens"])
     except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
         detail = exc.read()[:300].decode(errors="replace") if isinstance(exc, urllib.error.HTTPError) else ""
         with tally.lock:
@@ -201,21 +210,44 @@ def _ask(url, key, model, max_tokens, tally: Tally, question: str = QUESTIONS[0]
     with tally.lock:
         tally.latencies.append(time.perf_counter() - started)
         tally.completion_tokens += tokens
+        if first_text is not None:
+            tally.first_text.append(first_text)
 
 
-def _table(base, adapters, clients, requests, max_tokens, tally: Tally, seconds: float) -> str:
-    ordered = sorted(tally.latencies)
+def _read_events(response, started: float) -> tuple[int, float | None]:
+    """A streamed answer's completion tokens (from its usage chunk) and seconds to its first text."""
+    tokens, first_text = None, None
+    for line in response:
+        if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+            continue
+        chunk = json.loads(line[len(b"data: ") :])
+        if "error" in chunk:
+            raise ValueError(f"error event: {chunk['error'].get('message')}")
+        if first_text is None and any(c.get("delta", {}).get("content") for c in chunk.get("choices", ())):
+            first_text = time.perf_counter() - started
+        if chunk.get("usage"):
+            tokens = int(chunk["usage"]["completion_tokens"])
+    if tokens is None:
+        raise ValueError("the stream ended without its usage chunk")
+    return tokens, first_text
 
-    def ms(q: float) -> str:
-        if not ordered:
+
+def _table(base, adapters, clients, requests, max_tokens, stream, tally: Tally, seconds: float) -> str:
+    ordered, first = sorted(tally.latencies), sorted(tally.first_text)
+
+    def ms(q: float, values: list[float] = ordered) -> str:
+        if not values:
             return "-"
-        return f"{ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))] * 1000:.0f} ms"
+        return f"{values[min(len(values) - 1, max(0, round(q * len(values)) - 1))] * 1000:.0f} ms"
 
     rows = [
         ("base", base),
         ("adapters", f"{adapters} (random-init, rank {RANK})"),
         ("clients", str(clients)),
-        ("requests", f"{requests} (chat, max_tokens {max_tokens}, temperature 0)"),
+        (
+            "requests",
+            f"{requests} (chat{', streamed' if stream else ''}, max_tokens {max_tokens}, temperature 0)",
+        ),
         ("failures", str(len(tally.failures))),
         ("wall time", f"{seconds:.1f} s"),
         ("throughput", f"{len(ordered) / seconds:.1f} req/s"),
@@ -224,6 +256,10 @@ def _table(base, adapters, clients, requests, max_tokens, tally: Tally, seconds:
         ("latency p95", ms(0.95)),
         ("latency max", ms(1.0)),
     ]
+    if stream:
+        rows += [("first text p50", ms(0.50, first)), ("first text p95", ms(0.95, first))]
+    if ordered:
+        rows.insert(7, ("", f"{tally.completion_tokens / len(ordered):.0f} completion tokens per answer"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows) + "\n"
 
