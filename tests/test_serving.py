@@ -130,3 +130,31 @@ def test_the_worker_serves_a_refused_adapter_one_at_a_time_instead(micro_base, s
     assert result["text"] == peft_answer(micro_base, wide, PROMPTS[1])
     # Routing now follows the runtime's holdings for it (see test_routing).
     assert routing.served_one_at_a_time(wide)
+
+
+@pytest.mark.django_db
+def test_an_evaluation_grades_in_one_batch_exactly_as_one_item_at_a_time(micro_base, make_revision):
+    from workers.engine.persona_world import generate_world
+    from workers.engine.suites import run_items
+    from workers.runs import answer, grade_targets
+
+    revision = make_revision()
+    world = generate_world(0, people=2)
+    items = world.people[0].eval_items(world)[:12]
+    progress = []
+
+    batched = grade_targets(
+        revision.adapter, [None, revision], items, on_progress=lambda d, t: progress.append(d)
+    )
+
+    one_at_a_time = [
+        run_items(
+            items,
+            lambda prompt, max_tokens, target=target: answer(revision.adapter, target, prompt, max_tokens),
+        )
+        for target in (None, revision)
+    ]
+    assert [[r.got for r in results] for results in batched] == [
+        [r.got for r in results] for results in one_at_a_time
+    ]
+    assert progress[-1] == 2 * len(items)

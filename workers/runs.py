@@ -266,16 +266,7 @@ class EvaluateRun(JobRun):
         for target in targets:
             what = target.label if target else "the bare base"
             job.append_log(f"grading {what} on {len(items)} items of {dataset.name}")
-        graded = []
-        for index, target in enumerate(targets):
-            offset = index * len(items)
-            graded.append(
-                run_items(
-                    items,
-                    lambda prompt, max_tokens, target=target: answer(adapter, target, prompt, max_tokens),
-                    on_item=lambda done, _, offset=offset: report(offset + done, total),
-                )
-            )
+        graded = grade_targets(adapter, targets, items, on_progress=lambda done, _: report(done, total))
         with transaction.atomic():
             for target, results in zip(targets, graded, strict=True):
                 scores = record_suite_results(
@@ -292,6 +283,41 @@ class EvaluateRun(JobRun):
             self.succeed_or_lose(
                 job, result={"scores": scores, "items": len(items)}, step=total, total_steps=total
             )
+
+
+def grade_targets(adapter, targets: list, items: list, on_progress) -> list[list]:
+    """Each target's (a revision, or None for the bare base) answers to `items`, graded.
+
+    All of them in one continuously batched, greedy generation over a bank holding the
+    targets (`batch_grading.grade_many`): on a real base, answering one item at a time
+    cost minutes per evaluation. A base or payload the bank cannot serve exactly (an
+    architecture it does not batch, DoRA, a rank above the bank's) is answered one item
+    at a time through the runtime instead, as before."""
+    from workers.engine.batch_grading import grade_many
+    from workers.engine.batched_lora import BatchedLoraError
+
+    store = get_store()
+    try:
+        return grade_many(
+            adapter.base.path,
+            adapter.base_digest,
+            [(target.sha256 if target else None, items) for target in targets],
+            {target.sha256: store.get(target.sha256) for target in targets if target is not None},
+            on_progress=on_progress,
+        )
+    except BatchedLoraError as exc:
+        log.info("grading one item at a time: %s", exc)
+    graded = []
+    for index, target in enumerate(targets):
+        offset = index * len(items)
+        graded.append(
+            run_items(
+                items,
+                lambda prompt, max_tokens, target=target: answer(adapter, target, prompt, max_tokens),
+                on_item=lambda done, _, offset=offset: on_progress(offset + done, len(targets) * len(items)),
+            )
+        )
+    return graded
 
 
 class InferRun(JobRun):
