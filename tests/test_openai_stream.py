@@ -169,3 +169,24 @@ def test_bad_streaming_and_sampling_parameters_are_400s(post, extra):
     response = post("/v1/chat/completions", {**CHAT, **extra})
     assert response.status_code == 400, extra
     assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_stream_outwaits_a_quiet_spell_longer_than_redis_clients_read_timeout(redis_server, settings):
+    """redis-py 8 reads with a 5 s timeout by default; a stream's text may pause longer (a
+    queue, a cold load) and must still arrive within MINT_INFERENCE_TIMEOUT_SECONDS."""
+    import threading
+
+    from adapters_app.lifecycle import inference
+
+    settings.MINT_INFERENCE_TIMEOUT_SECONDS = 8
+    inference._client_for.cache_clear()
+    key = f"{inference.STREAM_KEY_PREFIX}quiet-{uuid.uuid4().hex}"
+    record = {"type": "text", "index": 0, "text": "after a pause"}
+    late = threading.Timer(6, lambda: redis_client().rpush(key, json.dumps(record)))
+    late.start()
+    try:
+        assert inference._pop(key) == record
+    finally:
+        late.cancel()
+        redis_client().delete(key)
+        inference._client_for.cache_clear()

@@ -211,7 +211,14 @@ def redis_client() -> redis.Redis:
 @functools.cache
 def _client_for(url: str) -> redis.Redis:
     # The embedded server's `redis+socket://` URL (kombu's name) is `unix://` to redis-py.
-    return redis.Redis.from_url(url.replace("redis+socket://", "unix://", 1))
+    # redis-py 8 gives a socket a 5 s read timeout unless told otherwise, and a stream's
+    # BLPOP blocks up to MINT_INFERENCE_TIMEOUT_SECONDS: the socket must outwait it, or a
+    # long answer's quiet spell (a queue, a cold load) ends in a timeout inside the stream.
+    return redis.Redis.from_url(
+        url.replace("redis+socket://", "unix://", 1),
+        socket_timeout=settings.MINT_INFERENCE_TIMEOUT_SECONDS + 10,
+        socket_connect_timeout=5,
+    )
 
 
 def _send(
