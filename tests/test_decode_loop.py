@@ -249,3 +249,19 @@ def _eventually(condition, timeout: float = 30) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+@pytest.mark.django_db
+def test_the_detokenize_benchmark_times_both_ways_on_each_base(micro_base):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("bench_detokenize", bases=[micro_base.name], lengths=[16, 64], rounds=1, stdout=out)
+
+    header, *rows, note = out.getvalue().splitlines()
+    assert header.split()[:3] == ["base", "vocab", "answer"]
+    assert [row.split()[2] for row in rows] == ["16", "64"]
+    assert all(row.startswith("mint-micro") and row.endswith("x") for row in rows)
+    assert "alternating" in note
