@@ -50,7 +50,15 @@ DEFAULT_GRID = {
 }
 DEFAULT_COHORT = {"world_seed": 0, "people": 4}
 # Settings a study may set for every cell; rank, targets, init, alpha and seed come from the grid.
-SHARED_TRAINING = ("steps", "learning_rate", "batch_size", "replay", "max_length", "dropout")
+SHARED_TRAINING = (
+    "steps",
+    "learning_rate",
+    "batch_size",
+    "replay",
+    "max_length",
+    "dropout",
+    "gradient_checkpointing",
+)
 DEFAULT_TRAINING = {k: v for k, v in REPORT_TRAINING.items() if k in SHARED_TRAINING}
 # LoRA's update is scaled by alpha/r; alpha = 2r keeps that scale the same at every rank,
 # so a rank comparison is not a learning-rate comparison in disguise.
