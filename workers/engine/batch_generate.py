@@ -128,12 +128,7 @@ class _Publisher:
             return self._cond.wait_for(lambda: not self._items and not self._busy, timeout)
 
     def stop(self, timeout: float | None = None) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        _stop_thread(self, timeout)
 
     def _put(self, item) -> None:
         with self._cond:
@@ -327,12 +322,7 @@ class BatchGenerator:
         return self._thread
 
     def stop(self, timeout: float | None = None) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        _stop_thread(self, timeout)
         self._publisher.stop(timeout)
 
     def _serve(self) -> None:
@@ -587,6 +577,16 @@ class BatchGenerator:
         self._rows = []
         self._cache = self._mask = self._last = self._positions = self._slot_ids = None
         self._rows_set = False
+
+
+def _stop_thread(owner, timeout: float | None) -> None:
+    """Tell a part's thread to stop (its `_cond`, `_stopping` and `_thread`) and wait for it."""
+    with owner._cond:
+        owner._stopping = True
+        owner._cond.notify_all()
+    if owner._thread is not None:
+        owner._thread.join(timeout)
+        owner._thread = None
 
 
 def _resolve(future: Future, result: Completion | None = None, error: BaseException | None = None) -> None:
