@@ -184,6 +184,19 @@ def test_the_batch_keeps_decoding_while_a_new_adapter_is_read_from_a_slow_store(
 
 
 @pytest.mark.django_db
+def test_an_adapter_the_cpu_tier_cannot_hold_is_still_served(micro_base, server_with, settings):
+    settings.MINT_RESIDENCY_CPU_BYTES = 0  # staging cannot park it in memory
+    server = server_with()
+    [adapter] = random_adapters(micro_base, 1, seed=13)
+    server.residency.forget(adapter)  # not on the local disk either
+
+    [answer] = server.generate(PROMPTS[0], adapter, SHORT)
+
+    assert answer["completion_tokens"] == 3  # loaded straight into the bank after one staging
+    assert server.residency.tier_of(adapter) == DEVICE
+
+
+@pytest.mark.django_db
 def test_a_request_waits_at_most_the_inference_timeout_then_is_cancelled(micro_base, server_with, settings):
     server = server_with()
     [cold] = random_adapters(micro_base, 1, seed=12)

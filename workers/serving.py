@@ -166,6 +166,7 @@ class Server:
         self._refused: dict[str, str] = {}  # sha256 -> why the bank cannot serve it
         self._changes: deque[TierChange] = deque()  # device-tier changes not reported yet
         self._staging: set[str] = set()  # adapters the loader threads are bringing in
+        self._staged: set[str] = set()  # brought in, and not moved into the bank since
         self._staging_lock = threading.Lock()
         self._loader = ThreadPoolExecutor(
             LOADER_THREADS, thread_name_prefix=f"adapter-loader-{base_digest[:8]}"
@@ -240,7 +241,7 @@ class Server:
                 ) from None
         finally:
             for future in futures:
-                future.cancel()  # only those still queued, after a sibling failed
+                future.cancel()  # rows not finished (a sibling failed, time ran out) leave the batch
             self._hold(revision_sha, -n)
             self._report_changes()
         self._report("used", "base", self.base_digest)
@@ -295,8 +296,13 @@ class Server:
         if sha256 in self._refused:
             raise Unservable(self._refused[sha256])
         if self.residency.tier_of(sha256) not in (DEVICE, CPU):
-            self._stage_in_background(sha256)
-            return False
+            with self._staging_lock:
+                # Staged already, and still not in memory (pins fill the cpu tier, or it was
+                # evicted again at once): load it here rather than stage it forever.
+                staged = sha256 in self._staged
+            if not staged:
+                self._stage_in_background(sha256)
+                return False
         self._rows_in_use.adapters = in_use
         try:
             self.residency.get(sha256)
@@ -304,6 +310,8 @@ class Server:
             return False
         finally:
             self._rows_in_use.adapters = None
+        with self._staging_lock:
+            self._staged.discard(sha256)
         self.generator.slots_changed()
         return True
 
@@ -318,6 +326,8 @@ class Server:
         """On a loader thread: read, verify and parse the adapter into the cpu tier."""
         try:
             self.residency.stage(sha256)
+            with self._staging_lock:
+                self._staged.add(sha256)
         except Exception as exc:
             if isinstance(exc, Unservable):
                 self._refused[sha256] = str(exc)
