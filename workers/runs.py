@@ -181,6 +181,12 @@ class TrainRun(JobRun):
         summary = {"final_loss": result.losses[-1], "trainable_parameters": result.trainable_parameters}
 
         def finish(revision: Revision) -> None:
+            # Logged in the transaction that marks the job done: whoever sees it succeed
+            # sees where its revision went.
+            job.append_log(
+                f"stored {revision.label} ({revision.sha256[:12]}, {revision.size_bytes} bytes), "
+                f"final loss {result.losses[-1]:.4f}"
+            )
             self.succeed_or_lose(
                 job,
                 result_revision=revision,
@@ -202,10 +208,6 @@ class TrainRun(JobRun):
                 final_loss=result.losses[-1],
                 on_created=finish,
             )
-        job.append_log(
-            f"stored {revision.label} ({revision.sha256[:12]}, {revision.size_bytes} bytes), "
-            f"final loss {result.losses[-1]:.4f}"
-        )
         if job.params.get("auto_promote") and adapter.eval_dataset_id:
             job.append_log(f"queued its evaluation on {adapter.eval_dataset.name}; promoted if it passes")
             start_evaluation(
