@@ -1,8 +1,11 @@
 """Celery worker processes, and what each of them holds in memory, as they last reported it.
 
-Workers write these rows (`workers/heartbeat.py`, `workers/residency.py`); the console
-only reads them. Both tables stay small (one row per worker name, one per model a worker
-process holds), so the overview can aggregate them on every view.
+Workers write these rows: a worker's heartbeat (`workers/heartbeat.py`) its `Worker` row,
+and one writer per worker process (`workers/residency_report.py:ResidencyWriter`) the
+residency rows, from what its holders, heartbeat and erasure sweep hand over; the sweep of
+silent workers (`lifecycle/fleet.py`) deletes a dead one's. The console only reads them.
+Both tables stay small (one row per worker name, one per model a worker process holds),
+so the overview can aggregate them on every view.
 """
 
 from datetime import datetime, timedelta
