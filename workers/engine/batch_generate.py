@@ -59,6 +59,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -410,9 +411,7 @@ class BatchGenerator:
                 self.slots_changed()
 
     def _row(self, request: _Request) -> _Row:
-        on_text = None
-        if request.on_text is not None:
-            on_text = lambda piece: self._publisher.text(request, piece)  # noqa: E731
+        on_text = partial(self._publisher.text, request) if request.on_text is not None else None
         return _Row(
             request,
             _row_generator(request.params, self.device),

@@ -365,8 +365,9 @@ class ResidencyManager:
 
     def stage(self, sha256: str, *, counted: bool = True) -> None:
         """Bring the adapter into the cpu tier (or leave it in memory where it is), reading,
-        verifying and parsing it without holding the manager's lock: only the books are
-        written under it. A `get` that follows is a cpu hit, one copy away from the device.
+        verifying and parsing it without holding the manager's lock: under it go only the
+        books and, for bytes that came from the store, the local cache file's write. A `get`
+        that follows is a cpu hit, one copy away from the device.
 
         `counted` as a request's load: hits and misses of the disk and store are counted. The
         load's time goes into the cold-load figures of its source either way. An adapter forgotten
@@ -406,8 +407,8 @@ class ResidencyManager:
                 if source == STORE:
                     self._store_hits += counted
                     self._write_local(sha256, data)
+                # Not a use: the caller that wants it (`get`, `prefetch`) records that itself.
                 if not any(sha256 in self._tiers[name].held for name in (DEVICE, CPU)):
-                    self._record(sha256)
                     # Pins may fill the cpu tier: then `get` loads it straight onto the device.
                     with contextlib.suppress(ResidencyError):
                         self._place(self._tiers[CPU], sha256, host, keep=True)
