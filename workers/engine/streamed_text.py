@@ -48,9 +48,7 @@ class StreamedText:
         window = self._decode(self._prefix, len(self.tokens))
         if window.endswith(REPLACEMENT):
             return False  # a character cut short: wait for its remaining bytes
-        settled = self._decode(self._prefix, self._read)
-        self._prefix, self._read = self._read, len(self.tokens)
-        self._take(window[len(settled) :], final=False)
+        self._take(self._beyond_settled(window), final=False)
         return self.stopped
 
     def feed(self, tokens: Sequence[int]) -> bool:
@@ -65,16 +63,20 @@ class StreamedText:
         if tokens is not None:
             self.feed(tokens)
         if not self.stopped:
-            window = self._decode(self._prefix, len(self.tokens))
-            settled = self._decode(self._prefix, self._read)
-            self._prefix = self._read = len(self.tokens)
-            self._take(window[len(settled) :], final=True)
+            self._take(self._beyond_settled(self._decode(self._prefix, len(self.tokens))), final=True)
         return self.text
 
     @property
     def text(self) -> str:
         """The text sent so far (all of it once finished)."""
         return "".join(self._sent)
+
+    def _beyond_settled(self, window: str) -> str:
+        """What `window` (the tokens from `_prefix` on, decoded) adds to the settled text;
+        the offsets then move: every token so far is settled."""
+        settled = self._decode(self._prefix, self._read)
+        self._prefix, self._read = self._read, len(self.tokens)
+        return window[len(settled) :]
 
     def _take(self, new: str, *, final: bool) -> None:
         text = self._pending + new
