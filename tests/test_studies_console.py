@@ -12,7 +12,7 @@ import json
 import pytest
 
 from adapters_app.lifecycle.actors import Actor
-from adapters_app.lifecycle.studies import DEFAULT_TRAINING, RESULT_COLUMNS, create_study
+from adapters_app.lifecycle.studies import DEFAULT_TRAINING, RESULT_COLUMNS, create_study, study_report
 from adapters_app.models import AuditEvent, Job, Study, StudyCell, StudyRun
 from tests.conftest import with_role
 
@@ -247,6 +247,15 @@ def test_a_finished_study_has_nothing_to_cancel_or_resume(console, small_study):
     page = console.get(url(small_study)).content.decode()
     assert "Cancel study" not in page and "Resume study" not in page
     assert "nothing to resume" in console.post(url(small_study, "resume"), follow=True).content.decode()
+
+
+def test_a_cell_with_every_run_recorded_is_running_until_its_job_stops(console, small_study):
+    cells = finish(small_study)
+    Job.objects.filter(pk=cells[(1, "default")].job_id).update(state=Job.RUNNING)
+    # The job still writes the cell's loss curve after its last run: not finished yet.
+    assert study_report(small_study).state == "running"
+    Job.objects.filter(pk=cells[(1, "default")].job_id).update(state=Job.SUCCEEDED)
+    assert study_report(small_study).state == "finished"
 
 
 # --- reading -----------------------------------------------------------------------

@@ -420,8 +420,10 @@ def _cells(study: Study) -> list[CellView]:
 
 
 def cell_state(runs_done: int, runs_total: int, job_state: str | None) -> str:
-    """A cell's state from its recorded runs and its latest job's state (None: no job)."""
-    if runs_done >= runs_total:
+    """A cell's state from its recorded runs and its latest job's state (None: no job).
+    A job still running after its last run is recorded has not yet written the cell's
+    loss curve, so that cell is still running; a queued one will find nothing left to do."""
+    if runs_done >= runs_total and job_state != Job.RUNNING:
         return CellState.DONE
     if job_state is None:
         return CellState.PENDING
