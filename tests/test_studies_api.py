@@ -6,9 +6,9 @@ import io
 import pytest
 
 from adapters_app.lifecycle.studies import RESULT_COLUMNS
-from adapters_app.models import ApiKey, AuditEvent, Job, Study, StudyCell
+from adapters_app.models import ApiKey, AuditEvent, BaseModel, Job, Study, StudyCell
 from tests.conftest import with_role
-from tests.test_studies_console import SMALL_GRID, finish
+from tests.test_studies_console import SMALL_GRID, finish, record_runs
 
 pytestmark = pytest.mark.django_db
 
@@ -68,6 +68,9 @@ def test_posting_a_study_writes_its_cells_and_a_queued_study_job_for_each(api, s
         ),
         ({"training": {"rank": 8}}, "training"),
         ({"training": {"steps": 0}}, "training"),
+        ({"training_per_base": {"ghost-base": {"learning_rate": 0.01}}}, "training_per_base"),
+        ({"training_per_base": {"mint-micro": {"rank": 8}}}, "training_per_base"),
+        ({"training_per_base": {"mint-micro": {"learning_rate": -1}}}, "training_per_base"),
         ({"colour": "blue"}, "colour"),
     ],
 )
@@ -167,3 +170,26 @@ def test_the_openapi_document_describes_the_study_routes(client):
     ):
         assert route in doc["paths"], route
     assert {"Study", "StudyCell", "StudyDetail", "StudyRequest"} <= set(doc["components"]["schemas"])
+
+
+def test_a_learning_rate_set_for_one_base_trains_only_that_bases_cells(api, small):
+    # Validation needs only the name registered; no cell of this base is trained here.
+    BaseModel.objects.create(name="pretrained", path="/models/pretrained", digest="p" * 64, parameters=1000)
+    body = {
+        **small,
+        "bases": ["mint-micro", "pretrained"],
+        "ranks": [4],
+        "inits": ["default"],
+        "training": {"learning_rate": 0.01},
+        "training_per_base": {"pretrained": {"learning_rate": 0.0005}},
+    }
+    study_id = api("post", "/api/studies", body, expect=201)["study"]["id"]
+    for cell in StudyCell.objects.filter(study_id=study_id):
+        record_runs(cell, [True, True], payload_bytes=4000)
+    detail = api("get", f"/api/studies/{study_id}")
+    assert detail["study"]["training_per_base"] == {"pretrained": {"learning_rate": 0.0005}}
+    rows = api("get", f"/api/studies/{study_id}/results")["runs"]
+    assert {(row["base"], row["learning_rate"]) for row in rows} == {
+        ("mint-micro", 0.01),
+        ("pretrained", 0.0005),
+    }

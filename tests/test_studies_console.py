@@ -154,6 +154,28 @@ def test_submitting_the_form_writes_the_cells_and_queues_one_study_job_per_cell(
     assert AuditEvent.objects.filter(action="study.create", object_id=str(study.pk)).count() == 1
 
 
+def test_a_learning_rate_beside_a_base_is_that_bases_recipe_and_the_page_says_so(console, micro_base):
+    form = {
+        "name": "per base",
+        "bases": [micro_base.name],
+        "ranks": ["4"],
+        "targets": ["attention"],
+        "inits": ["default"],
+        "seeds": "1",
+        "people": "2",
+        "learning_rate": "0.01",
+        f"learning_rate@{micro_base.name}": "0.002",
+        # A rate beside a base that is not ticked is not part of the study.
+        "learning_rate@not-ticked": "0.5",
+    }
+    assert console.post("/studies/new", form).status_code == 302
+    study = Study.objects.get()
+    assert study.training["learning_rate"] == 0.01
+    assert study.training_per_base == {micro_base.name: {"learning_rate": 0.002}}
+    page = console.get(url(study)).content.decode()
+    assert f"{micro_base.name}: <code>learning_rate=0.002</code>" in page
+
+
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
@@ -163,6 +185,7 @@ def test_submitting_the_form_writes_the_cells_and_queues_one_study_job_per_cell(
         ({"people": "many"}, "people"),
         ({"steps": "lots"}, "training"),
         ({"reliability_target": "2"}, "reliability_target"),
+        ({"learning_rate@mint-micro": "fast"}, "training_per_base"),
         ({"ranks": ["1", "2", "4", "8", "16", "32"], "seeds": "10", "people": "20"}, "grid"),
     ],
 )

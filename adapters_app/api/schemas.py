@@ -131,6 +131,11 @@ class StudyRequest(RequestBody):
     training: dict[str, Any] | None = Field(
         None, description="steps, learning_rate, batch_size, replay, max_length, dropout"
     )
+    training_per_base: dict[str, dict[str, Any]] | None = Field(
+        None,
+        description="settings that differ for one base of the study, by base name, e.g. "
+        '{"smollm2-135m": {"learning_rate": 0.005}}; the same settings as training',
+    )
     reliability_target: float | None = Field(None, description="0.95 when omitted")
 
 
@@ -458,6 +463,7 @@ class StudySummary(Study):
     model_config = ConfigDict(extra="allow")
 
     training: dict[str, Any]
+    training_per_base: dict[str, dict[str, Any]]
     alpha_per_rank: int
     cells: dict[str, int] = Field(description="cell state -> count")
     recommendations: list[dict[str, Any]]

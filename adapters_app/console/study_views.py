@@ -28,6 +28,9 @@ TRAINING_FIELDS = (
     ("batch_size", "Batch size", int),
     ("replay", "Replay share", float),
 )
+# A learning rate for one base is posted as "learning_rate@<base name>" beside its checkbox:
+# what suits a 1 M-parameter toy diverges a 135 M-parameter pretrained model.
+PER_BASE_LEARNING_RATE = "learning_rate@"
 COHORT_FIELDS = (("seeds", int), ("people", int), ("world_seed", int), ("reliability_target", float))
 # Left out when the cohort is people of the fleet (the form still posts them, hidden).
 GENERATED_COHORT_FIELDS = ("people", "world_seed")
@@ -84,6 +87,11 @@ def study_request(post) -> dict:
         "training": {
             name: _number(post[name], kind) for name, _, kind in TRAINING_FIELDS if post.get(name, "").strip()
         },
+        "training_per_base": {
+            base: {"learning_rate": _number(post[PER_BASE_LEARNING_RATE + base], float)}
+            for base in post.getlist("bases")
+            if post.get(PER_BASE_LEARNING_RATE + base, "").strip()
+        },
     }
 
 
@@ -94,7 +102,11 @@ def _form_context(chosen: dict, errors: dict | None = None) -> dict:
         "chosen": chosen,
         "errors": errors,
         "other_errors": {k: v for k, v in errors.items() if k not in FORM_FIELDS},
-        "bases": BaseModel.objects.order_by("name"),
+        "bases": [
+            (base, chosen.get("training_per_base", {}).get(base.name, {}).get("learning_rate", ""))
+            for base in BaseModel.objects.order_by("name")
+        ],
+        "per_base_learning_rate": PER_BASE_LEARNING_RATE,
         "rank_choices": RANK_CHOICES,
         "target_choices": TARGET_PRESETS,
         "init_choices": studies.STUDY_INITS,

@@ -80,6 +80,7 @@ REQUEST_FIELDS = (
     "world_seed",
     "adapters",
     "training",
+    "training_per_base",
     "reliability_target",
 )
 
@@ -127,21 +128,18 @@ def validate_study(raw: dict) -> dict:
     if not isinstance(target, int | float) or isinstance(target, bool) or not 0 < target <= 1:
         errors["reliability_target"] = "must be a share in (0, 1], e.g. 0.95"
 
-    training = raw.get("training") or {}
-    if not isinstance(training, dict):
-        errors["training"] = "must be an object"
-    else:
-        extra = sorted(set(training) - set(SHARED_TRAINING))
-        if extra:
-            errors["training"] = (
-                f"{', '.join(extra)} cannot be set for a whole study; rank, targets, init and seed come "
-                f"from the grid (settable: {', '.join(SHARED_TRAINING)})"
-            )
-        else:
-            try:
-                TrainingConfig.from_dict({**DEFAULT_TRAINING, **training})
-            except TrainingConfigInvalid as exc:
-                errors["training"] = str(exc)
+    training = _shared_training(raw.get("training") or {}, {}, errors, "training")
+    per_base = raw.get("training_per_base") or {}
+    if not isinstance(per_base, dict):
+        errors["training_per_base"] = "must be an object of settings by base name"
+        per_base = {}
+    elif "bases" not in errors and (strangers := sorted(set(per_base) - set(bases))):
+        errors["training_per_base"] = f"names bases the study does not train on: {', '.join(strangers)}"
+    elif "training" not in errors:
+        per_base = {
+            base: _shared_training(settings, training, errors, "training_per_base", label=f"{base}: ")
+            for base, settings in per_base.items()
+        }
 
     if not errors:
         people = cohort["people"]
@@ -161,8 +159,31 @@ def validate_study(raw: dict) -> dict:
         },
         "cohort": cohort,
         "training": {**DEFAULT_TRAINING, **training},
+        "training_per_base": {base: settings for base, settings in per_base.items() if settings},
         "reliability_target": float(target),
     }
+
+
+def _shared_training(settings, under: dict, errors: dict, key: str, label: str = "") -> dict:
+    """Settings every cell (or every cell of one base) shares, checked as the recipe they
+    make on top of `under` and the defaults; a problem is added to errors[key]."""
+    problem = None
+    if not isinstance(settings, dict):
+        problem = "must be an object"
+    elif extra := sorted(set(settings) - set(SHARED_TRAINING)):
+        problem = (
+            f"{', '.join(extra)} cannot be set for a whole study; rank, targets, init and seed come "
+            f"from the grid (settable: {', '.join(SHARED_TRAINING)})"
+        )
+    else:
+        try:
+            TrainingConfig.from_dict({**DEFAULT_TRAINING, **under, **settings})
+        except TrainingConfigInvalid as exc:
+            problem = str(exc)
+    if problem is None:
+        return settings
+    errors[key] = "; ".join(filter(None, (errors.get(key), label + problem)))
+    return {}
 
 
 def _generated_cohort(raw: dict, errors: dict) -> dict:
@@ -255,6 +276,7 @@ def cell_config(cell: StudyCell, seed: int) -> TrainingConfig:
     return TrainingConfig.from_dict(
         {
             **cell.study.training,
+            **cell.study.training_per_base.get(cell.base.name, {}),
             "rank": cell.rank,
             "alpha": ALPHA_PER_RANK * cell.rank,
             "targets": cell.targets,
@@ -624,6 +646,7 @@ def study_summary(report: StudyReport) -> dict:
         "grid": study.grid,
         "cohort": study.cohort,
         "training": study.training,
+        "training_per_base": study.training_per_base,
         "alpha_per_rank": ALPHA_PER_RANK,
         "reliability_target": study.reliability_target,
         "runs_done": report.runs_done,

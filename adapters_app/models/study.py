@@ -20,6 +20,9 @@ class Study(models.Model):
     cohort = models.JSONField()
     # TrainingConfig settings every cell shares (rank, targets, init, seed and alpha are per cell/run)
     training = models.JSONField(default=dict)
+    # {base name: {setting: value}}: what differs for one base (a learning rate chosen for it
+    # by a sweep, say); a base not named trains with `training` as it is.
+    training_per_base = models.JSONField(default=dict, blank=True)
     reliability_target = models.FloatField(default=0.95, help_text="share of runs that must pass the gate")
     created_by = models.CharField(max_length=150)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
