@@ -165,15 +165,18 @@ def test_a_learning_rate_beside_a_base_is_that_bases_recipe_and_the_page_says_so
         "people": "2",
         "learning_rate": "0.01",
         f"learning_rate@{micro_base.name}": "0.002",
+        f"replay@{micro_base.name}": "0",
         # A rate beside a base that is not ticked is not part of the study.
         "learning_rate@not-ticked": "0.5",
     }
     assert console.post("/studies/new", form).status_code == 302
     study = Study.objects.get()
     assert study.training["learning_rate"] == 0.01
-    assert study.training_per_base == {micro_base.name: {"learning_rate": 0.002}}
+    assert study.training_per_base == {micro_base.name: {"learning_rate": 0.002, "replay": 0.0}}
     page = console.get(url(study)).content.decode()
-    assert f"{micro_base.name}: <code>learning_rate=0.002</code>" in page
+    own = page[page.index('class="per-base-recipe">') :].split("</span>")[0]
+    assert f">{micro_base.name}: " in own
+    assert "<code>learning_rate=0.002</code>" in own and "<code>replay=0.0</code>" in own
 
 
 @pytest.mark.parametrize(

@@ -28,9 +28,11 @@ TRAINING_FIELDS = (
     ("batch_size", "Batch size", int),
     ("replay", "Replay share", float),
 )
-# A learning rate for one base is posted as "learning_rate@<base name>" beside its checkbox:
-# what suits a 1 M-parameter toy diverges a 135 M-parameter pretrained model.
-PER_BASE_LEARNING_RATE = "learning_rate@"
+# Settings one base may change, posted as "<setting>@<base name>" beside its checkbox: the
+# learning rate that suits a 1 M-parameter toy need not suit a pretrained 135 M model, and
+# a base model that does not follow a chat (Gemma-3-270M pretrained) has no answers of
+# its own worth replaying.
+PER_BASE_FIELDS = (("learning_rate", "learning rate"), ("replay", "replay"))
 COHORT_FIELDS = (("seeds", int), ("people", int), ("world_seed", int), ("reliability_target", float))
 # Left out when the cohort is people of the fleet (the form still posts them, hidden).
 GENERATED_COHORT_FIELDS = ("people", "world_seed")
@@ -88,25 +90,28 @@ def study_request(post) -> dict:
             name: _number(post[name], kind) for name, _, kind in TRAINING_FIELDS if post.get(name, "").strip()
         },
         "training_per_base": {
-            base: {"learning_rate": _number(post[PER_BASE_LEARNING_RATE + base], float)}
-            for base in post.getlist("bases")
-            if post.get(PER_BASE_LEARNING_RATE + base, "").strip()
+            base: settings for base in post.getlist("bases") if (settings := _per_base_settings(post, base))
         },
+    }
+
+
+def _per_base_settings(post, base: str) -> dict:
+    return {
+        name: _number(post[f"{name}@{base}"], float)
+        for name, _ in PER_BASE_FIELDS
+        if post.get(f"{name}@{base}", "").strip()
     }
 
 
 def _form_context(chosen: dict, errors: dict | None = None) -> dict:
     errors = errors or {}
+    per_base = chosen.get("training_per_base") or {}
     training = {**studies.DEFAULT_TRAINING, **chosen.get("training", {})}
     return {
         "chosen": chosen,
         "errors": errors,
         "other_errors": {k: v for k, v in errors.items() if k not in FORM_FIELDS},
-        "bases": [
-            (base, chosen.get("training_per_base", {}).get(base.name, {}).get("learning_rate", ""))
-            for base in BaseModel.objects.order_by("name")
-        ],
-        "per_base_learning_rate": PER_BASE_LEARNING_RATE,
+        "bases": [(b, _own_settings(per_base.get(b.name, {}))) for b in BaseModel.objects.order_by("name")],
         "rank_choices": RANK_CHOICES,
         "target_choices": TARGET_PRESETS,
         "init_choices": studies.STUDY_INITS,
@@ -118,6 +123,11 @@ def _form_context(chosen: dict, errors: dict | None = None) -> dict:
         "fleet_cohort": "adapters" in chosen,
         "adapters_text": "\n".join(map(str, chosen.get("adapters") or [])),
     }
+
+
+def _own_settings(chosen: dict) -> list[tuple[str, str, object]]:
+    """One base's boxes: (field, label, what the operator typed, or blank for the shared value)."""
+    return [(name, label, chosen.get(name, "")) for name, label in PER_BASE_FIELDS]
 
 
 def _planned_runs(chosen: dict) -> int | str:
