@@ -107,6 +107,9 @@ def test_the_form_offers_the_default_grid_and_says_how_many_runs_it_makes(consol
     assert f'value="{DEFAULT_TRAINING["steps"]}"' in page
     # 1 base x 6 ranks x 2 target sets x 4 inits x 3 seeds x 4 people
     assert '<output id="study-runs" for="study-form">576</output>' in page
+    # Checkpointing is a choice, "auto" (on where activations, not weights, fill memory) first.
+    assert '<select id="study-gradient_checkpointing" name="gradient_checkpointing">' in page
+    assert '<option value="auto">auto</option>' in page
 
 
 def test_submitting_the_form_writes_the_cells_and_queues_one_study_job_per_cell(console, micro_base):
@@ -125,6 +128,7 @@ def test_submitting_the_form_writes_the_cells_and_queues_one_study_job_per_cell(
             "learning_rate": "0.01",
             "batch_size": "4",
             "replay": "0",
+            "gradient_checkpointing": "off",
             "reliability_target": "0.9",
         },
     )
@@ -139,6 +143,7 @@ def test_submitting_the_form_writes_the_cells_and_queues_one_study_job_per_cell(
     }
     assert study.cohort == {"world_seed": 7, "people": 2}
     assert study.training["steps"] == 10 and study.training["learning_rate"] == 0.01
+    assert study.training["gradient_checkpointing"] == "off"
     assert study.reliability_target == 0.9 and study.created_by == "ops"
     cells = list(study.cells.select_related("job"))
     assert sorted((c.rank, c.init) for c in cells) == [
@@ -187,6 +192,7 @@ def test_a_learning_rate_beside_a_base_is_that_bases_recipe_and_the_page_says_so
         ({"inits": ["default", "lora-plus"]}, "inits"),
         ({"people": "many"}, "people"),
         ({"steps": "lots"}, "training"),
+        ({"gradient_checkpointing": "sometimes"}, "training"),
         ({"reliability_target": "2"}, "reliability_target"),
         ({"learning_rate@mint-micro": "fast"}, "training_per_base"),
         ({"ranks": ["1", "2", "4", "8", "16", "32"], "seeds": "10", "people": "20"}, "grid"),

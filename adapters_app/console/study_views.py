@@ -18,7 +18,7 @@ from adapters_app.lifecycle import studies
 from adapters_app.lifecycle.errors import Invalid, LifecycleError, NotFound
 from adapters_app.models import BaseModel, Study, StudyRun
 from workers.engine.base_family import SMALLEST
-from workers.engine.training import TARGET_PRESETS
+from workers.engine.training import CHECKPOINTING, TARGET_PRESETS
 
 RANK_CHOICES = (1, 2, 4, 8, 16, 32)
 # The form's fields for the settings every cell shares, in the order shown.
@@ -27,7 +27,10 @@ TRAINING_FIELDS = (
     ("learning_rate", "Learning rate", float),
     ("batch_size", "Batch size", int),
     ("replay", "Replay share", float),
+    ("gradient_checkpointing", "Gradient checkpointing", str),
 )
+# Fields offered as a choice rather than typed.
+TRAINING_CHOICES = {"gradient_checkpointing": CHECKPOINTING}
 # Settings one base may change, posted as "<setting>@<base name>" beside its checkbox: the
 # learning rate that suits a 1 M-parameter toy need not suit a pretrained 135 M model, and
 # a base model that does not follow a chat (Gemma-3-270M pretrained) has no answers of
@@ -115,7 +118,10 @@ def _form_context(chosen: dict, errors: dict | None = None) -> dict:
         "rank_choices": RANK_CHOICES,
         "target_choices": TARGET_PRESETS,
         "init_choices": studies.STUDY_INITS,
-        "training_fields": [(name, label, training.get(name, "")) for name, label, _ in TRAINING_FIELDS],
+        "training_fields": [
+            (name, label, training.get(name, ""), TRAINING_CHOICES.get(name))
+            for name, label, _ in TRAINING_FIELDS
+        ],
         "alpha_per_rank": studies.ALPHA_PER_RANK,
         "max_runs": studies.MAX_RUNS,
         "runs": _planned_runs(chosen),
