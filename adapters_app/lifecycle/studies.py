@@ -128,7 +128,7 @@ def validate_study(raw: dict) -> dict:
     if not isinstance(target, int | float) or isinstance(target, bool) or not 0 < target <= 1:
         errors["reliability_target"] = "must be a share in (0, 1], e.g. 0.95"
 
-    training = _shared_training(raw.get("training") or {}, {}, errors, "training")
+    training = _checked_training(raw.get("training") or {}, {}, errors, "training")
     per_base = raw.get("training_per_base") or {}
     if not isinstance(per_base, dict):
         errors["training_per_base"] = "must be an object of settings by base name"
@@ -137,7 +137,7 @@ def validate_study(raw: dict) -> dict:
         errors["training_per_base"] = f"names bases the study does not train on: {', '.join(strangers)}"
     elif "training" not in errors:
         per_base = {
-            base: _shared_training(settings, training, errors, "training_per_base", label=f"{base}: ")
+            base: _checked_training(settings, training, errors, "training_per_base", label=f"{base}: ")
             for base, settings in per_base.items()
         }
 
@@ -164,8 +164,8 @@ def validate_study(raw: dict) -> dict:
     }
 
 
-def _shared_training(settings, under: dict, errors: dict, key: str, label: str = "") -> dict:
-    """Settings every cell (or every cell of one base) shares, checked as the recipe they
+def _checked_training(settings, under: dict, errors: dict, key: str, label: str = "") -> dict:
+    """Training settings every cell (or every cell of one base) shares, checked as the recipe they
     make on top of `under` and the defaults; a problem is added to errors[key]."""
     problem = None
     if not isinstance(settings, dict):
