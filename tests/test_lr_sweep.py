@@ -38,6 +38,7 @@ def test_each_rate_is_trained_graded_beside_the_bare_base_and_one_is_chosen(
     written = json.loads(report.read_text())
     assert [p["learning_rate"] for p in written["points"]] == [0.001, 0.05]
     assert written["training"]["steps"] == 3 and written["training"]["rank"] == 2
+    assert written["training"]["targets"] == "attention"  # a study's default target set
     assert written["chosen"] in (0.001, 0.05)
     for point in written["points"]:
         assert set(point["scores"]) >= {*PERSONAL, "retention"} and point["first_loss"] > 0

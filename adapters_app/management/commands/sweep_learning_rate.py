@@ -11,7 +11,7 @@ from adapters_app.lifecycle.studies import DEFAULT_TRAINING
 from adapters_app.management.bases import base_for_command
 from workers.engine.base_family import SMALLEST
 from workers.engine.lr_sweep import sweep_learning_rates
-from workers.engine.training import TrainingConfig, TrainingConfigInvalid
+from workers.engine.training import TARGET_PRESETS, TrainingConfig, TrainingConfigInvalid
 
 DEFAULT_RATES = "0.001,0.005,0.02"
 
@@ -33,11 +33,12 @@ class Command(BaseCommand):
             help=f"the other settings as JSON, over the study defaults {json.dumps(DEFAULT_TRAINING)}",
         )
         parser.add_argument("--rank", type=int, default=8)
+        parser.add_argument("--targets", choices=TARGET_PRESETS, default="attention")
         parser.add_argument(
             "--json", dest="json_path", default=str(Path(settings.VAR_DIR) / "reports" / "lr-sweep.json")
         )
 
-    def handle(self, *args, base, rates, training, rank, json_path, **options):
+    def handle(self, *args, base, rates, training, rank, targets, json_path, **options):
         try:
             chosen_rates = [float(r) for r in rates.split(",") if r.strip()]
         except ValueError:
@@ -47,6 +48,7 @@ class Command(BaseCommand):
         try:
             config = TrainingConfig.from_dict(
                 {**DEFAULT_TRAINING, **json.loads(training), "rank": rank, "alpha": 2 * rank}
+                | {"targets": targets}
             )
         except (ValueError, TrainingConfigInvalid) as exc:
             raise CommandError(f"--training: {exc}") from None
