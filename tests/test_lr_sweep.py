@@ -59,6 +59,13 @@ def test_the_chosen_rate_weighs_learning_and_forgetting_the_same():
     assert "0.005 **chosen**" in sweep.table()
 
 
+def test_a_rate_whose_loss_rose_is_not_chosen_whatever_it_scored():
+    bare = {"recall": 0.0, "tool": 0.0, "preference": 0.0, "retention": 0.02}
+    diverged = SweepPoint(0.05, 1.07, 5.52, scores(recall=0.0, tool=0.0, preference=0.25, retention=0.0), 1.0)
+    slow = SweepPoint(0.02, 1.07, 1.02, scores(recall=0.0, tool=0.0, preference=0.17, retention=0.02), 1.0)
+    assert Sweep("b", "alice", TrainingConfig(), [slow, diverged], bare).chosen() is slow
+
+
 def scores(**by_suite: float) -> dict[str, float]:
     return by_suite
 

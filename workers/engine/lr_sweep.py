@@ -9,8 +9,9 @@ then all of them and the bare base are graded together in one batched generation
 person's held-out items and the base's retention set, as a study run is graded. The rate
 chosen has the best balance of the two: the mean of the personal suites (recall, tool,
 preference) minus the retention drop, so learning the person and forgetting the world
-weigh the same. (The gate's own allowance, a 0.02 drop, is passed by no adapter on a real
-base at any rate tried here, so it cannot choose.)
+weigh the same; a rate whose training loss rose (diverged) is not chosen. (The gate's own
+allowance, a 0.02 drop, is passed by no adapter on SmolLM2 in any study here, so it
+cannot choose.)
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ class Sweep:
         return self.bare["retention"] - point.scores["retention"]
 
     def chosen(self) -> SweepPoint:
-        return max(self.points, key=lambda p: p.balance(self.bare))
+        # A rate whose training loss ended above where it began diverged: whatever its
+        # scores, they are noise. Chosen among the others while any is left.
+        learned = [p for p in self.points if p.final_loss < p.first_loss] or self.points
+        return max(learned, key=lambda p: p.balance(self.bare))
 
     def table(self) -> str:
         chosen = self.chosen()
