@@ -38,8 +38,11 @@ class SweepPoint:
     def personal(self) -> float:
         return sum(self.scores[s] for s in PERSONAL) / len(PERSONAL)
 
+    def retention_drop(self, bare: dict[str, float]) -> float:
+        return bare["retention"] - self.scores["retention"]
+
     def balance(self, bare: dict[str, float]) -> float:
-        return self.personal() - (bare["retention"] - self.scores["retention"])
+        return self.personal() - self.retention_drop(bare)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +52,6 @@ class Sweep:
     config: TrainingConfig  # every setting but the learning rate
     points: list[SweepPoint]
     bare: dict[str, float]
-
-    def retention_drop(self, point: SweepPoint) -> float:
-        return self.bare["retention"] - point.scores["retention"]
 
     def chosen(self) -> SweepPoint:
         # A rate whose training loss ended above where it began diverged: whatever its
@@ -71,8 +71,8 @@ class Sweep:
             lines.append(
                 f"| {p.learning_rate:g}{mark} | {p.first_loss:.2f} → {p.final_loss:.2f} | "
                 f"{p.scores['recall']:.2f} | {p.scores['tool']:.2f} | {p.scores['preference']:.2f} | "
-                f"{p.scores['retention']:.2f} ({self.retention_drop(p):+.2f}) | {p.balance(self.bare):.2f} | "
-                f"{p.train_seconds:.0f} |"
+                f"{p.scores['retention']:.2f} ({p.retention_drop(self.bare):+.2f}) | "
+                f"{p.balance(self.bare):.2f} | {p.train_seconds:.0f} |"
             )
         lines.append(
             f"| bare base | | {self.bare['recall']:.2f} | {self.bare['tool']:.2f} | "
@@ -130,9 +130,10 @@ def sweep_learning_rates(
             replay=replay,
         )
         trained.append((rate, result, time.monotonic() - started))
-    payloads = {hashlib.sha256(r.payload).hexdigest(): r.payload for _, r, _ in trained}
+    shas = [hashlib.sha256(result.payload).hexdigest() for _, result, _ in trained]
+    payloads = {sha: result.payload for sha, (_, result, _) in zip(shas, trained, strict=True)}
     log(f"grading {len(trained)} adapters and the bare base on {len(items)} items")
-    work = [(hashlib.sha256(r.payload).hexdigest(), items) for _, r, _ in trained] + [(None, items)]
+    work = [(sha, items) for sha in shas] + [(None, items)]
     graded = grade_many(folder, digest, work, payloads)
     points = [
         SweepPoint(rate, result.losses[0], result.losses[-1], scores(answers), seconds)

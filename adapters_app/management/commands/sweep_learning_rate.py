@@ -7,7 +7,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from adapters_app.lifecycle.studies import DEFAULT_TRAINING
+from adapters_app.lifecycle.studies import ALPHA_PER_RANK, DEFAULT_TRAINING
 from adapters_app.management.bases import base_for_command
 from workers.engine.base_family import SMALLEST
 from workers.engine.lr_sweep import sweep_learning_rates
@@ -47,7 +47,7 @@ class Command(BaseCommand):
             raise CommandError("--rates: give at least one learning rate, each above 0")
         try:
             config = TrainingConfig.from_dict(
-                {**DEFAULT_TRAINING, **json.loads(training), "rank": rank, "alpha": 2 * rank}
+                {**DEFAULT_TRAINING, **json.loads(training), "rank": rank, "alpha": ALPHA_PER_RANK * rank}
                 | {"targets": targets}
             )
         except (ValueError, TrainingConfigInvalid) as exc:
