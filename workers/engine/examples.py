@@ -7,8 +7,9 @@ Three formats are accepted, one per file:
 - completion: ``{"prompt": "...", "completion": "..."}``; the loss is taken on
   the completion.
 - preference: ``{"prompt": "...", "chosen": "...", "rejected": "..."}``, pairs
-  kept for preference training (DPO). Until that exists, supervised training
-  learns the chosen answer; the rejected one rides along on the Example.
+  for preference training: with the training objective "dpo" each pair is learned
+  with the DPO loss (workers/engine/preference.py); with "sft" (the default)
+  supervised training learns the chosen answer and the rejected one is unused.
 
 Validation collects every problem with its line number instead of stopping at
 the first, so a person can fix a file in one pass, and a file with any problem

@@ -1,9 +1,14 @@
-"""LoRA supervised fine-tuning of a personal adapter on its base.
+"""LoRA fine-tuning of a personal adapter on its base: supervised (SFT), or DPO on
+preference pairs (`objective`, workers/engine/preference.py).
 
 Deterministic for a seed (same data, config and seed give the same payload
 bytes on the same machine and thread count), loss masked to the answer tokens,
 and cooperative: `on_step` is called after every optimiser step and may raise
 to stop the run (cancellation).
+
+A run starts from a fresh adapter, or continues from a revision's payload
+(`start_from`): its factors are the new adapter's start, so a retrain carries on
+from the live revision instead of from scratch.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from workers.engine.prompting import IGNORE_INDEX, encode_for_training
 INIT_METHODS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora", "tail": True}
 TARGET_PRESETS = ("all-linear", "attention")
 CHECKPOINTING = ("auto", "on", "off")
+# "sft" learns each row's final answer; "dpo" learns preference rows (chosen and rejected)
+# with the DPO loss and the other rows with SFT (workers/engine/preference.py).
+OBJECTIVES = ("sft", "dpo")
 # "auto" turns gradient checkpointing on when the decoder layers' activations for one
 # batch would exceed this (estimated as below): recomputing each layer's forward in the
 # backward costs about a third more compute per step, which is worth paying only once
@@ -65,6 +73,10 @@ class TrainingConfig:
     replay: float = 0.0
     # Gradient checkpointing: "auto" (on where it pays, see CHECKPOINTING_ABOVE_BYTES), "on", "off".
     gradient_checkpointing: str = "auto"
+    objective: str = "sft"
+    # DPO's β: how far from the reference the policy may move to widen a pair's margin
+    # (the DPO paper trains with 0.1 and 0.5). Only read with objective "dpo".
+    dpo_beta: float = 0.1
 
     LIMITS = {
         "rank": (1, 256),
@@ -117,6 +129,10 @@ class TrainingConfig:
             errors["init"] = f"must be one of {', '.join(INIT_METHODS)}"
         if self.gradient_checkpointing not in CHECKPOINTING:
             errors["gradient_checkpointing"] = f"must be one of {', '.join(CHECKPOINTING)}"
+        if self.objective not in OBJECTIVES:
+            errors["objective"] = f"must be one of {', '.join(OBJECTIVES)}"
+        if not 0.0 < self.dpo_beta <= 10.0:
+            errors["dpo_beta"] = "must be in (0, 10]"
         return errors
 
     def as_dict(self) -> dict:
@@ -167,14 +183,28 @@ def train_adapter(
     *,
     on_step: StepCallback | None = None,
     replay: Sequence[Example] = (),
+    start_from: bytes | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on a freshly loaded `base_model` (it is modified in place).
 
     With `config.replay` > 0, that share of every batch comes from `replay`
-    (general rows from the base's pretraining corpus)."""
+    (general rows from the base's pretraining corpus).
+
+    `start_from` is a revision's payload (workers/engine/payload.py) to continue: its
+    factors start the new adapter instead of a fresh init, and `config` must describe
+    the same adapter (`ContinuationRefused` names what differs). The payload is already
+    relative to the untouched base, so it is loaded onto a default-init adapter of its
+    own shape and no base-shifting init (PiSSA, OLoRA, tail) runs again: the new payload
+    is relative to the untouched base too, at the parent's rank.
+
+    With `config.objective` "dpo", rows that carry a rejected answer are learned with the
+    DPO loss against the model as it stands before the first step (the bare base for a
+    fresh default init, the parent revision with `start_from`); the other rows, replay
+    included, keep the SFT loss (workers/engine/preference.py)."""
     import torch
     from peft import get_peft_model, get_peft_model_state_dict
 
+    from workers.engine import preference
     from workers.engine.lora_init import (
         BASE_SHIFTING_INITS,
         apply_init_,
@@ -187,12 +217,20 @@ def train_adapter(
         raise ValueError("cannot train on an empty dataset")
     if config.replay and not replay:
         raise ValueError("replay is set but this base ships no replay rows")
+    if config.objective == "dpo" and not any(example.rejected for example in examples):
+        raise ValueError(
+            'objective "dpo" needs preference rows ({"prompt", "chosen", "rejected"}); this dataset has none'
+        )
     torch.manual_seed(config.seed)
     order = random.Random(config.seed)
     device = next(base_model.parameters()).device
+    architecture = architecture_of(base_model.config)
 
-    model = get_peft_model(base_model, config.lora_config(architecture_of(base_model.config)))
-    apply_init_(model, config.init)
+    if start_from is None:
+        model = get_peft_model(base_model, config.lora_config(architecture))
+        apply_init_(model, config.init)
+    else:
+        model = continued_model(base_model, start_from, config, architecture)
     trainable_names = [name for name, p in model.named_parameters() if p.requires_grad]
     trainable_by_mistake = [name for name in trainable_names if ".lora_" not in name]
     if trainable_by_mistake:  # embeddings / head (tied on real bases) must stay the shared base's
@@ -201,9 +239,16 @@ def train_adapter(
         )
     # PiSSA, OLoRA and tail move part of the base into the adapter; the payload is stored
     # relative to the untouched base, so keep where the factors started.
-    start = initial_factors(model) if config.init in BASE_SHIFTING_INITS else None
+    shifted = start_from is None and config.init in BASE_SHIFTING_INITS
+    start = initial_factors(model) if shifted else None
+    pad_id = pad_token_id(tokenizer)
+    if config.objective == "dpo":
+        encoded = preference.encode_rows(tokenizer, examples, config.max_length)
+        # π_ref is the model before any step: its log-probs of every pair, computed once.
+        encoded = preference.with_reference(model, encoded, pad_id, device, config.batch_size)
+    else:
+        encoded = [encode_for_training(tokenizer, ex, config.max_length) for ex in examples]
     model.train()
-    encoded = [encode_for_training(tokenizer, ex, config.max_length) for ex in examples]
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
 
@@ -218,12 +263,10 @@ def train_adapter(
         if replay_size
         else None
     )
-    pad_id = pad_token_id(tokenizer)
     with checkpointing(base_model, config.checkpoints(base_model.config)):
         for step in range(1, config.steps + 1):
             batch = next(batches) + (next(replayed) if replayed else [])
-            input_ids, labels, attention = collate(batch, pad_id, device)
-            loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+            loss = preference.batch_loss(model, batch, pad_id, device, config.dpo_beta)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -241,6 +284,88 @@ def train_adapter(
         losses=losses,
         trainable_parameters=sum(p.numel() for p in trainable),
     )
+
+
+class ContinuationRefused(TrainingConfigInvalid):
+    """The training config does not describe the adapter in the payload it should continue."""
+
+    def __str__(self) -> str:
+        return f"cannot continue from this payload: {super().__str__()}"
+
+
+def continuation_problems(config: TrainingConfig, payload_config: dict, architecture: Architecture) -> dict:
+    """setting -> how `config` differs from the adapter a payload holds (empty: it continues).
+
+    A base-shifting init's payload is folded to rank 2r with alpha doubled
+    (lora_init.fold_initial_factors), so that is the shape such a config continues. A folded
+    payload does not say which of PiSSA, OLoRA or tail made it: any of them continues it."""
+    from workers.engine.lora_init import BASE_SHIFTING_INITS
+
+    growth = 2 if config.init in BASE_SHIFTING_INITS else 1
+
+    def ours(setting: str, value: int) -> str:
+        if growth == 1:
+            return f"this config's {setting} is {value}"
+        folded = growth * value
+        return f"this config's {config.init} adapter of {setting} {value} is stored folded, at {folded}"
+
+    problems = {}
+    rank = payload_config.get("r")
+    if payload_config.get("rank_pattern"):
+        problems["rank"] = "the payload has per-module ranks, which a training config cannot describe"
+    elif rank != growth * config.rank:
+        problems["rank"] = f"the payload is rank {rank}; {ours('rank', config.rank)}"
+    alpha = payload_config.get("lora_alpha")
+    if payload_config.get("alpha_pattern"):
+        problems["alpha"] = "the payload has per-module alphas, which a training config cannot describe"
+    elif not isinstance(alpha, int | float) or abs(alpha - growth * config.alpha) > 1e-9:
+        shown = f"{alpha:g}" if isinstance(alpha, int | float) else repr(alpha)
+        problems["alpha"] = f"the payload's alpha is {shown}; {ours('alpha', config.alpha)}"
+    wanted = set(architecture.target_modules(config.targets))
+    targets = payload_config.get("target_modules")
+    adapted = {targets} if isinstance(targets, str) else set(targets or ())
+    if adapted != wanted:
+        problems["targets"] = (
+            f"the payload adapts {', '.join(sorted(adapted)) or 'nothing'}; this config's "
+            f"{config.targets!r} adapts {', '.join(sorted(wanted))}"
+        )
+    init = payload_config.get("init_lora_weights", True)
+    if init != ("gaussian" if config.init == "gaussian" else True):
+        shown = "default" if init is True else repr(init)
+        problems["init"] = f"the payload's init is {shown}; this config's is {config.init!r}"
+    return problems
+
+
+def continued_model(base_model, payload: bytes, config: TrainingConfig, architecture: Architecture):
+    """`base_model` wrapped by PEFT with one trainable adapter that starts as the payload's."""
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    from workers.engine.payload import unpack
+
+    parent = unpack(payload)
+    problems = continuation_problems(config, parent.config, architecture)
+    if problems:
+        raise ContinuationRefused(problems)
+    allowed = set(LoraConfig.__dataclass_fields__) - {"peft_type"}
+    fields = {key: value for key, value in parent.config.items() if key in allowed}
+    # Built as the payload's own adapter; the init only draws factors the payload replaces,
+    # and a base-shifting one never appears here (continuation_problems refuses it).
+    fields.update(inference_mode=False, lora_dropout=config.dropout, base_model_name_or_path=None)
+    model = get_peft_model(base_model, LoraConfig(**fields))
+    expected = get_peft_model_state_dict(model)
+    for key, tensor in parent.tensors.items():
+        if key not in expected:
+            raise ValueError(f"the payload has {key}, which this base has no place for")
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise ValueError(
+                f"the payload's {key} is {list(tensor.shape)}, this base's is {list(expected[key].shape)}: "
+                "was it trained on another base?"
+            )
+    missing = sorted(set(expected) - set(parent.tensors))
+    if missing:
+        raise ValueError(f"the payload has no {missing[0]}")
+    set_peft_model_state_dict(model, parent.tensors)
+    return model
 
 
 @contextmanager
