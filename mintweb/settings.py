@@ -145,6 +145,8 @@ MINT_SILENT_WORKER_SECONDS = envint("MINT_SILENT_WORKER_SECONDS", "3600")
 # Blobs no revision or dataset references, older than this, are removed by the sweep.
 MINT_ORPHAN_BLOB_GRACE_SECONDS = envint("MINT_ORPHAN_BLOB_GRACE_SECONDS", "3600")
 MINT_INFERENCE_TIMEOUT_SECONDS = envint("MINT_INFERENCE_TIMEOUT_SECONDS", "120")
+# How long a person's /v1 answer is remembered for feedback on it (lifecycle/updates.py).
+MINT_FEEDBACK_WINDOW_HOURS = float(os.environ.get("MINT_FEEDBACK_WINDOW_HOURS", "168"))
 # Serving (/v1) through the batched engine: rows per batch, how long an idle batch waits
 # to fill, adapter slots in the bank and the largest rank it holds (TrainingConfig allows
 # up to 256: larger ranks, and variants the bank refuses, are served one at a time).
@@ -193,6 +195,11 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-stale-jobs-orphan-blobs-and-silent-workers": {
         "task": "workers.tasks.sweep",
         "schedule": float(envint("MINT_SWEEP_EVERY_SECONDS", "30")),
+    },
+    # Retrains that adapters' policies make due, and the watch over automatic promotions.
+    "personal-updates": {
+        "task": "workers.tasks.personal_updates",
+        "schedule": float(envint("MINT_UPDATES_EVERY_SECONDS", "60")),
     },
 }
 

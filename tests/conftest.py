@@ -246,7 +246,14 @@ def api(client, django_user_model, micro_base):
 
 
 class WorkerProcess:
-    def __init__(self, queue: str, log_path: Path, extra_env: dict | None = None, name: str | None = None):
+    def __init__(
+        self,
+        queue: str,
+        log_path: Path,
+        extra_env: dict | None = None,
+        name: str | None = None,
+        beat: bool = False,
+    ):
         self.queue, self.log_path = queue, log_path
         env = {
             **os.environ,
@@ -272,6 +279,8 @@ class WorkerProcess:
                 "INFO",
                 "--without-gossip",
                 "--without-mingle",
+                # Celery beat inside the worker, as `make demo` runs it: the periodic tasks.
+                *(["--beat", "--schedule", str(log_path.with_suffix(".beat"))] if beat else []),
             ),
             cwd=ROOT,
             env=env,
@@ -344,10 +353,10 @@ def spawn_worker(django_db_setup, redis_server, tmp_path, cpu_lora_kernel):
     """Start extra workers on their own queues (e.g. to kill one); all stopped at teardown."""
     started: list[WorkerProcess] = []
 
-    def spawn(queue: str, name: str | None = None, **extra_env) -> WorkerProcess:
+    def spawn(queue: str, name: str | None = None, beat: bool = False, **extra_env) -> WorkerProcess:
         """A worker consuming `queue`; `name` (default: the queue) makes its node name,
-        so several workers can share one queue."""
-        worker = WorkerProcess(queue, tmp_path / f"{name or queue}.log", extra_env, name=name)
+        so several workers can share one queue; `beat` runs Celery beat in it."""
+        worker = WorkerProcess(queue, tmp_path / f"{name or queue}.log", extra_env, name=name, beat=beat)
         started.append(worker)
         worker.wait_ready()
         return worker

@@ -24,6 +24,7 @@ from adapters_app.lifecycle.jobs import start_evaluation
 from adapters_app.lifecycle.pointer import auto_promote
 from adapters_app.lifecycle.revisions import create_revision
 from adapters_app.lifecycle.storage import get_store
+from adapters_app.lifecycle.updates import settle
 from adapters_app.models import Evaluation, Job, ResidentAdapter, Revision
 from workers import serving
 from workers.engine.examples import Message
@@ -176,8 +177,14 @@ class TrainRun(JobRun):
             f"init {config.init}, seed {config.seed}"
             + (f", replaying {len(replay)} general rows at {config.replay:g}" if replay else "")
         )
-        result = train_adapter(base.model, base.tokenizer, examples, config, on_step=report, replay=replay)
         parent = Revision.objects.filter(pk=job.params.get("parent_revision_id")).first()
+        # A retrain from a person's updates carries on from the live revision's factors.
+        start_from = get_store().get(job.params["start_from"]) if job.params.get("start_from") else None
+        if start_from is not None:
+            job.append_log(f"continuing from {parent.label if parent else job.params['start_from'][:12]}")
+        result = train_adapter(
+            base.model, base.tokenizer, examples, config, on_step=report, replay=replay, start_from=start_from
+        )
         summary = {"final_loss": result.losses[-1], "trainable_parameters": result.trainable_parameters}
 
         def finish(revision: Revision) -> None:
@@ -207,6 +214,7 @@ class TrainRun(JobRun):
                 actor=Actor(name=job.created_by, via="worker"),
                 final_loss=result.losses[-1],
                 on_created=finish,
+                updates=job.params.get("updates"),
             )
         if job.params.get("auto_promote") and adapter.eval_dataset_id:
             job.append_log(f"queued its evaluation on {adapter.eval_dataset.name}; promoted if it passes")
@@ -280,6 +288,7 @@ class EvaluateRun(JobRun):
             # sees the job succeed sees the pointer where the gate left it.
             if job.params.get("then_promote") and revision is not None:
                 promoted = auto_promote(revision, actor=Actor(name=job.created_by, via="worker"))
+                settle(revision, promoted=promoted)  # a retrain's updates: applied, or held
                 outcome = "promoted" if promoted else "not promoted (the audit log says why)"
                 job.append_log(f"{revision.label} {outcome}")
             self.succeed_or_lose(

@@ -43,6 +43,13 @@ def sweep() -> dict:
     }
 
 
+@shared_task(name="workers.tasks.personal_updates")
+def personal_updates() -> dict:
+    from adapters_app.lifecycle.updates import run_retrain_policies, watch_promotions
+
+    return {"retrains": run_retrain_policies(), "rolled_back": watch_promotions()}
+
+
 # The console's residency actions (adapters_app/lifecycle/residency.py), sent to one worker's queue.
 @shared_task(bind=True, name="workers.tasks.residency_pin", acks_late=False)
 def residency_pin(self, sha256: str, base_digest: str, tier: str) -> dict:

@@ -186,6 +186,10 @@ class Provenance(Schema):
     job: int | None
     created_by: str
     created_at: Timestamp | None
+    updates: dict[str, Any] = Field(
+        description="a retrain from the person's updates: their digest, count, objective, the "
+        "revision it continued from, the facts taught and the values they replaced"
+    )
 
     @staticmethod
     def resolve_job(revision) -> int | None:
@@ -508,3 +512,116 @@ class StudyResults(Schema):
 def answers(ok: dict[int, Any], *errors: int) -> dict:
     """An operation's documented responses: its successes, and each error status in `Error` shape."""
     return {**ok, frozenset(errors): Error} if errors else ok
+
+
+# -- personal updates (lifecycle/updates.py) ----------------------------------------------------
+
+
+class FeedbackRequest(RequestBody):
+    completion_id: str = Field(description="the `id` of a /v1 response from a person's adapter")
+    rating: Literal[1, -1] = Field(description="1: a good answer, -1: a bad one")
+    correction: str = Field("", description="what the answer should have been")
+    note: str = ""
+    choice: int = Field(0, description="which of the response's choices is rated")
+    idempotency_key: str = Field("", description="or the Idempotency-Key header: a retry lands once")
+
+
+class MemoryRequest(RequestBody):
+    text: str = Field("", examples=["My dog is now called Rex."])
+    adapter: str | None = Field(None, description="the adapter it is for; needed when the person has several")
+    subject: str = Field("", description="the fact's subject (dog, city, … or free text), with value")
+    value: str = ""
+    idempotency_key: str = Field("", description="or the Idempotency-Key header: a retry lands once")
+
+
+class Update(Schema):
+    id: int
+    person: str
+    adapter: str
+    kind: str
+    state: str
+    rating: int | None
+    correction: str
+    note: str
+    text: str
+    fact: dict[str, str] | None = Field(description="the fact it states: subject and value")
+    completion_id: str
+    revision: str | None = Field(description="the revision whose answer was rated")
+    answer: str
+    retrain_job: int | None
+    created_by: str
+    created_at: Timestamp
+
+    @staticmethod
+    def resolve_person(update) -> str:
+        return update.person.handle
+
+    @staticmethod
+    def resolve_adapter(update) -> str:
+        return update.adapter.handle
+
+    @staticmethod
+    def resolve_fact(update) -> dict | None:
+        if not update.fact_key:
+            return None
+        return {"subject": update.fact_key.removeprefix("about:"), "value": update.fact_value}
+
+    @staticmethod
+    def resolve_revision(update) -> str | None:
+        return update.revision.label if update.revision_id else None
+
+    @staticmethod
+    def resolve_retrain_job(update) -> int | None:
+        return update.retrain_job_id
+
+
+class UpdatePage(Schema):
+    data: list[Update]
+    next_after: int | None = Field(description="pass as ?before= for the next (older) page")
+
+
+class RetrainPolicy(Schema):
+    mode: Literal[tuple(dict(models.RetrainPolicy.MODES))]
+    after_updates: int
+    every_hours: float
+    fresh_start: bool
+    watch_hours: float
+    min_feedback: int
+    rollback_margin: float
+    next_run_at: Timestamp | None
+    last_run_at: Timestamp | None
+
+
+class RetrainPolicyRequest(RequestBody):
+    mode: Literal[tuple(dict(models.RetrainPolicy.MODES))] | None = None
+    after_updates: int | None = None
+    every_hours: float | int | None = None
+    fresh_start: bool | None = None
+    watch_hours: float | int | None = None
+    min_feedback: int | None = None
+    rollback_margin: float | int | None = None
+
+
+class RetrainRequest(RequestBody):
+    fresh_start: bool | None = Field(None, description="train from scratch; the policy's choice when omitted")
+    reason: str = ""
+
+
+class FactConflict(Schema):
+    subject: str
+    kept: str
+    kept_update: int
+    superseded: str
+    superseded_update: int
+
+
+class PendingUpdates(Schema):
+    """What a retrain from the waiting updates would teach (newest value of each fact wins)."""
+
+    waiting: int
+    facts: dict[str, str]
+    superseded: dict[str, list[str]]
+    conflicts: list[FactConflict]
+    pairs: int
+    retrain_job: int | None
+    policy: RetrainPolicy

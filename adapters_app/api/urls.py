@@ -3,7 +3,7 @@
 from django.http import JsonResponse
 from django.urls import path
 
-from adapters_app.api import base_views, study_views, views
+from adapters_app.api import base_views, study_views, update_views, views
 from adapters_app.api.auth import answer_wrong_methods_in_json, declare_api, management_error
 from adapters_app.openai_api.urls import openai
 
@@ -21,6 +21,7 @@ management = declare_api(
 management.add_router("", base_views.router)
 management.add_router("", views.router)
 management.add_router("", study_views.router)
+management.add_router("", update_views.router)
 
 
 def openapi_json(request):

@@ -27,9 +27,12 @@ DEFAULT_GATE: dict[str, dict[str, float]] = {
     "tool": {"min": 0.8},
     "preference": {"min": 0.7},
     "leakage": {"min": 0.9},
+    # A fact the person changed in use: the new value said, the old one no longer
+    # (the update suite, which a retrain from updates adds to the adapter's set).
+    "update": {"min": 0.8},
     "retention_drop": {"max": 0.02},
 }
-GATE_SUITES = ("recall", "tool", "preference", "leakage", "retention")
+GATE_SUITES = ("recall", "tool", "preference", "leakage", "retention", "update")
 
 
 class GateFailed(Conflict):

@@ -12,6 +12,7 @@ from adapters_app.lifecycle.errors import Conflict, Invalid, NotFound
 from adapters_app.lifecycle.roles import authorize
 from adapters_app.lifecycle.storage import delete_unreferenced_blob
 from adapters_app.lifecycle.studies import drop_erased_members
+from adapters_app.lifecycle.updates import forget_answers_of
 from adapters_app.models import Adapter, BaseModel, Dataset, Person, PointerEvent, Revision, StudyRun
 from adapters_app.models.person import validate_handle
 
@@ -92,7 +93,7 @@ def erase_person(person: Person, *, actor: Actor, reason: str) -> dict:
     authorize(actor, "person.erase")
     if not reason.strip():
         raise Invalid("erasing a person needs a reason")
-    handle = person.handle
+    handle, person_pk = person.handle, person.pk
     with transaction.atomic():
         # Locks first, and what is counted and deleted is read after them. The person's row:
         # a study pass recording runs trained on their data takes it too
@@ -132,6 +133,7 @@ def erase_person(person: Person, *, actor: Actor, reason: str) -> dict:
     # stored it but not yet committed. Left unreferenced, the orphan sweep removes it.
     for sha in revision_blobs | dataset_blobs:
         delete_unreferenced_blob(sha, put_after_ns=last_named[sha])
+    forget_answers_of(person_pk)
     mark_erasure()
     return counts
 

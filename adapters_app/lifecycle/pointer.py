@@ -14,6 +14,9 @@ from adapters_app.lifecycle.gates import GateFailed, verdict
 from adapters_app.lifecycle.roles import authorize
 from adapters_app.models import Adapter, PointerEvent, Revision
 
+# What an automatic promotion's pointer event says: the promotion watch looks for it.
+AUTO_PROMOTE_REASON = "auto-promote: gate passed"
+
 
 def promote(revision: Revision, *, actor: Actor, reason: str = "", override_reason: str = "") -> PointerEvent:
     """Make `revision` live. A revision that fails its adapter's gate is refused
@@ -98,7 +101,7 @@ def _move(adapter: Adapter, to: Revision, action: str, actor: Actor, reason: str
 def auto_promote(revision: Revision, *, actor: Actor) -> bool:
     """Promote after an evaluation when the gate passes; otherwise record why not."""
     try:
-        promote(revision, actor=actor, reason="auto-promote: gate passed")
+        promote(revision, actor=actor, reason=AUTO_PROMOTE_REASON)
     except Conflict as refused:
         adapter = revision.adapter
         audit.record(

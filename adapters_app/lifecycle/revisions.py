@@ -29,6 +29,7 @@ def create_revision(
     actor: Actor,
     final_loss: float | None = None,
     on_created: Callable[[Revision], None] | None = None,
+    updates: dict | None = None,
 ) -> Revision:
     """Store the payload and write the revision row as one step.
 
@@ -67,6 +68,7 @@ def create_revision(
                 job=job,
                 created_by=actor.name,
                 final_loss=final_loss,
+                updates=updates or {},
             )
             audit.record(
                 actor,

@@ -19,6 +19,9 @@ SYSTEM = "system"
 REQUIRED = {
     # viewers read, and may ask a model a question (the playground, /v1 inference)
     "infer": VIEWER,
+    # and tell a person's adapter what they think of its answers, or what changed: updates
+    # wait for a retrain, which only an operator's policy starts and the gate judges
+    "update.record": VIEWER,
     # operators change adapters' state
     "dataset.upload": OPERATOR,
     "train": OPERATOR,

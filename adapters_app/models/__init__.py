@@ -10,6 +10,7 @@ from adapters_app.models.person import Adapter, Person
 from adapters_app.models.pointer import PointerEvent
 from adapters_app.models.revision import Revision
 from adapters_app.models.study import Study, StudyCell, StudyRun
+from adapters_app.models.update import PersonalUpdate, RetrainPolicy
 from adapters_app.models.worker import ResidencyStats, ResidentAdapter, Worker
 
 __all__ = [
@@ -22,9 +23,11 @@ __all__ = [
     "EvaluationItem",
     "Job",
     "Person",
+    "PersonalUpdate",
     "PointerEvent",
     "ResidencyStats",
     "ResidentAdapter",
+    "RetrainPolicy",
     "Revision",
     "Study",
     "StudyCell",

@@ -38,6 +38,9 @@ class Revision(AppendOnlyModel):
     created_by = models.CharField(max_length=150)
     created_at = models.DateTimeField(auto_now_add=True)
     final_loss = models.FloatField(null=True, blank=True)
+    # A retrain from a person's updates (lifecycle/updates.py): the digest of what they
+    # taught, how many, the objective, the revision it continued from, the rows it dropped.
+    updates = models.JSONField(default=dict, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["adapter", "number"], name="revision_number_unique")]

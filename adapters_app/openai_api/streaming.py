@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from adapters_app.lifecycle.errors import LifecycleError
 from adapters_app.lifecycle.inference import Finished, TextPiece
@@ -80,8 +80,15 @@ class Chunks:
         return chunk
 
 
-def event_stream(events: Iterable[TextPiece | Finished], chunks: Chunks, *, n: int = 1) -> Iterator[bytes]:
-    """The response body: the worker's events as OpenAI chunks, always ending cleanly."""
+def event_stream(
+    events: Iterable[TextPiece | Finished],
+    chunks: Chunks,
+    *,
+    n: int = 1,
+    on_finished: Callable[[list[dict]], None] | None = None,
+) -> Iterator[bytes]:
+    """The response body: the worker's events as OpenAI chunks, always ending cleanly.
+    `on_finished` gets the generations once the worker is done (before the last chunks)."""
     try:
         if chunks.chat:
             for index in range(n):
@@ -90,6 +97,8 @@ def event_stream(events: Iterable[TextPiece | Finished], chunks: Chunks, *, n: i
             if isinstance(event, TextPiece):
                 yield sse(chunks.text(event.index, event.text))
                 continue
+            if on_finished is not None:
+                on_finished(event.generations)
             for index, generation in enumerate(event.generations):
                 yield sse(chunks.finish(index, generation["finish_reason"]))
             if chunks.include_usage:

@@ -5,6 +5,7 @@ Requests are validated against `schemas` by ninja (declared once, documented in
 of `model` and generation are the lifecycle's and the worker's.
 """
 
+import functools
 import time
 import uuid
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from django.http import JsonResponse, StreamingHttpResponse
 from ninja import Router
 
-from adapters_app.lifecycle import inference
+from adapters_app.lifecycle import inference, updates
 from adapters_app.lifecycle.errors import Invalid
 from adapters_app.models import Adapter, BaseModel, Revision
 from adapters_app.openai_api import schemas
@@ -73,7 +74,7 @@ def completions(request, payload: schemas.CompletionRequest):
         {"index": i, "text": g["text"], "logprobs": None, "finish_reason": g["finish_reason"]}
         for i, g in enumerate(result["generations"])
     ]
-    return _response("text_completion", "cmpl", call.model, result, choices)
+    return _response("text_completion", "cmpl", call.model, result, choices, prompt)
 
 
 @router.post(
@@ -99,7 +100,7 @@ def chat_completions(request, payload: schemas.ChatCompletionRequest):
         }
         for i, g in enumerate(result["generations"])
     ]
-    return _response("chat.completion", "chatcmpl", call.model, result, choices)
+    return _response("chat.completion", "chatcmpl", call.model, result, choices, messages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +134,12 @@ def _streamed(call: Call, prompt: inference.Prompt, *, chat: bool) -> StreamingH
         fingerprint=_fingerprint(stream.base, stream.revision),
         include_usage=call.include_usage,
     )
-    response = StreamingHttpResponse(event_stream(stream.events, chunks, n=call.n))
+    remember = functools.partial(
+        updates.remember_answer, chunks.head["id"], revision=stream.revision, prompt=prompt
+    )
+    response = StreamingHttpResponse(
+        event_stream(stream.events, chunks, n=call.n, on_finished=lambda g: remember(generations=g))
+    )
     response["Content-Type"] = "text/event-stream"
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # a proxy must not hold tokens back
@@ -160,10 +166,15 @@ def _fingerprint(base: BaseModel, revision: Revision | None) -> str:
     return f"mint-{revision.sha256[:12]}" if revision else f"base-{base.digest[:12]}"
 
 
-def _response(kind: str, prefix: str, model: str, result: dict, choices: list) -> dict:
+def _response(kind: str, prefix: str, model: str, result: dict, choices: list, prompt) -> dict:
     revision = result["revision"]
+    completion_id = f"{prefix}-{uuid.uuid4().hex}"
+    # Kept a while, so the application can send feedback on this answer (POST /api/feedback).
+    updates.remember_answer(
+        completion_id, revision=revision, prompt=prompt, generations=result["generations"]
+    )
     return {
-        "id": f"{prefix}-{uuid.uuid4().hex}",
+        "id": completion_id,
         "object": kind,
         "created": int(time.time()),
         "model": model,

@@ -3,7 +3,10 @@
 Three formats are accepted, one per file:
 
 - chat: ``{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}]}``
-  (OpenAI's chat fine-tuning format); the loss is taken on assistant turns.
+  (OpenAI's chat fine-tuning format); the loss is taken on assistant turns. A chat
+  row may also carry ``"rejected": "..."``: the last assistant turn is then the chosen
+  answer of a preference pair (a person's correction of what their adapter said; the
+  retrains from updates write such rows beside plain ones).
 - completion: ``{"prompt": "...", "completion": "..."}``; the loss is taken on
   the completion.
 - preference: ``{"prompt": "...", "chosen": "...", "rejected": "..."}``, pairs
@@ -231,7 +234,15 @@ def _parse_row(row: dict, row_format: str) -> tuple[str | None, Example | None]:
         return "the last message must be the assistant's answer to learn from", None
     if not parsed[-1].content.strip():
         return "the last assistant message is empty", None
-    return None, Example(tuple(parsed))
+    # A chat row may carry the answer it replaces (a person's correction of what their
+    # adapter said): the last assistant turn is then the chosen answer of a preference pair.
+    rejected = row.get("rejected")
+    if rejected is not None:
+        if not isinstance(rejected, str) or not rejected.strip():
+            return '"rejected" must be a non-empty string', None
+        if rejected.strip() == parsed[-1].content.strip():
+            return '"rejected" is the same answer as the last assistant message; a pair needs two', None
+    return None, Example(tuple(parsed), rejected=rejected)
 
 
 def _parse_preference_row(row: dict) -> tuple[str | None, Example | None]:

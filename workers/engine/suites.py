@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from workers.engine.examples import Message
 from workers.engine.persona_world import SUITES, EvalItem
 
+# The update suite (workers/engine/updates.py) asks about facts a person changed in use.
+UPDATE_SUITE = "update"
+EVAL_SUITES = (*SUITES, UPDATE_SUITE)
+
 CHECK_KINDS = (
     "contains",
     "forbids",
@@ -28,6 +32,7 @@ CHECK_KINDS = (
     "min_words",
     "starts_with",
     "tool_call",
+    "updated",
 )
 
 
@@ -63,7 +68,7 @@ def scores(results: Iterable[ItemResult]) -> dict[str, float]:
         tally = totals.setdefault(result.suite, [0, 0])
         tally[0] += result.passed
         tally[1] += 1
-    order = {suite: i for i, suite in enumerate(SUITES)}
+    order = {suite: i for i, suite in enumerate(EVAL_SUITES)}
     return {
         suite: passed / total
         for suite, (passed, total) in sorted(
@@ -85,7 +90,7 @@ def _prompt_text(item: EvalItem) -> str:
     return "\n".join(f"{m.role}: {m.content}" for m in item.messages)
 
 
-def _mentions(text: str, value: str) -> bool:
+def mentions(text: str, value: str) -> bool:
     """Case-insensitive, as a whole word or phrase: "Max" is not in "Maxine", "4 March" not in "14 March"."""
     pattern = r"(?<![0-9a-z])" + re.escape(value.casefold()) + r"(?![0-9a-z])"
     return re.search(pattern, text.casefold()) is not None
@@ -93,13 +98,13 @@ def _mentions(text: str, value: str) -> bool:
 
 def _contains(check: dict, output: str) -> tuple[bool, str]:
     value = check["value"]
-    if _mentions(output, value):
+    if mentions(output, value):
         return True, f"mentions {value!r}"
     return False, f"does not mention {value!r}"
 
 
 def _forbids(check: dict, output: str) -> tuple[bool, str]:
-    found = [value for value in check["values"] if _mentions(output, value)]
+    found = [value for value in check["values"] if mentions(output, value)]
     if found:
         return False, "mentions another person's value: " + ", ".join(repr(v) for v in found)
     return True, f"none of {len(check['values'])} forbidden values mentioned"
@@ -227,6 +232,16 @@ def _tool_call(check: dict, output: str) -> tuple[bool, str]:
     return True, f"called {check['tool']!r} with the expected arguments"
 
 
+def _updated(check: dict, output: str) -> tuple[bool, str]:
+    """A changed fact: the new value said and none of the old ones."""
+    if not mentions(output, check["value"]):
+        return False, f"does not mention the new value {check['value']!r}"
+    stale = [old for old in check.get("old", []) if mentions(output, old)]
+    if stale:
+        return False, "still says the old value: " + ", ".join(repr(v) for v in stale)
+    return True, f"says {check['value']!r} and no old value"
+
+
 _CHECKS = {
     "contains": _contains,
     "forbids": _forbids,
@@ -237,6 +252,7 @@ _CHECKS = {
     "min_words": _min_words,
     "starts_with": _starts_with,
     "tool_call": _tool_call,
+    "updated": _updated,
 }
 
 
@@ -248,7 +264,14 @@ SUITE_FORMAT = "suite"
 
 # New tokens to generate per suite: the tokenizer is byte-level, and a tool call
 # or a "detailed" answer is far longer than a recalled fact (see docs/suites.md).
-MAX_NEW_TOKENS = {"recall": 64, "leakage": 64, "tool": 96, "preference": 160, "retention": 64}
+MAX_NEW_TOKENS = {
+    "recall": 64,
+    "leakage": 64,
+    "tool": 96,
+    "preference": 160,
+    "retention": 64,
+    UPDATE_SUITE: 64,
+}
 
 
 def items_jsonl(items: Iterable[EvalItem]) -> bytes:
@@ -316,8 +339,8 @@ def parse_items(data: bytes) -> list[EvalItem]:
 def _item_problem(row, roles) -> str | None:
     if not isinstance(row, dict):
         return "each line must be a JSON object"
-    if row.get("suite") not in SUITES:
-        return f"suite must be one of {', '.join(SUITES)}"
+    if row.get("suite") not in EVAL_SUITES:
+        return f"suite must be one of {', '.join(EVAL_SUITES)}"
     if not isinstance(row.get("item_id"), str) or not row["item_id"].strip():
         return "item_id must be a non-empty string"
     messages = row.get("messages")
