@@ -9,6 +9,7 @@ from django.conf import settings
 
 from adapters_app.models import AuditEvent, Job, PersonalUpdate
 from tests.conftest import wait_for_job, wait_until
+from tests.test_browser import SCREENSHOTS, needs_chromium, open_console  # noqa: F401 (a fixture)
 from workers.engine.examples import Message
 from workers.engine.persona_world import EvalItem
 from workers.engine.suites import items_jsonl
@@ -179,3 +180,51 @@ def test_people_rating_a_promotion_worse_roll_it_back_on_its_own(alice_live):
         "previous_share": 0.0,
         "margin": 0.2,
     }
+
+
+@needs_chromium
+def test_a_persons_timeline_shows_the_automatic_promotion_and_rollback_with_their_evidence(
+    alice_live,
+    open_console,  # noqa: F811
+    live_server,
+):
+    """The loop as an operator reads it afterwards, in Chromium: alice's statement, the
+    retrain it started, r2 promoted on its gate's figures, three bad ratings, and the
+    rollback with the watch's figures. Screenshots under test-output/screenshots/."""
+    api = alice_live
+    base = "/api/adapters/alice/assistant"
+    api("post", f"{base}/retrain-policy", {"min_feedback": 3, "rollback_margin": 0.2})
+    api("post", "/api/people/alice/memories", {"text": "My dog is now called Rex."}, expect=201)
+    wait_until(lambda: live_label(api) == "r2", timeout=240)
+    for _ in range(3):
+        answered = ask(api, "alice/assistant", "What is my dog called?")
+        api(
+            "post",
+            "/api/feedback",
+            {"completion_id": answered["id"], "rating": -1, "note": "not what I meant"},
+            expect=201,
+        )
+    assert live_label(api) == "r1"
+
+    with open_console() as page:
+        page.goto(f"{live_server.url}/people/alice/")
+        page.wait_for_load_state("networkidle")
+        timeline = page.locator("#updates")
+        for kind in ("memory", "retrain", "auto-promote", "feedback", "auto-rollback"):
+            assert timeline.locator(f".timeline-entry.kind-{kind}").count() >= 1, kind
+        rollback = timeline.locator(".timeline-entry.kind-auto-rollback").first
+        assert "3/3 ratings of r2 negative" in rollback.inner_text()
+        assert "r1 rated down 0 of 0" in rollback.locator(".evidence").inner_text()
+        promoted = timeline.locator(".timeline-entry.kind-auto-promote").first
+        assert "r1 → r2" in promoted.inner_text()
+        assert "update 1.00 (needs >= 0.8)" in promoted.locator(".evidence").inner_text()
+        timeline.screenshot(path=str(SCREENSHOTS / "updates-timeline.png"))
+        page.screenshot(path=str(SCREENSHOTS / "updates-person.png"), full_page=True)
+        page.goto(f"{live_server.url}/people/alice/assistant/#learning")
+        page.wait_for_load_state("networkidle")
+        page.locator("#learning").screenshot(path=str(SCREENSHOTS / "updates-adapter-learning.png"))
+        page.goto(f"{live_server.url}/")
+        page.wait_for_load_state("networkidle")
+        assert "1 automatic rollback" in page.locator("#learning").inner_text()
+        page.locator("#learning").screenshot(path=str(SCREENSHOTS / "updates-overview.png"))
+        assert page.problems == []

@@ -18,6 +18,7 @@ SUITE_COLOURS = {
     "tool": "#ea580c",
     "retention": "#16a34a",
     "leakage": "#dc2626",
+    "update": "#0891b2",
 }
 OTHER_SUITE_COLOUR = "#6b7280"
 
@@ -201,3 +202,22 @@ def reference_line(y: float, colour: str, *, dash: str, width: float) -> dict:
     return dict(
         type="line", xref="paper", x0=0, x1=1, y0=y, y1=y, line=dict(color=colour, dash=dash, width=width)
     )
+
+
+def updates_per_day_figure(per_day: Sequence[dict]) -> dict | None:
+    """Personal updates per day, stacked: stated memories and feedback on answers."""
+    if not per_day:
+        return None
+    days = [str(row["day"]) for row in per_day]
+    figure = go.Figure(
+        [
+            go.Bar(
+                name="memories", x=days, y=[row.get("memory", 0) for row in per_day], marker_color="#0891b2"
+            ),
+            go.Bar(
+                name="feedback", x=days, y=[row.get("feedback", 0) for row in per_day], marker_color="#9333ea"
+            ),
+        ],
+        layout=_layout(barmode="stack", height=200, yaxis=dict(title="updates", rangemode="tozero")),
+    )
+    return _plain(figure)

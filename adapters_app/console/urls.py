@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 
-from adapters_app.console import base_views, compare_views, study_views, views
+from adapters_app.console import base_views, compare_views, study_views, update_views, views
 from adapters_app.console import residency as residency_views
 from adapters_app.console import workers as worker_views
 from adapters_app.console.login import ThrottledLoginView
@@ -40,6 +40,13 @@ urlpatterns = [
     path("people/<slug:handle>/<slug:adapter>/rollback", views.rollback, name="rollback"),
     path("people/<slug:handle>/<slug:adapter>/gate", views.gate, name="gate"),
     path("people/<slug:handle>/<slug:adapter>/playground", views.playground, name="playground"),
+    path(
+        "people/<slug:handle>/<slug:adapter>/retrain-from-updates",
+        update_views.retrain,
+        name="update_retrain",
+    ),
+    path("people/<slug:handle>/<slug:adapter>/retrain-policy", update_views.policy, name="retrain_policy"),
+    path("people/<slug:handle>/updates/<int:update_id>/dismiss", update_views.dismiss, name="update_dismiss"),
     path("people/<slug:handle>/<slug:adapter>/<rev:rev>/", views.revision, name="revision"),
     path("people/<slug:handle>/<slug:adapter>/<rev:rev>/compare", compare_views.compare, name="compare"),
     path("people/<slug:handle>/<slug:adapter>/<rev:rev>/download", views.download, name="download"),

@@ -13,7 +13,7 @@ from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpRespons
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from adapters_app.console import audit_csv, charts, filters
+from adapters_app.console import audit_csv, charts, filters, learning
 from adapters_app.console import workers as worker_views
 from adapters_app.console.counts import fleet_counts
 from adapters_app.console.keyset import BadCursor, KeysetPage, keyset_page
@@ -50,6 +50,7 @@ from adapters_app.models import (
     EvaluationItem,
     Job,
     Person,
+    PersonalUpdate,
     PointerEvent,
     Revision,
 )
@@ -180,6 +181,8 @@ def overview(request: HttpRequest) -> HttpResponse:
         "failed_jobs": Job.objects.filter(state=Job.FAILED).select_related("adapter__person")[:RECENT],
         "gate_events": _gate_events(),
         "workers": worker_views.fleet_summary(),
+        "learning": (fleet := learning.fleet_learning()),
+        "updates_chart": charts.updates_per_day_figure(fleet["per_day"]),
     }
     return render(request, "console/overview.html", context)
 
@@ -321,7 +324,9 @@ def audit_export(request: HttpRequest) -> StreamingHttpResponse:
 @login_required
 def person(request: HttpRequest, handle: str) -> HttpResponse:
     subject = _person_or_404(handle)
-    adapter_list = subject.adapters.select_related("base", "live_revision").prefetch_related(
+    waiting = Count("updates", filter=Q(updates__state__in=PersonalUpdate.WAITING))
+    adapter_list = subject.adapters.select_related("base", "live_revision").annotate(waiting=waiting)
+    adapter_list = adapter_list.prefetch_related(
         Prefetch("revisions", queryset=Revision.objects.select_related("parent", "dataset")),
         Prefetch(
             "pointer_events",
@@ -334,6 +339,7 @@ def person(request: HttpRequest, handle: str) -> HttpResponse:
         "datasets": subject.datasets.all(),
         "purposes": Dataset.PURPOSES,
         "bases": BaseModel.objects.all(),
+        "timeline": learning.timeline(subject),
     }
     return render(request, "console/person.html", context)
 
@@ -547,6 +553,7 @@ def _adapter_context(request: HttpRequest, subject: Adapter, playground: Playgro
         "loss_chart": charts.revision_history_figure(revision_list, accuracies),
         "playground": playground,
         "playground_revision": chosen or (subject.live_revision.label if subject.live_revision else ""),
+        "learning": learning.adapter_learning(subject),
     }
 
 
