@@ -135,6 +135,7 @@ def test_every_check_kind_is_known():
         "min_words",
         "starts_with",
         "tool_call",
+        "updated",
     }
 
 

@@ -105,13 +105,7 @@ def test_feedback_on_an_unknown_completion_is_a_404_naming_the_window(api, adapt
         -2,
         "1",
         None,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                reason="BUG: FeedbackRequest.rating is Literal[1, -1] and pydantic takes JSON true as 1",
-                strict=True,
-            ),
-        ),
+        True,
     ],
 )
 def test_a_rating_other_than_1_or_minus_1_is_a_400(api, serve, r1, rating):
@@ -222,11 +216,6 @@ def test_a_retried_memory_returns_the_first_update(send, adapter):
     assert PersonalUpdate.objects.count() == 1
 
 
-@pytest.mark.xfail(
-    reason="BUG: record_memory's default idempotency key is a hash of the text alone, so "
-    "restating an earlier value returns the old update (200) and the newest statement is lost",
-    strict=True,
-)
 def test_restating_an_earlier_value_makes_it_the_newest_again(api, adapter):
     remember(api, "My dog is called Rex.")
     remember(api, "My dog is called Max.")
@@ -243,9 +232,9 @@ def test_a_persons_updates_come_newest_first_a_page_at_a_time(api, adapter):
 
     page = api("get", "/api/people/alice/updates?limit=2")
     assert [u["id"] for u in page["data"]] == made[:-3:-1]
-    rest = api("get", f"/api/people/alice/updates?limit=2&before={page['next_after']}")
+    rest = api("get", f"/api/people/alice/updates?limit=2&after={page['next_after']}")
     assert [u["id"] for u in rest["data"]] == made[2:0:-1]
-    last = api("get", f"/api/people/alice/updates?limit=2&before={rest['next_after']}")
+    last = api("get", f"/api/people/alice/updates?limit=2&after={rest['next_after']}")
     assert [u["id"] for u in last["data"]] == made[:1] and last["next_after"] is None
 
 
@@ -332,11 +321,6 @@ def test_out_of_range_policy_numbers_are_a_400_naming_each_field(api, adapter):
     assert not AuditEvent.objects.filter(action="adapter.retrain_policy").exists()
 
 
-@pytest.mark.xfail(
-    reason="BUG: RetrainPolicyRequest does not forbid extra fields, so an unknown setting is "
-    "dropped before configure_policy can name it and the request succeeds",
-    strict=True,
-)
 def test_an_unknown_policy_setting_is_a_400_naming_it(api, adapter):
     refused = api("post", f"{ADAPTER}/retrain-policy", {"after_update": 3}, expect=400)
     assert set(refused["error"]["details"]) == {"after_update"}
@@ -356,7 +340,7 @@ def test_the_policy_service_names_an_unknown_setting(adapter, actor):
 
 def test_retraining_with_nothing_pending_is_a_409(api, adapter):
     refused = api("post", f"{ADAPTER}/retrain-from-updates", {}, expect=409)
-    assert refused["error"]["message"] == "alice/assistant has no pending updates"
+    assert refused["error"]["message"].startswith("alice/assistant has no pending updates")
     assert not Job.objects.exists()
 
 
@@ -368,17 +352,17 @@ def test_retraining_with_only_ratings_is_a_409_since_ratings_wait_for_no_retrain
     assert not Job.objects.exists()
 
 
-def test_retraining_from_pending_updates_that_teach_nothing_is_a_409_that_says_so(api, serve, r1):
-    # A bad rating whose correction is the answer itself: pending, but no pair comes of it.
+def test_a_correction_that_repeats_the_answer_is_recorded_and_retrains_nothing(api, serve, r1):
     completion_id = serve(r1, question="Say hello.", answer="Hey!")
-    api(
+    feedback = api(
         "post",
         "/api/feedback",
         {"completion_id": completion_id, "rating": -1, "correction": "Hey!"},
         expect=201,
     )
+    assert feedback["state"] == "recorded"
     refused = api("post", f"{ADAPTER}/retrain-from-updates", {}, expect=409)
-    assert "has 1 pending update(s) and none teaches anything" in refused["error"]["message"]
+    assert "has no pending updates" in refused["error"]["message"]
     assert not Job.objects.exists()
 
 

@@ -65,7 +65,7 @@ def trained_on_biscuit():
         ("My dog is now called Rex.", "dog", "Rex"),
         ("my dog goes by rex now", "dog", "Rex"),
         ("My sister is named Ingrid.", "sister", "Ingrid"),
-        ("I live in lyon these days.", "city", "Lyon"),
+        ("I live in Lyon these days.", "city", "Lyon"),
         ("I've moved to New York.", "city", "New York"),
         ("I'm allergic to peanuts.", "allergy", "peanuts"),
         ("My partner's birthday is on 4 March.", "partner_birthday", "4 March"),
@@ -107,11 +107,6 @@ def test_chit_chat_and_questions_state_no_fact(chit_chat):
     assert parse_fact(chit_chat) is None
 
 
-@pytest.mark.xfail(
-    reason="BUG: parse_fact's known-key patterns make 'called/named' optional and take any "
-    "clause after 'live in', 'drive', 'support', so remarks rename the fact",
-    strict=True,
-)
 @pytest.mark.parametrize(
     ("remark", "key"),
     [
@@ -227,11 +222,6 @@ def test_the_next_rows_are_unique(trained_on_biscuit):
     assert sum(1 for row in rows if row.rejected) == 1
 
 
-@pytest.mark.xfail(
-    reason="BUG: next_training_rows appends every correction pair unfiltered, so an older "
-    "correction teaching a fact's old answer survives a newer statement of the fact",
-    strict=True,
-)
 def test_a_correction_older_than_a_stated_fact_does_not_teach_the_old_value():
     resolution = resolve(
         [
@@ -279,11 +269,6 @@ def test_the_updated_check_passes_only_on_the_new_value_without_the_old(answer, 
     assert apply_check(check, answer)[0] is passes
 
 
-@pytest.mark.xfail(
-    reason="BUG: suites._updated fails an answer that says a new value containing the old one "
-    "as a word (engineer -> senior engineer), so such an update can never pass its gate",
-    strict=True,
-)
 def test_the_updated_check_passes_a_new_value_that_contains_the_old_one():
     check = {"kind": "updated", "value": "senior engineer", "old": ["engineer"]}
     assert apply_check(check, "You work as a senior engineer.")[0]

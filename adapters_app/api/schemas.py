@@ -519,7 +519,7 @@ def answers(ok: dict[int, Any], *errors: int) -> dict:
 
 class FeedbackRequest(RequestBody):
     completion_id: str = Field(description="the `id` of a /v1 response from a person's adapter")
-    rating: Literal[1, -1] = Field(description="1: a good answer, -1: a bad one")
+    rating: int = Field(description="1: a good answer, -1: a bad one")
     correction: str = Field("", description="what the answer should have been")
     note: str = ""
     choice: int = Field(0, description="which of the response's choices is rated")
@@ -577,7 +577,7 @@ class Update(Schema):
 
 class UpdatePage(Schema):
     data: list[Update]
-    next_after: int | None = Field(description="pass as ?before= for the next (older) page")
+    next_after: int | None = Field(description="pass as ?after= for the next (older) page")
 
 
 class RetrainPolicy(Schema):
@@ -593,6 +593,9 @@ class RetrainPolicy(Schema):
 
 
 class RetrainPolicyRequest(RequestBody):
+    # A misspelt setting must not pass as "nothing to change".
+    model_config = ConfigDict(strict=True, extra="forbid")
+
     mode: Literal[tuple(dict(models.RetrainPolicy.MODES))] | None = None
     after_updates: int | None = None
     every_hours: float | int | None = None
@@ -604,6 +607,10 @@ class RetrainPolicyRequest(RequestBody):
 
 class RetrainRequest(RequestBody):
     fresh_start: bool | None = Field(None, description="train from scratch; the policy's choice when omitted")
+    reason: str = ""
+
+
+class DismissRequest(RequestBody):
     reason: str = ""
 
 

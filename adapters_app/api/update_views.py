@@ -75,10 +75,11 @@ def list_updates(
     person: str,
     adapter: str = "",
     state: str = "",
-    before: int | None = None,
+    after: int | None = None,
     limit: int = 50,
 ):
-    """A person's updates, newest first (?adapter=&state=&before=<id>&limit=)."""
+    """A person's updates, newest first (?adapter=&state=&after=<id>&limit=: `after` is the
+    last id of the previous page, as `next_after` gives it)."""
     owner = people.get_person(person)
     rows = owner.updates.select_related("person", "adapter__person", "revision")
     if adapter:
@@ -87,8 +88,8 @@ def list_updates(
         if state not in dict(PersonalUpdate.STATES):
             raise Invalid(f"state must be one of {', '.join(dict(PersonalUpdate.STATES))}")
         rows = rows.filter(state=state)
-    if before is not None:
-        rows = rows.filter(pk__lt=before)
+    if after is not None:
+        rows = rows.filter(pk__lt=after)
     limit = _limit(limit)
     return _page(list(rows.order_by("-pk")[: limit + 1]), limit, cursor=lambda update: update.pk)
 
@@ -98,7 +99,7 @@ def list_updates(
     response=answers({200: schemas.Update}, 400, 401, 403, 404, 409),
     url_name="update-dismiss",
 )
-def dismiss(request, person: str, update_id: int, payload: schemas.RetrainRequest | None = None):
+def dismiss(request, person: str, update_id: int, payload: schemas.DismissRequest | None = None):
     """Drop a pending or held update: no retrain will take it."""
     owner = people.get_person(person)
     update = owner.updates.select_related("person", "adapter__person").filter(pk=update_id).first()

@@ -150,8 +150,8 @@ def record_feedback(
     """A rating (and perhaps a correction) of an answer a person's adapter gave.
     Returns (update, created): the same key again returns the first one, unchanged."""
     authorize(actor, "update.record")
-    if rating not in (-1, 1):
-        raise Invalid("rating must be 1 (good) or -1 (bad)")
+    if isinstance(rating, bool) or rating not in (-1, 1):
+        raise Invalid("rating must be 1 (good) or -1 (bad)", details={"rating": "must be 1 or -1"})
     correction, note = _checked_text("correction", correction), _checked_text("note", note)
     key = (idempotency_key or "").strip()[:200] or _default_key(
         "feedback", completion_id, rating, correction, note, choice
@@ -171,7 +171,9 @@ def record_feedback(
     if adapter is None:
         raise NotFound(f"the adapter that gave {completion_id!r} no longer exists")
     fact = engine.parse_fact(correction) if correction else None
-    teaches = fact is not None or (rating < 0 and bool(correction))
+    answer = served["answers"][choice]
+    # A fact, or an answer the person would rather have had; a rating alone only counts.
+    teaches = fact is not None or (rating < 0 and bool(correction) and correction != answer.strip())
     update, created = _create(
         actor,
         person=adapter.person,
@@ -181,7 +183,7 @@ def record_feedback(
         revision_id=served["revision_id"],
         rating=rating,
         prompt=served["prompt"],
-        answer=served["answers"][choice],
+        answer=answer,
         correction=correction,
         note=note,
         fact_key=fact.key if fact else "",
@@ -222,8 +224,10 @@ def record_memory(
     adapter = adapter or _only_adapter(person)
     if adapter.person_id != person.pk:
         raise Invalid(f"{adapter.handle} belongs to another person")
-    key = (idempotency_key or "").strip()[:200] or _default_key("memory", person.pk, adapter.pk, text)
-    existing = PersonalUpdate.objects.filter(person=person, idempotency_key=key).first()
+    # No default key: the same words said again later ("Rex", then "Max", then "Rex") are
+    # a new statement. A client that retries sends its own key.
+    key = (idempotency_key or "").strip()[:200]
+    existing = PersonalUpdate.objects.filter(person=person, idempotency_key=key).first() if key else None
     if existing:
         return existing, False
     return _create(
@@ -264,12 +268,18 @@ def _create(actor: Actor, **fields) -> tuple[PersonalUpdate, bool]:
                 },
             )
     except IntegrityError:
-        # The same idempotency key, committed by a concurrent request a moment ago.
+        # The same idempotency key, committed by a concurrent request a moment ago, or
+        # used before for something else (which the key must not quietly stand for).
         existing = PersonalUpdate.objects.filter(
             person=fields["person"], idempotency_key=fields["idempotency_key"]
         ).first()
         if existing is None:
             raise
+        if (existing.kind, existing.completion_id) != (fields["kind"], fields.get("completion_id", "")):
+            raise Conflict(
+                f"idempotency key {fields['idempotency_key']!r} was used for update {existing.pk}, "
+                "a different one; use a new key for a new update"
+            ) from None
         return existing, False
     return update, True
 
@@ -384,7 +394,10 @@ def start_update_retrain(
         raise Conflict(f"{adapter.handle} is already retraining from its updates")
     plan = plan_retrain(adapter)
     if not plan.updates:
-        raise Conflict(f"{adapter.handle} has no pending updates")
+        raise Conflict(
+            f"{adapter.handle} has no pending updates (ratings without a correction are counted "
+            "by the promotion watch, not trained)"
+        )
     if not plan.resolution.facts and not plan.resolution.pairs:
         raise Conflict(
             f"{adapter.handle} has {len(plan.updates)} pending update(s) and none teaches anything: "

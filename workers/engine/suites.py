@@ -90,10 +90,13 @@ def _prompt_text(item: EvalItem) -> str:
     return "\n".join(f"{m.role}: {m.content}" for m in item.messages)
 
 
+def _whole_phrase(value: str) -> str:
+    return r"(?<![0-9a-z])" + re.escape(value.casefold()) + r"(?![0-9a-z])"
+
+
 def mentions(text: str, value: str) -> bool:
     """Case-insensitive, as a whole word or phrase: "Max" is not in "Maxine", "4 March" not in "14 March"."""
-    pattern = r"(?<![0-9a-z])" + re.escape(value.casefold()) + r"(?![0-9a-z])"
-    return re.search(pattern, text.casefold()) is not None
+    return re.search(_whole_phrase(value), text.casefold()) is not None
 
 
 def _contains(check: dict, output: str) -> tuple[bool, str]:
@@ -234,9 +237,13 @@ def _tool_call(check: dict, output: str) -> tuple[bool, str]:
 
 def _updated(check: dict, output: str) -> tuple[bool, str]:
     """A changed fact: the new value said and none of the old ones."""
-    if not mentions(output, check["value"]):
-        return False, f"does not mention the new value {check['value']!r}"
-    stale = [old for old in check.get("old", []) if mentions(output, old)]
+    new = check["value"]
+    if not mentions(output, new):
+        return False, f"does not mention the new value {new!r}"
+    # An old value inside the new one ("engineer" in "senior engineer") is not said again
+    # by saying the new one: look for old values in what is left without it.
+    rest = re.sub(_whole_phrase(new), " ", output.casefold())
+    stale = [old for old in check.get("old", []) if mentions(rest, old)]
     if stale:
         return False, "still says the old value: " + ", ".join(repr(v) for v in stale)
     return True, f"says {check['value']!r} and no old value"

@@ -31,26 +31,56 @@ from workers.engine.examples import Example, Message
 from workers.engine.persona_world import FACT_KEYS, EvalItem, fact_answer
 from workers.engine.suites import UPDATE_SUITE, mentions
 
-# The value of a stated fact: up to the end of the clause, without a trailing "now".
-_VALUE = r"(?P<value>[^.,!?;\n]+?)(?:\s+(?:now|these days|anymore))?\s*[.!]?\s*$"
+# The value of a stated fact: up to the end of its clause, without a trailing "now".
+_VALUE = r"(?P<value>[^.,!?;\n]+?)(?:\s+(?:now|these days|anymore))?\s*(?:[.,!?;]|$)"
 _NOW = r"(?:now\s+|actually\s+|currently\s+)?"
+# What a value must look like: anything after "called"; a proper name (a capital or a
+# digit first, as written) where the verb says little ("I support you" names no team,
+# "my dog is sick today" no dog); a date with a day number.
+ANY, PROPER, DATE = "any", "proper", "date"
 
 # Statements per persona-world fact key, tried in order; the first match wins.
-_KNOWN_STATEMENTS: tuple[tuple[str, str], ...] = (
-    ("dog", rf"\bmy dog(?:'s name)? is {_NOW}(?:called\s+|named\s+)?{_VALUE}"),
-    ("dog", rf"\bmy dog(?:'s name)? {_NOW}(?:goes by)\s+{_VALUE}"),
-    ("sister", rf"\bmy sister(?:'s name)? is {_NOW}(?:called\s+|named\s+)?{_VALUE}"),
-    ("city", rf"\bi {_NOW}live in\s+{_VALUE}"),
-    ("city", rf"\bi(?:'ve| have) {_NOW}moved to\s+{_VALUE}"),
-    ("allergy", rf"\bi(?:'m| am) {_NOW}allergic to\s+{_VALUE}"),
-    ("partner_birthday", rf"\bmy partner's birthday is {_NOW}(?:on\s+)?{_VALUE}"),
-    ("job", rf"\bi {_NOW}work as\s+(?:an?\s+)?{_VALUE}"),
-    ("car", rf"\bi {_NOW}drive\s+(?:an?\s+)?{_VALUE}"),
-    ("team", rf"\bi {_NOW}support\s+{_VALUE}"),
+_KNOWN_STATEMENTS: tuple[tuple[str, str, str], ...] = (
+    ("dog", rf"\bmy dog is {_NOW}(?:called|named)\s+{_VALUE}", ANY),
+    ("dog", rf"\bmy dog's name is {_NOW}{_VALUE}", ANY),
+    ("dog", rf"\bmy dog {_NOW}goes by\s+{_VALUE}", ANY),
+    ("dog", rf"\bmy dog is {_NOW}{_VALUE}", PROPER),
+    ("sister", rf"\bmy sister is {_NOW}(?:called|named)\s+{_VALUE}", ANY),
+    ("sister", rf"\bmy sister's name is {_NOW}{_VALUE}", ANY),
+    ("sister", rf"\bmy sister is {_NOW}{_VALUE}", PROPER),
+    ("city", rf"\bi {_NOW}live in\s+{_VALUE}", PROPER),
+    ("city", rf"\bi(?:'ve| have) {_NOW}moved to\s+{_VALUE}", PROPER),
+    ("allergy", rf"\bi(?:'m| am) {_NOW}allergic to\s+{_VALUE}", ANY),
+    ("partner_birthday", rf"\bmy partner's birthday is {_NOW}(?:on\s+)?{_VALUE}", DATE),
+    ("job", rf"\bi {_NOW}work as\s+(?:an?\s+)?{_VALUE}", ANY),
+    ("car", rf"\bi {_NOW}drive\s+(?:an?\s+)?{_VALUE}", PROPER),
+    ("team", rf"\bi {_NOW}support\s+{_VALUE}", PROPER),
 )
 _GENERIC_STATEMENT = (
     rf"\bmy (?P<subject>[a-z][a-z' -]{{1,40}}?) is {_NOW}(?P<named>called\s+|named\s+)?{_VALUE}"
 )
+# A free-text subject whose value may be any words ("my favourite colour is green");
+# for any other, the value must be a proper name or start with a digit, so that "my day
+# is going well" states no fact.
+_OPEN_SUBJECTS = ("favourite ", "favorite ", "preferred ")
+# Subjects people write for the persona world's keys, as fields.
+SUBJECT_ALIASES = {
+    "dog's name": "dog",
+    "dog name": "dog",
+    "sister's name": "sister",
+    "sister name": "sister",
+    "home": "city",
+    "home city": "city",
+    "partner's birthday": "partner_birthday",
+    "partner birthday": "partner_birthday",
+    "allergies": "allergy",
+    "profession": "job",
+    "occupation": "job",
+    "football team": "team",
+    "favourite team": "team",
+}
+# Names are capitalised in the persona world; allergies and jobs are lower case.
+_NAMED_KEYS = ("dog", "sister", "city", "team", "car")
 
 # Phrasings for a fact the persona world does not know: training asks with the first
 # set, the update suite with the second, so passing means the fact was learned.
@@ -114,37 +144,58 @@ class Fact:
         return found.group("v") if found else None
 
 
-def _clean_value(raw: str) -> str:
-    value = raw.strip().strip("\"'").strip()
-    return value[:1].upper() + value[1:] if value[:1].islower() and " " not in value else value
+def _looks(value: str, rule: str) -> bool:
+    if rule == PROPER:
+        return value[:1].isupper() or value[:1].isdigit()
+    if rule == DATE:
+        return any(ch.isdigit() for ch in value)
+    return True
+
+
+def _named(key: str, value: str) -> str:
+    """A name as the persona world writes it: "rex" is Rex."""
+    return value[:1].upper() + value[1:] if key in _NAMED_KEYS else value
 
 
 def parse_fact(text: str) -> Fact | None:
-    """The fact a plain-text statement makes, or None when it states none we can phrase."""
+    """The fact a plain-text statement makes, or None when it states none we can phrase.
+
+    First-person statements ("my dog is now called Rex"), then the assistant's own words
+    for a known fact ("Your dog is called Rex.", a correction of its answer), then "my X
+    is Y" for other subjects."""
     sentence = " ".join(text.split())
-    for key, pattern in _KNOWN_STATEMENTS:
+    for key, pattern, rule in _KNOWN_STATEMENTS:
         found = re.search(pattern, sentence, flags=re.IGNORECASE)
-        if found and found.group("value").strip():
-            value = found.group("value").strip()
-            # Names are capitalised in the persona world; allergies and jobs are lower case.
-            return Fact(key, _clean_value(value) if key in ("dog", "sister", "city", "team") else value)
+        value = found.group("value").strip().strip("\"'").strip() if found else ""
+        if value and _looks(value, rule):
+            return Fact(key, _named(key, value))
+    for key in FACT_KEYS:
+        value = Fact(key, "").value_in(sentence)
+        if value:
+            return Fact(key, value)
     found = re.search(_GENERIC_STATEMENT, sentence, flags=re.IGNORECASE)
     if found:
         subject = found.group("subject").strip().casefold()
+        value = found.group("value").strip()
         if found.group("named"):
-            subject = f"{subject}'s name"
-        return Fact(f"about:{subject}", found.group("value").strip())
+            return Fact(f"about:{subject}'s name", value)
+        if subject.startswith(_OPEN_SUBJECTS) or _looks(value, PROPER):
+            return Fact(f"about:{subject}", value)
     return None
 
 
 def fact_from_fields(subject: str, value: str) -> Fact:
-    """A fact given as fields: `subject` a persona-world key (dog, city, …) or free text."""
+    """A fact given as fields: `subject` a persona-world key (dog, city, …, or a way people
+    write one: "dog's name", "home city") or free text."""
     subject, value = " ".join(str(subject).split()).casefold(), " ".join(str(value).split())
     if not subject or not value:
         raise UpdateInvalid("a fact needs a non-empty subject and value")
     if len(subject) > 60 or len(value) > 200:
         raise UpdateInvalid("a fact's subject is at most 60 characters and its value at most 200")
-    return Fact(subject, value) if subject in FACT_KEYS else Fact(f"about:{subject}", value)
+    key = SUBJECT_ALIASES.get(subject, subject.replace(" ", "_"))
+    if key in FACT_KEYS:
+        return Fact(key, _named(key, value))
+    return Fact(f"about:{subject}", value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +249,9 @@ def resolve(updates: Iterable[Update]) -> Resolution:
                 resolution.facts[key] = update.fact
                 resolution.fact_updates[key] = update.update_id
             elif kept.value.casefold() != update.fact.value.casefold():
-                resolution.superseded.setdefault(key, []).append(update.fact.value)
+                older = resolution.superseded.setdefault(key, [])
+                if update.fact.value.casefold() not in {v.casefold() for v in older}:
+                    older.append(update.fact.value)
                 resolution.conflicts.append(
                     Conflict(key, kept, resolution.fact_updates[key], update.fact, update.update_id)
                 )
@@ -261,7 +314,14 @@ def next_training_rows(rows: Sequence[Example], resolution: Resolution) -> tuple
         for fact in resolution.facts.values()
         for question in fact.questions()
     ]
-    return list(dict.fromkeys([*kept, *taught, *resolution.pairs])), dropped
+    # A correction about a fact that has changed since would teach its old value again.
+    pairs = [
+        pair
+        for pair in resolution.pairs
+        if not any(fact.asks_about(_last_question(pair)) for fact in resolution.facts.values())
+        and not any(mentions(pair.final_answer, old) for values in olds.values() for old in values)
+    ]
+    return list(dict.fromkeys([*kept, *taught, *pairs])), dropped
 
 
 def update_items(resolution: Resolution, olds: dict[str, list[str]], handle: str) -> list[EvalItem]:
