@@ -490,6 +490,8 @@ def test_bad_ratings_beyond_the_margin_roll_an_automatic_promotion_back_with_the
         "previous_rated": 2,
         "previous_share": 0.0,
         "margin": 0.2,
+        "update_checked": 0,
+        "update_failed": 0,
     }
     assert watch_promotion(adapter) is None  # r1 was not promoted automatically
 
@@ -567,3 +569,39 @@ def test_a_manual_policy_is_never_due(adapter, actor):
     configure_policy(adapter, actor=actor, mode="manual", after_updates=1)
     record_memory(adapter.person, text="My dog is now called Rex.", actor=actor)
     assert due_adapters() == []
+
+
+def test_answers_that_still_give_a_replaced_value_roll_an_automatic_promotion_back(
+    adapter, dataset, make_revision, tiny_payload, serve, actor
+):
+    from adapters_app.lifecycle.revisions import create_revision
+
+    r1 = make_revision()
+    promote(r1, actor=actor, reason="first")
+    # r2 was retrained from "my dog is now called Rex" and replaced Biscuit.
+    r2 = create_revision(
+        adapter,
+        tiny_payload,
+        dataset=dataset,
+        training_config={"steps": 2},
+        parent=r1,
+        job=None,
+        actor=actor,
+        updates={"facts": {"dog": "Rex"}, "superseded": {"dog": ["Biscuit"]}},
+    )
+    promote(r2, actor=Actor.system("worker"), reason=AUTO_PROMOTE_REASON)
+    configure_policy(adapter, actor=actor, watch_hours=24, min_feedback=3, rollback_margin=0.2)
+
+    serve(r2, answer="Your dog is called Rex.")
+    serve(r2, answer="Your cat is called Tom.", question="And my cat?")  # not about the dog: not checked
+    assert watch_promotion(adapter) is None
+    serve(r2, answer="Your dog is called Biscuit.", question="What's my dog's name again?")
+    serve(r2, answer="Biscuit, I think.", question="remind me, my dog?")
+    assert live_label(adapter) == "r2"  # no rating came, so only the beat's watch sees it
+    watch_promotion(adapter)
+
+    assert live_label(adapter) == "r1"
+    figures = AuditEvent.objects.get(action="adapter.auto_rollback").after
+    assert (figures["update_checked"], figures["update_failed"]) == (3, 2)
+    event = PointerEvent.objects.filter(adapter=adapter).first()
+    assert "2/3 answers of r2 about a changed fact still gave an old value (67%)" in event.reason

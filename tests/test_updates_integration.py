@@ -179,6 +179,8 @@ def test_people_rating_a_promotion_worse_roll_it_back_on_its_own(alice_live):
         "previous_rated": 2,
         "previous_share": 0.0,
         "margin": 0.2,
+        "update_checked": 0,
+        "update_failed": 0,
     }
 
 

@@ -117,6 +117,7 @@ def _evidence(kind: str, move: PointerEvent, rollbacks: dict) -> list[tuple[str,
                 f"{figures['previous']} rated down",
                 _share(figures["previous_negative"], figures["previous_rated"]),
             ),
+            ("old value said", _share(figures.get("update_failed", 0), figures.get("update_checked", 0))),
             ("margin", f"{figures['margin']:.0%}"),
         ]
     if kind == "auto-promote":

@@ -53,7 +53,7 @@ from adapters_app.models import (
 )
 from workers.engine import updates as engine
 from workers.engine.examples import Example, Message
-from workers.engine.suites import items_jsonl
+from workers.engine.suites import apply_check, items_jsonl, mentions
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,48 @@ def remember_answer(
     pipe.set(_answer_key(completion_id), json.dumps(record), ex=ttl)
     pipe.sadd(person_list, completion_id)
     pipe.expire(person_list, ttl)
+    checked = update_checks_in_use(revision, messages, record["answers"])
+    if checked:
+        # The watch's second figure: how often the revision, in use, still says an old value.
+        key = _update_checks_key(revision)
+        pipe.hincrby(key, "checked", checked[0])
+        pipe.hincrby(key, "failed", checked[1])
+        pipe.expire(key, ttl)
     pipe.execute()
+
+
+def _update_checks_key(revision: Revision) -> str:
+    # Named by row and creation time: a database made again (tests) reuses row ids.
+    made = int(revision.created_at.timestamp() * 1e6)
+    return f"mint:{settings.CELERY_TASK_DEFAULT_QUEUE}:update-checks:{revision.pk}:{made}"
+
+
+def update_checks_in_use(revision: Revision, messages: list[dict], answers: list[str]) -> tuple[int, int]:
+    """(checked, failed): the answers of a revision retrained from updates that speak of a
+    fact it changed (the question names the fact's subject, the answer says its new or an
+    old value), and of those, the ones that still say an old value."""
+    taught = (revision.updates or {}).get("facts") or {}
+    olds = (revision.updates or {}).get("superseded") or {}
+    question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    checked = failed = 0
+    for key, value in taught.items():
+        subject = engine.Fact(key, value).subject.split("'")[0].split("_")[0]
+        if not mentions(question, subject):
+            continue
+        for answer in answers:
+            passed, _ = apply_check({"kind": "updated", "value": value, "old": olds.get(key, [])}, answer)
+            said_old = not passed and any(mentions(answer, old) for old in olds.get(key, []))
+            if said_old or mentions(answer, value):
+                checked += 1
+                failed += said_old
+    return checked, failed
+
+
+def update_checks(revision: Revision) -> tuple[int, int]:
+    from adapters_app.lifecycle.inference import redis_client
+
+    counts = redis_client().hgetall(_update_checks_key(revision))
+    return int(counts.get(b"checked", 0)), int(counts.get(b"failed", 0))
 
 
 def recalled_answer(completion_id: str) -> dict | None:
@@ -600,6 +641,8 @@ class Watch:
     previous_negative: int
     previous_rated: int
     margin: float
+    update_checked: int = 0
+    update_failed: int = 0
 
     @property
     def share(self) -> float:
@@ -608,6 +651,10 @@ class Watch:
     @property
     def previous_share(self) -> float:
         return self.previous_negative / self.previous_rated if self.previous_rated else 0.0
+
+    @property
+    def update_failure_share(self) -> float:
+        return self.update_failed / self.update_checked if self.update_checked else 0.0
 
     def as_dict(self) -> dict:
         return {
@@ -620,6 +667,8 @@ class Watch:
             "previous_rated": self.previous_rated,
             "previous_share": round(self.previous_share, 4),
             "margin": self.margin,
+            "update_checked": self.update_checked,
+            "update_failed": self.update_failed,
         }
 
 
@@ -632,7 +681,8 @@ def _ratings(revision_id: int) -> tuple[int, int]:
 
 def watch_promotion(adapter: Adapter) -> PointerEvent | None:
     """Roll back an automatic promotion still in its watch window when people rate the new
-    revision worse than the one before by more than the margin. Returns the rollback."""
+    revision worse than the one before by more than the margin, or when its answers about a
+    fact it changed still give the old value more often than the margin. Returns the rollback."""
     policy = RetrainPolicy.objects.filter(adapter=adapter).first()
     if policy is None or adapter.live_revision_id is None:
         return None
@@ -646,9 +696,8 @@ def watch_promotion(adapter: Adapter) -> PointerEvent | None:
     ):
         return None
     negative, rated = _ratings(moved.to_revision_id)
-    if rated < policy.min_feedback:
-        return None
     previous_negative, previous_rated = _ratings(moved.from_revision_id)
+    update_checked, update_failed = update_checks(moved.to_revision)
     watch = Watch(
         revision=moved.to_revision.label,
         previous=moved.from_revision.label,
@@ -657,15 +706,29 @@ def watch_promotion(adapter: Adapter) -> PointerEvent | None:
         previous_negative=previous_negative,
         previous_rated=previous_rated,
         margin=policy.rollback_margin,
+        update_checked=update_checked,
+        update_failed=update_failed,
     )
-    if watch.share - watch.previous_share <= policy.rollback_margin:
+    margin, enough = policy.rollback_margin, policy.min_feedback
+    rated_worse = rated >= enough and watch.share - watch.previous_share > margin
+    # In use, the revision still says a value its update replaced (there is no "previous"
+    # to compare with: the revision before never learned the new value).
+    forgets_updates = update_checked >= enough and watch.update_failure_share > margin
+    if not (rated_worse or forgets_updates):
         return None
     system = Actor.system("promotion-watch")
-    reason = (
-        f"automatic rollback: {watch.negative}/{watch.rated} ratings of {watch.revision} negative "
-        f"({watch.share:.0%}) against {watch.previous_share:.0%} for {watch.previous}, "
-        f"more than the {watch.margin:.0%} margin"
-    )
+    if rated_worse:
+        reason = (
+            f"automatic rollback: {watch.negative}/{watch.rated} ratings of {watch.revision} negative "
+            f"({watch.share:.0%}) against {watch.previous_share:.0%} for {watch.previous}, "
+            f"more than the {watch.margin:.0%} margin"
+        )
+    else:
+        reason = (
+            f"automatic rollback: {watch.update_failed}/{watch.update_checked} answers of {watch.revision} "
+            f"about a changed fact still gave an old value ({watch.update_failure_share:.0%}), "
+            f"more than the {watch.margin:.0%} margin"
+        )
     with transaction.atomic():
         try:
             event = rollback(adapter, to=moved.from_revision, actor=system, reason=reason)

@@ -134,14 +134,21 @@ def batch_loss(model, batch: Sequence, pad_id: int, device, beta: float):
 
 
 @torch.no_grad()
-def margins(model, tokenizer, examples: Sequence[Example], *, max_length: int = 256, batch_size: int = 16):
-    """log π(chosen) - log π(rejected) per preference row under `model` (eval mode): what
-    DPO widens. Rows without a rejected answer are skipped."""
+def answer_scores(
+    model, tokenizer, examples: Sequence[Example], *, max_length: int = 256, batch_size: int = 16
+) -> list[tuple[float, float]]:
+    """(log π(chosen), log π(rejected)) per preference row under `model` (eval mode), summed
+    over the answer tokens as DPO sums them. Rows without a rejected answer are skipped."""
     model.eval()
     pairs = [encode_pair(tokenizer, ex, max_length) for ex in examples if ex.rejected is not None]
     device = next(model.parameters()).device
-    out: list[float] = []
+    out: list[tuple[float, float]] = []
     for at in range(0, len(pairs), batch_size):
         chosen, rejected = pair_log_probs(model, pairs[at : at + batch_size], pad_token_id(tokenizer), device)
-        out += (chosen - rejected).tolist()
+        out += zip(chosen.tolist(), rejected.tolist(), strict=True)
     return out
+
+
+def margins(model, tokenizer, examples: Sequence[Example], **kwargs) -> list[float]:
+    """log π(chosen) - log π(rejected) per preference row: what DPO widens."""
+    return [chosen - rejected for chosen, rejected in answer_scores(model, tokenizer, examples, **kwargs)]

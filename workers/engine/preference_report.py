@@ -96,6 +96,7 @@ class Outcome:
     retention: float  # pass rate on the retention set
     retention_drop: float  # the bare base's retention minus this one's
     margin: float  # mean log π(chosen) - log π(rejected) over the held-out pairs, in nats
+    chosen_log_prob: float  # mean log π(chosen) over the held-out pairs: is the wanted answer itself likely?
     ordered: float  # share of held-out pairs whose chosen answer is the more likely
     first_loss: float | None = None
     final_loss: float | None = None
@@ -118,13 +119,13 @@ class PreferenceComparison:
     def table(self) -> str:
         lines = [
             "| person | objective | preference | retention | retention drop vs bare | held-out margin (nats) "
-            "| pairs ordered |",
-            "|---|---|---|---|---|---|---|",
+            "| pairs ordered | log p(chosen) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for o in self.outcomes:
             lines.append(
                 f"| {o.person} | {o.objective} | {o.preference:.3f} | {o.retention:.3f} | "
-                f"{o.retention_drop:+.3f} | {o.margin:+.2f} | {o.ordered:.2f} |"
+                f"{o.retention_drop:+.3f} | {o.margin:+.2f} | {o.ordered:.2f} | {o.chosen_log_prob:.2f} |"
             )
         for objective in (BARE, *OBJECTIVES):
             if not self.of(objective):
@@ -132,7 +133,8 @@ class PreferenceComparison:
             lines.append(
                 f"| **mean** | **{objective}** | {self.mean(objective, 'preference'):.3f} | "
                 f"{self.mean(objective, 'retention'):.3f} | {self.mean(objective, 'retention_drop'):+.3f} | "
-                f"{self.mean(objective, 'margin'):+.2f} | {self.mean(objective, 'ordered'):.2f} |"
+                f"{self.mean(objective, 'margin'):+.2f} | {self.mean(objective, 'ordered'):.2f} | "
+                f"{self.mean(objective, 'chosen_log_prob'):.2f} |"
             )
         return "\n".join(lines)
 
@@ -210,7 +212,8 @@ def compare_preference_objectives(
             got = scores(next(graded))
             retention = got.get("retention", bare_retention)
             sha, result, train_seconds = trained.get((person.handle, objective), (None, None, None))
-            margins = _margins(base_folder, digest, config, heldout, blobs.get(sha))
+            answers = _answer_scores(base_folder, digest, config, heldout, blobs.get(sha))
+            margins = [chosen - rejected for chosen, rejected in answers]
             outcomes.append(
                 Outcome(
                     person=person.handle,
@@ -219,6 +222,7 @@ def compare_preference_objectives(
                     retention=retention,
                     retention_drop=bare_retention - retention,
                     margin=statistics.fmean(margins),
+                    chosen_log_prob=statistics.fmean(chosen for chosen, _ in answers),
                     ordered=sum(m > 0 for m in margins) / len(margins),
                     first_loss=result.losses[0] if result else None,
                     final_loss=result.losses[-1] if result else None,
@@ -229,17 +233,17 @@ def compare_preference_objectives(
     return PreferenceComparison(base_name, config.as_dict(), outcomes, seconds)
 
 
-def _margins(
+def _answer_scores(
     base_folder: str, digest: str, config: TrainingConfig, pairs: Sequence[Example], payload: bytes | None
-) -> list[float]:
-    """log π(chosen) - log π(rejected) per pair, under the payload's adapter (or the bare base)."""
+) -> list[tuple[float, float]]:
+    """(log π(chosen), log π(rejected)) per pair, under the payload's adapter (or the bare base)."""
     from workers.engine.architectures import architecture_of
     from workers.engine.base_models import load_base
-    from workers.engine.preference import margins
+    from workers.engine.preference import answer_scores
     from workers.engine.training import continued_model
 
     base = load_base(base_folder, digest)
     model = base.model
     if payload is not None:
         model = continued_model(model, payload, config, architecture_of(model.config))
-    return margins(model, base.tokenizer, pairs, max_length=config.max_length)
+    return answer_scores(model, base.tokenizer, pairs, max_length=config.max_length)
