@@ -26,7 +26,8 @@ from adapters_app.lifecycle import jobs, people, pointer
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.datasets import upload_dataset
 from adapters_app.lifecycle.gates import configure_gate, verdict
-from adapters_app.models import Adapter, BaseModel, Dataset, Job, Person
+from adapters_app.lifecycle.updates import configure_policy
+from adapters_app.models import Adapter, BaseModel, Dataset, Job, Person, RetrainPolicy
 from workers.engine.base_import import import_record
 from workers.engine.persona_world import EvalItem, Persona, World, generate_world, jsonl
 from workers.engine.report import REAL_BASE_TRAINING, REPORT_TRAINING, retention_items
@@ -181,6 +182,8 @@ def _enrol(
             actor=actor,
         )
         configure_gate(adapter, actor=actor, eval_dataset=eval_set)
+        # The demo fleet learns from use: a stated fact retrains at once (docs/updates.md).
+        configure_policy(adapter, actor=actor, mode=RetrainPolicy.AFTER_UPDATES, after_updates=1)
     return adapter, train_set
 
 

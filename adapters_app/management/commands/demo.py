@@ -149,6 +149,11 @@ class Command(BaseCommand):
                     f"playground at http://{host}:{port}/people/alice/{alices}/"
                 )
             )
+            self.stdout.write(
+                "learning from use: tell alice's assistant 'My dog is now called Rex.' "
+                "(POST /api/people/alice/memories with a key from manage.py create_api_key) and watch "
+                f"it retrain through its gate at http://{host}:{port}/people/alice/#updates"
+            )
             while all(child.poll() is None for child in children):
                 time.sleep(1)
             self.stderr.write("a demo process exited; stopping the rest (see var/*.log)")
