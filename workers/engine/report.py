@@ -133,7 +133,7 @@ def personalization_report(
             (adapter_of[person.handle], items + general),
             (adapter_of[other.handle], items),
         ]
-    graded = grade_many(base_folder, digest, work, blobs, on_progress=_progress_logger(log))
+    graded = grade_many(base_folder, digest, work, blobs, on_progress=progress_logger(log))
     report.add(COLUMNS[0], scores(graded[0]))
     report.competence = skill_scores(graded[0])
     for index in range(len(chosen)):
@@ -154,7 +154,7 @@ def retention_items(base_folder: str, world: World) -> list:
     return world.general_items()
 
 
-def _progress_logger(log: Callable[[str], None]):
+def progress_logger(log: Callable[[str], None]):
     shown = {"tenth": -1}
 
     def on_progress(done: int, total: int) -> None:
