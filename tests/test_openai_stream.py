@@ -87,6 +87,16 @@ def test_a_chat_stream_opens_with_the_role_and_ends_with_finish_usage_and_done()
     assert chunks_sent[-1]["usage"] == {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
 
 
+def test_a_finished_stream_hands_its_generations_over_before_its_last_chunks():
+    """So the answer can be remembered for feedback under the stream's id."""
+    handed = []
+    chunks = Chunks(chat=True, model="alice/assistant", fingerprint="mint-abc")
+    body = event_stream([TextPiece(0, "Hello"), FINISHED], chunks, n=2, on_finished=handed.append)
+    *data, done = events_of(b"".join(body))
+    assert handed == [FINISHED.generations]
+    assert done == "[DONE]" and json.loads(data[-1])["choices"][0]["finish_reason"] == "length"
+
+
 def test_a_completion_stream_sends_text_chunks_and_no_usage_unless_asked():
     chunks = Chunks(chat=False, model="alice/assistant", fingerprint="mint-abc")
     events = [TextPiece(0, "Hello"), Finished(FINISHED.generations[:1])]

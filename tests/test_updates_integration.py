@@ -89,6 +89,28 @@ def ask(api, model: str, question: str) -> dict:
     )
 
 
+def ask_streamed(client, api_key: str, question: str) -> tuple[str, str]:
+    """A streamed chat answer from alice's adapter: (its id, its text)."""
+    response = client.post(
+        "/v1/chat/completions",
+        data=json.dumps(
+            {
+                "model": "alice/assistant",
+                "messages": [{"role": "user", "content": question}],
+                "max_tokens": 40,
+                "temperature": 0,
+                "stream": True,
+            }
+        ),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {api_key}",
+    )
+    frames = b"".join(response.streaming_content).decode().split("\n\n")
+    chunks = [json.loads(f.removeprefix("data: ")) for f in frames if f.startswith("data: {")]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    return chunks[0]["id"], text
+
+
 def live_label(api) -> str | None:
     return api("get", "/api/adapters/alice/assistant")["live"]
 
@@ -147,7 +169,7 @@ def test_corrections_that_erase_what_the_adapter_knew_are_refused_by_the_gate(al
     assert Job.objects.filter(kind=Job.TRAIN, params__has_key="updates").count() == 1
 
 
-def test_people_rating_a_promotion_worse_roll_it_back_on_its_own(alice_live):
+def test_people_rating_a_promotion_worse_roll_it_back_on_its_own(alice_live, client):
     api = alice_live
     base = "/api/adapters/alice/assistant"
     api("post", f"{base}/retrain-policy", {"min_feedback": 3, "rollback_margin": 0.2})
@@ -159,10 +181,15 @@ def test_people_rating_a_promotion_worse_roll_it_back_on_its_own(alice_live):
     wait_until(lambda: live_label(api) == "r2", timeout=240)
 
     # ...r2's are not: three bad ratings in its watch window (100% against r1's 0%).
-    for _ in range(3):
+    for _ in range(2):
         answered = ask(api, "alice/assistant", "Where do I live?")
         assert answered["mint"]["revision"] == "r2"
         api("post", "/api/feedback", {"completion_id": answered["id"], "rating": -1}, expect=201)
+    # a streamed answer is remembered too, under the id its chunks carry
+    completion_id, text = ask_streamed(client, api.key, "Where do I live?")
+    assert "Lyon" in text
+    rated = api("post", "/api/feedback", {"completion_id": completion_id, "rating": -1}, expect=201)
+    assert rated["answer"] == text and rated["revision"] == "r2"
 
     assert live_label(api) == "r1"
     history = api("get", base)["pointer_history"]
