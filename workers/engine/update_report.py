@@ -17,7 +17,7 @@ import hashlib
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from workers.engine.base_family import replay_examples
 from workers.engine.base_models import load_base
@@ -63,19 +63,25 @@ def update_report(
     base_name: str,
     people: int,
     config: TrainingConfig,
+    continued_steps: int | None = None,
     log: Callable[[str], None] = print,
 ) -> UpdateReport:
+    """`continued_steps`: the continued retrain's steps (the recipe's when None); the fresh
+    start always trains the recipe's full steps."""
     chosen = list(world.people[:people])
-    report = UpdateReport(base_name, config.as_dict())
+    report = UpdateReport(base_name, {**config.as_dict(), "continued_steps": continued_steps or config.steps})
     replay = replay_examples(base_folder) if config.replay else []
     general = retention_items(base_folder, world)
     blobs: dict[str, bytes] = {}
     work: list[tuple[str | None, list]] = []
 
+    continued = replace(config, steps=continued_steps) if continued_steps else config
+
     def train(rows, start_from=None) -> str:
         base = load_base(base_folder, digest)
+        recipe = continued if start_from is not None else config
         payload = train_adapter(
-            base.model, base.tokenizer, rows, config, replay=replay, start_from=start_from
+            base.model, base.tokenizer, rows, recipe, replay=replay, start_from=start_from
         ).payload
         sha = hashlib.sha256(payload).hexdigest()
         blobs[sha] = payload
@@ -89,11 +95,11 @@ def update_report(
         resolution = resolve([Update(1, (1,), fact=Fact("dog", new))])
         next_rows, dropped = next_training_rows(rows, resolution)
         olds = old_values(resolution, rows)
-        continued = train(next_rows, start_from=blobs[r1])
+        went_on = train(next_rows, start_from=blobs[r1])
         fresh = train(next_rows)
         items = gate_items_after(person.eval_items(world) + general, resolution, olds)
         items += make_update_items(resolution, olds, person.handle)
-        for sha in (None, r1, continued, fresh):
+        for sha in (None, r1, went_on, fresh):
             work.append((sha, items))
         report.changes[person.handle] = (person.facts["dog"], new)
         report.dropped_rows[person.handle] = dropped

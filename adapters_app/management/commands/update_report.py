@@ -34,9 +34,15 @@ class Command(BaseCommand):
         parser.add_argument("--people", type=int, default=4)
         parser.add_argument("--world-seed", type=int, default=0)
         parser.add_argument("--training", default=None, help="LoRA settings as JSON (default: eval-report's)")
+        parser.add_argument(
+            "--continued-steps",
+            type=int,
+            default=None,
+            help="steps of the retrain that continues from r1 (default: the recipe's)",
+        )
         parser.add_argument("--csv", dest="csv_path", default=None, help="write every person's scores here")
 
-    def handle(self, *args, base, people, world_seed, training, csv_path, **options):
+    def handle(self, *args, base, people, world_seed, training, continued_steps, csv_path, **options):
         if people < 1:
             raise CommandError("--people must be at least 1")
         registered = base_for_command(base, stdout=self.stdout)
@@ -54,6 +60,7 @@ class Command(BaseCommand):
             base_name=base,
             people=people,
             config=config,
+            continued_steps=continued_steps,
             log=lambda line: self.stdout.write(f"  {line}"),
         )
         passed = {arm: 0 for arm in ARMS}
@@ -69,7 +76,8 @@ class Command(BaseCommand):
                 )
         self.stdout.write(
             f"\nA changed fact (the dog's name) on {base}, {people} people, world seed {world_seed}, "
-            f"LoRA {config.as_dict()}\n(held-out phrasings; pass rates in [0, 1]; mean over people; "
+            f"LoRA {config.as_dict()}, continued for {report.config['continued_steps']} steps\n"
+            "(held-out phrasings; pass rates in [0, 1]; mean over people; "
             f"{statistics_note(report)})\n"
         )
         header = f"{'':<16}" + "".join(f"{suite:>11}" for suite in SUITES) + f"{'ret. drop':>11}{'gate':>8}"
