@@ -30,17 +30,19 @@ def test_the_table_compares_both_objectives_with_the_bare_base_on_scores_in_0_1(
         stdout=out,
     )
     table = out.getvalue()
-    for objective in ("bare", "sft", "dpo"):
+    for objective in ("bare", "sft", "dpo", "sft-then-dpo"):
         assert f"| alice | {objective} |" in table and f"| **mean** | **{objective}** |" in table
     rows = list(csv.DictReader(raw.open()))
-    assert [row["objective"] for row in rows] == ["bare", "sft", "dpo"]
+    assert [row["objective"] for row in rows] == ["bare", "sft", "dpo", "sft-then-dpo"]
     for row in rows:
         assert 0 <= float(row["preference"]) <= 1 and 0 <= float(row["retention"]) <= 1
         assert row["steps"] == "2" and row["base"] == "micro"
-    bare, _, dpo = rows
+    bare, _, dpo, continued = rows
     assert float(bare["retention_drop"]) == 0 and bare["final_loss"] == ""
-    # Before its first step DPO's policy is its reference: the loss starts at log 2.
+    # Before its first step DPO's policy is its reference (the bare base, or the sft
+    # adapter it continues): the loss starts at log 2 either way.
     assert float(dpo["first_loss"]) == pytest.approx(0.6931, abs=1e-3)
+    assert float(continued["first_loss"]) == pytest.approx(0.6931, abs=1e-3)
 
 
 def test_every_preference_has_an_opposite_that_is_another_choice():

@@ -15,9 +15,9 @@ from workers.engine.training import TrainingConfig, TrainingConfigInvalid
 
 class Command(BaseCommand):
     help = (
-        "Train two adapters per generated person on their preference pairs with one recipe, one "
-        "learning the chosen answers (sft) and one the pairs (dpo), and print their preference "
-        "and retention scores beside the bare base's."
+        "Train adapters per generated person on their preference pairs with one recipe: one on the "
+        "chosen answers (sft), one on the pairs (dpo), and the sft one continued with DPO "
+        "(sft-then-dpo); print their preference and retention scores beside the bare base's."
     )
 
     def add_arguments(self, parser):
@@ -61,9 +61,10 @@ class Command(BaseCommand):
         recipe = {k: v for k, v in config.as_dict().items() if k != "objective"}
         self.stdout.write(
             f"\nPreference learning on {base}, {people} people, world seed {world_seed}: sft (chosen "
-            f"answers) against dpo (pairs), one recipe {json.dumps(recipe)}\n(held-out phrasings; "
-            "preference and retention are pass rates in [0, 1]; margin = log p(chosen) - log p(rejected) "
-            "on held-out pairs)\n"
+            f"answers), dpo (pairs), sft-then-dpo (dpo continued from the sft adapter, twice the steps), "
+            f"one recipe {json.dumps(recipe)}\n(held-out phrasings; preference and retention are pass "
+            "rates in [0, 1]; margin = log p(chosen) - log p(rejected) and log p(chosen) are means over "
+            "the held-out pairs, in nats)\n"
         )
         self.stdout.write(comparison.table())
         seconds = {k: round(v) for k, v in comparison.seconds.items()}
