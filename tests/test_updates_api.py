@@ -418,7 +418,7 @@ def test_erasing_a_person_forgets_their_remembered_answers(api, serve, r1, adapt
 # --- failed retrains ------------------------------------------------------------------------
 
 
-def test_updates_of_a_failed_or_cancelled_retrain_wait_again(adapter, actor):
+def test_updates_of_a_cancelled_retrain_wait_again_and_of_a_failed_one_are_held(adapter, actor):
     def retrain(state):
         return Job.objects.create(
             kind=Job.TRAIN, adapter=adapter, state=state, params={"updates": {}}, created_by="t"
@@ -433,7 +433,9 @@ def test_updates_of_a_failed_or_cancelled_retrain_wait_again(adapter, actor):
 
     assert release_failed_retrains() == 2
     states = {u.pk: (u.state, u.retrain_job_id) for u in PersonalUpdate.objects.all()}
-    assert states[taken["Luna"]] == states[taken["Max"]] == (PersonalUpdate.PENDING, None)
+    assert states[taken["Max"]] == (PersonalUpdate.PENDING, None)
+    # a retrain that failed would fail again on every beat: the operator decides
+    assert states[taken["Luna"]] == (PersonalUpdate.HELD, failed.pk)
     assert states[taken["Rex"]] == (PersonalUpdate.TRAINING, running.pk)
 
 
@@ -605,3 +607,26 @@ def test_answers_that_still_give_a_replaced_value_roll_an_automatic_promotion_ba
     assert (figures["update_checked"], figures["update_failed"]) == (3, 2)
     event = PointerEvent.objects.filter(adapter=adapter).first()
     assert "2/3 answers of r2 about a changed fact still gave an old value (67%)" in event.reason
+
+
+def test_a_live_revision_whose_recipe_no_longer_loads_is_retrained_from_scratch(
+    adapter, dataset, tiny_payload, actor
+):
+    from adapters_app.lifecycle.revisions import create_revision
+    from adapters_app.lifecycle.updates import start_update_retrain
+
+    # a recipe written by an older code version: a setting this one does not know
+    old = create_revision(
+        adapter,
+        tiny_payload,
+        dataset=dataset,
+        training_config={"steps": 2, "warmup": 10},
+        parent=None,
+        job=None,
+        actor=actor,
+    )
+    promote(old, actor=actor, reason="first")
+    record_memory(adapter.person, text="My dog is now called Luna.", actor=actor)
+    job = start_update_retrain(adapter, actor=actor)
+    assert job.params["start_from"] is None and job.params["updates"]["continued_from"] is None
+    assert job.params["config"]["objective"] == "sft"

@@ -54,6 +54,7 @@ from adapters_app.models import (
 from workers.engine import updates as engine
 from workers.engine.examples import Example, Message
 from workers.engine.suites import apply_check, items_jsonl, mentions
+from workers.engine.training import TrainingConfig, TrainingConfigInvalid
 
 log = logging.getLogger(__name__)
 
@@ -413,6 +414,14 @@ def _jsonl(rows: list[Example]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def _recipe_loads(revision: Revision) -> bool:
+    try:
+        TrainingConfig.from_dict(revision.training_config)
+    except TrainingConfigInvalid:
+        return False
+    return True
+
+
 def retrain_in_flight(adapter: Adapter) -> Job | None:
     return (
         Job.objects.filter(
@@ -447,7 +456,11 @@ def start_update_retrain(
     policy = policy_of(adapter)
     fresh = policy.fresh_start if fresh_start is None else bool(fresh_start)
     live = adapter.live_revision
-    objective = "dpo" if plan.resolution.pairs else "sft"
+    if live is not None and not fresh and not _recipe_loads(live):
+        fresh = True  # a recipe from an older code version: its factors cannot be continued
+    # DPO where pairs survived into the training set (a correction of a fact that has
+    # changed since is dropped), supervised otherwise.
+    objective = "dpo" if any(row.rejected for row in plan.rows) else "sft"
     config = {**retrain_config(adapter).as_dict(), "objective": objective}
     digest = plan.resolution.digest()
     system = Actor(name=actor.name, via=actor.via, user_id=actor.user_id, role="system")
@@ -520,10 +533,16 @@ def settle(revision: Revision, *, promoted: bool) -> int:
 
 
 def release_failed_retrains() -> int:
-    """Updates whose retrain job failed or was cancelled wait again (nothing is lost)."""
-    return PersonalUpdate.objects.filter(
-        state=PersonalUpdate.TRAINING, retrain_job__state__in=(Job.FAILED, Job.CANCELLED)
-    ).update(state=PersonalUpdate.PENDING, retrain_job=None)
+    """Updates whose retrain ended without a revision: a cancelled one's wait again (the
+    operator stopped it); a failed one's are held for the operator, so that a retrain that
+    cannot succeed (a recipe that no longer loads, a poisoned row) is not started again on
+    every beat. Nothing is lost either way."""
+    taken = PersonalUpdate.objects.filter(state=PersonalUpdate.TRAINING)
+    cancelled = taken.filter(retrain_job__state=Job.CANCELLED).update(
+        state=PersonalUpdate.PENDING, retrain_job=None
+    )
+    failed = taken.filter(retrain_job__state=Job.FAILED).update(state=PersonalUpdate.HELD)
+    return cancelled + failed
 
 
 # --- policies -------------------------------------------------------------------------
