@@ -218,6 +218,11 @@ def updates_per_day_figure(per_day: Sequence[dict]) -> dict | None:
                 name="feedback", x=days, y=[row.get("feedback", 0) for row in per_day], marker_color="#9333ea"
             ),
         ],
-        layout=_layout(barmode="stack", height=200, yaxis=dict(title="updates", rangemode="tozero")),
+        layout=_layout(
+            barmode="stack",
+            height=200,
+            xaxis=dict(type="date", tickformat="%b %d", dtick=86_400_000),  # a tick a day
+            yaxis=dict(title="updates", rangemode="tozero"),
+        ),
     )
     return _plain(figure)
