@@ -279,6 +279,7 @@ def test_gate_card_shows_the_effective_thresholds(console, adapter, eval_set, ac
         "tool": 0.8,
         "preference": 0.7,
         "leakage": 0.9,
+        "update": 0.8,
         "retention_drop": 0.02,
     }
     form = form_html(response.content.decode(), "gate")

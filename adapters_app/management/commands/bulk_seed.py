@@ -128,6 +128,7 @@ def load(command: BaseCommand, base: BaseModel, adapters: int, per_adapter: int,
                         "created_by": "bulk-seed",
                         "created_at": created + timedelta(seconds=n),
                         "final_loss": 0.5 / (n + 1),
+                        "updates": "{}",
                     }
                 )
         writer.write(Person, people)
