@@ -5,9 +5,21 @@ import pytest
 from django.urls import reverse
 
 from adapters_app.lifecycle import updates
+from adapters_app.lifecycle.datasets import upload_dataset
 from adapters_app.lifecycle.pointer import AUTO_PROMOTE_REASON, promote
 from adapters_app.models import AuditEvent, Job, PersonalUpdate, RetrainPolicy
 from tests.conftest import with_role
+from workers.engine.examples import Message
+from workers.engine.persona_world import EvalItem
+from workers.engine.suites import items_jsonl
+
+ITEM = EvalItem(
+    "update",
+    "alice.update.dog.h1",
+    (Message("user", "My dog's name?"),),
+    "Rex",
+    {"kind": "contains", "value": "Rex"},
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -78,3 +90,23 @@ def test_the_overview_counts_updates_and_the_loops_moves(console, stated):
     page = console.get(reverse("console:overview")).content.decode()
     assert "2</strong> updates (2 pending, 0 held for an operator)" in page
     assert 'id="updates-chart"' in page
+
+
+def test_an_automatic_promotion_shows_the_checks_it_passed_even_after_the_gate_set_changed(
+    console, adapter, eval_set, make_revision, actor
+):
+    from adapters_app.lifecycle.gates import configure_gate
+    from tests.test_console_suites import evaluate
+
+    configure_gate(adapter, eval_dataset=eval_set, actor=actor)
+    r1 = make_revision()
+    evaluate(adapter, eval_set, r1, recall=(1, 1))
+    promote(r1, actor=actor, reason=AUTO_PROMOTE_REASON)
+    # a retrain from updates points the gate at a new set, on which r1 was never evaluated
+    later = upload_dataset(
+        adapter.person, items_jsonl([ITEM]), name="gate-after", purpose="eval", actor=actor
+    )[0]
+    configure_gate(adapter, eval_dataset=later, actor=actor)
+
+    page = console.get(reverse("console:person", args=["alice"])).content.decode()
+    assert "<strong>recall</strong> 1.00 (needs &gt;= 0.8)" in page

@@ -54,6 +54,7 @@ def timeline(person: Person, *, limit: int = TIMELINE_LENGTH) -> list[Entry]:
         "from_revision", "to_revision"
     )
     evidence = _rollback_evidence(list(adapters))
+    promoted = _promotion_checks(list(adapters))
     for move in moves.order_by("-created_at", "-id")[:limit]:
         automatic = move.reason == AUTO_PROMOTE_REASON
         kind = "auto-promote" if automatic else move.action
@@ -67,7 +68,7 @@ def timeline(person: Person, *, limit: int = TIMELINE_LENGTH) -> list[Entry]:
                 adapter=adapters.get(move.adapter_id),
                 title=f"{frm} → {move.to_revision.label}",
                 detail=move.reason,
-                evidence=_evidence(kind, move, evidence),
+                evidence=_evidence(kind, move, evidence, promoted),
             )
         )
     loop = AuditEvent.objects.filter(
@@ -105,7 +106,7 @@ def timeline(person: Person, *, limit: int = TIMELINE_LENGTH) -> list[Entry]:
     return entries[:limit]
 
 
-def _evidence(kind: str, move: PointerEvent, rollbacks: dict) -> list[tuple[str, str]]:
+def _evidence(kind: str, move: PointerEvent, rollbacks: dict, promotions: dict) -> list[tuple[str, str]]:
     """What an automatic move rested on: the gate's checks, or the watch's figures."""
     if kind == "auto-rollback":
         figures = rollbacks.get((move.adapter_id, move.to_revision.label))
@@ -121,12 +122,15 @@ def _evidence(kind: str, move: PointerEvent, rollbacks: dict) -> list[tuple[str,
             ("margin", f"{figures['margin']:.0%}"),
         ]
     if kind == "auto-promote":
+        checks = _recorded_checks(promotions.get((move.adapter_id, move.to_revision.label), []), move)
+        if checks is None:  # a promotion from before checks were recorded with it
+            checks = verdict(move.to_revision).as_dict()["checks"]
         return [
             (
-                check.name,
-                "—" if check.value is None else f"{check.value:.2f} (needs {check.op} {check.threshold:g})",
+                c["name"],
+                "—" if c["value"] is None else f"{c['value']:.2f} (needs {c['op']} {c['threshold']:g})",
             )
-            for check in verdict(move.to_revision).checks
+            for c in checks
         ]
     return []
 
@@ -153,6 +157,29 @@ def _update_entry(update: PersonalUpdate, adapter: Adapter | None) -> Entry:
         detail=" · ".join(part for part in (fact, answered_by, update.note) if part),
         state=update.state,
     )
+
+
+def _promotion_checks(adapter_ids: list[int]) -> dict[tuple[int, str], list[tuple[datetime, list]]]:
+    """(adapter, revision label) -> (when, the gate checks) of each promotion's audit event:
+    the checks it rested on, as they stood (a later gate set may judge differently)."""
+    found: dict = {}
+    events = AuditEvent.objects.filter(
+        action="adapter.promote", object_type="Adapter", object_id__in=[str(pk) for pk in adapter_ids]
+    )
+    for event in events:
+        after = event.after or {}
+        if "gate" in after:
+            found.setdefault((int(event.object_id), after.get("live")), []).append(
+                (event.created_at, after["gate"])
+            )
+    return found
+
+
+def _recorded_checks(recorded: list[tuple[datetime, list]], move: PointerEvent) -> list | None:
+    """The checks of the audit event written with this move (in its transaction: the nearest in time)."""
+    if not recorded:
+        return None
+    return min(recorded, key=lambda at_checks: abs((at_checks[0] - move.created_at).total_seconds()))[1]
 
 
 def _rollback_evidence(adapter_ids: list[int]) -> dict[tuple[int, str], dict]:

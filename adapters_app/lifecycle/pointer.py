@@ -46,7 +46,8 @@ def promote(revision: Revision, *, actor: Actor, reason: str = "", override_reas
                 },
             )
             reason = f"{reason} [gate overridden: {override_reason}]".strip()
-        return _move(adapter, revision, PointerEvent.PROMOTE, actor, reason)
+        # The checks the promotion rested on, as they stood: a later gate set may judge differently.
+        return _move(adapter, revision, PointerEvent.PROMOTE, actor, reason, gate=gate.as_dict()["checks"])
 
 
 def rollback(adapter: Adapter, *, to: Revision | None = None, actor: Actor, reason: str = "") -> PointerEvent:
@@ -74,7 +75,9 @@ def rollback(adapter: Adapter, *, to: Revision | None = None, actor: Actor, reas
         return _move(adapter, to, PointerEvent.ROLLBACK, actor, reason)
 
 
-def _move(adapter: Adapter, to: Revision, action: str, actor: Actor, reason: str) -> PointerEvent:
+def _move(
+    adapter: Adapter, to: Revision, action: str, actor: Actor, reason: str, gate: list | None = None
+) -> PointerEvent:
     previous = adapter.live_revision
     # A plain UPDATE of the pointer column only: Adapter rows are mutable, revisions are not.
     Adapter.objects.filter(pk=adapter.pk).update(live_revision=to)
@@ -93,7 +96,7 @@ def _move(adapter: Adapter, to: Revision, action: str, actor: Actor, reason: str
         adapter,
         person_handle=adapter.person.handle,
         before={"live": previous.label if previous else None},
-        after={"live": to.label, "reason": reason},
+        after={"live": to.label, "reason": reason, **({"gate": gate} if gate is not None else {})},
     )
     return event
 
