@@ -13,8 +13,9 @@ engine, decides what such updates mean for training:
   corrections that state no fact become preference pairs (chosen = the correction,
   rejected = the answer given).
 - `next_training_rows` drops every row that teaches an old value (the fact's own
-  questions, and any answer that mentions an old value) and adds rows teaching the new
-  one; `update_items` is the update suite (the new value said, no old value said, on
+  questions, and any answer that mentions an old value), every row teaching an answer the
+  person corrected, and corrections about a fact that changed since, and adds rows
+  teaching the new value; `update_items` is the update suite (the new value said, no old value said, on
   held-out phrasings); `gate_items_after` takes out of a gate set the items that still
   expect an old value and stops forbidding the new one where it was another person's.
 """
