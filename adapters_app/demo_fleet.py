@@ -30,7 +30,7 @@ from adapters_app.lifecycle.updates import configure_policy
 from adapters_app.models import Adapter, BaseModel, Dataset, Job, Person, RetrainPolicy
 from workers.engine.base_import import import_record
 from workers.engine.persona_world import EvalItem, Persona, World, generate_world, jsonl
-from workers.engine.report import REAL_BASE_TRAINING, REPORT_TRAINING, retention_items
+from workers.engine.report import measured_recipe, retention_items
 from workers.engine.suites import items_jsonl
 from workers.engine.training import TrainingConfig
 
@@ -75,7 +75,7 @@ def plan(base: BaseModel, *, people: int | None = None, training: dict | None = 
     if people < len(NAMED_PEOPLE):
         raise ValueError(f"a demo fleet has at least {len(NAMED_PEOPLE)} people ({', '.join(NAMED_PEOPLE)})")
     if training is None:
-        training = REAL_BASE_TRAINING if imported else REPORT_TRAINING
+        training = measured_recipe(base.path)
     config = TrainingConfig.from_dict(training)
     world = generate_world(DEMO_WORLD_SEED, people=people)
     answers = 2 * sum(len(evaluation_items(persona, world, base)) for persona in world.people)

@@ -5,6 +5,7 @@ and the serving bench all take a base this way, so they accept and refuse the sa
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from django.core.management.base import CommandError
@@ -16,6 +17,8 @@ from adapters_app.management.progress import progress_bar
 from adapters_app.models import BaseModel
 from workers.engine.base_family import FAMILY
 from workers.engine.base_import import PACKAGED
+from workers.engine.report import measured_recipe
+from workers.engine.training import TrainingConfig, TrainingConfigInvalid
 
 MICRO = "micro"
 
@@ -57,3 +60,14 @@ def base_for_command(name: str, *, stdout, actor: Actor | None = None, setting: 
     if not Path(row.path).is_dir():
         raise CommandError(f"base {row.name!r} is registered at {row.path}, which is not on this machine")
     return row
+
+
+def training_for_command(base: BaseModel, training: str | None) -> TrainingConfig:
+    """The LoRA recipe a report trains `base` with: `training` (JSON, from --training) or the
+    one measured for the base's kind; a bad setting is the command's error."""
+    try:
+        return TrainingConfig.from_dict(
+            json.loads(training) if training is not None else measured_recipe(base.path)
+        )
+    except (ValueError, TrainingConfigInvalid) as exc:
+        raise CommandError(f"--training: {exc}") from None

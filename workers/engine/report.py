@@ -52,6 +52,11 @@ REAL_BASE_TRAINING = {
 }
 
 
+def measured_recipe(base_folder: str) -> dict:
+    """The recipe measured for a base's kind: REAL_BASE_TRAINING on an imported one, ours else."""
+    return REAL_BASE_TRAINING if import_record(base_folder) else REPORT_TRAINING
+
+
 @dataclass(slots=True)
 class PersonalizationReport:
     base_name: str

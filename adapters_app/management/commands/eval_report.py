@@ -7,12 +7,11 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from adapters_app.management.bases import base_for_command
+from adapters_app.management.bases import base_for_command, training_for_command
 from workers.engine.base_family import FAMILY, SMALLEST
-from workers.engine.base_import import PACKAGED, import_record
+from workers.engine.base_import import PACKAGED
 from workers.engine.persona_world import generate_world
 from workers.engine.report import REAL_BASE_TRAINING, REPORT_TRAINING, personalization_report
-from workers.engine.training import TrainingConfig, TrainingConfigInvalid
 
 
 class Command(BaseCommand):
@@ -44,12 +43,7 @@ class Command(BaseCommand):
         if people < 2:
             raise CommandError("--people must be at least 2 (own vs another person's adapter)")
         registered = base_for_command(base, stdout=self.stdout)
-        if training is None:
-            training = json.dumps(REAL_BASE_TRAINING if import_record(registered.path) else REPORT_TRAINING)
-        try:
-            config = TrainingConfig.from_dict(json.loads(training))
-        except (ValueError, TrainingConfigInvalid) as exc:
-            raise CommandError(f"--training: {exc}") from None
+        config = training_for_command(registered, training)
         folder = Path(registered.path)
         world = generate_world(world_seed, people=max(people, 2))
         started = time.monotonic()

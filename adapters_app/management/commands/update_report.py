@@ -1,19 +1,16 @@
 """`make update-report`: does a retrain from updates carry a changed fact, and at what cost?"""
 
 import csv
-import json
 import time
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
 from adapters_app.lifecycle.gates import DEFAULT_GATE, judge
-from adapters_app.management.bases import base_for_command
+from adapters_app.management.bases import base_for_command, training_for_command
 from workers.engine.base_family import FAMILY, SMALLEST
-from workers.engine.base_import import PACKAGED, import_record
+from workers.engine.base_import import PACKAGED
 from workers.engine.persona_world import generate_world
-from workers.engine.report import REAL_BASE_TRAINING, REPORT_TRAINING
-from workers.engine.training import TrainingConfig, TrainingConfigInvalid
 from workers.engine.update_report import ARMS, SUITES, update_report
 
 
@@ -46,12 +43,7 @@ class Command(BaseCommand):
         if people < 1:
             raise CommandError("--people must be at least 1")
         registered = base_for_command(base, stdout=self.stdout)
-        if training is None:
-            training = json.dumps(REAL_BASE_TRAINING if import_record(registered.path) else REPORT_TRAINING)
-        try:
-            config = TrainingConfig.from_dict(json.loads(training))
-        except (ValueError, TrainingConfigInvalid) as exc:
-            raise CommandError(f"--training: {exc}") from None
+        config = training_for_command(registered, training)
         started = time.monotonic()
         report = update_report(
             registered.path,
