@@ -120,11 +120,10 @@ def pending(request, person: str, adapter: str):
 
 
 def pending_summary(adapter) -> dict:
-    waiting = list(updates.waiting_updates(adapter))
-    resolution = updates.resolve(waiting)
-    job = updates.retrain_in_flight(adapter)
+    waiting = updates.pending(adapter)
+    resolution, job = waiting.resolution, waiting.retrain_job
     return {
-        "waiting": len(waiting),
+        "waiting": len(waiting.waiting),
         "facts": {fact.subject: fact.value for fact in resolution.facts.values()},
         "superseded": {resolution.facts[k].subject: v for k, v in resolution.superseded.items()},
         "conflicts": [
@@ -139,7 +138,7 @@ def pending_summary(adapter) -> dict:
         ],
         "pairs": len(resolution.pairs),
         "retrain_job": job.pk if job else None,
-        "policy": updates.policy_of(adapter),
+        "policy": waiting.policy,
     }
 
 

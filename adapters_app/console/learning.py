@@ -195,16 +195,15 @@ def _rollback_evidence(adapter_ids: list[int]) -> dict[tuple[int, str], dict]:
 
 def adapter_learning(adapter: Adapter) -> dict:
     """The adapter page's card: policy, what waits, what a retrain would teach."""
-    waiting = list(updates.waiting_updates(adapter).select_related("revision"))
-    resolution = updates.resolve(waiting)
+    waiting = updates.pending(adapter)
     return {
-        "policy": updates.policy_of(adapter),
+        "policy": waiting.policy,
         "modes": RetrainPolicy.MODES,
-        "waiting": waiting,
-        "facts": [(fact.subject, fact.value) for fact in resolution.facts.values()],
-        "conflicts": resolution.conflicts,
-        "pairs": len(resolution.pairs),
-        "retrain_job": updates.retrain_in_flight(adapter),
+        "waiting": waiting.waiting,
+        "facts": [(fact.subject, fact.value) for fact in waiting.resolution.facts.values()],
+        "conflicts": waiting.resolution.conflicts,
+        "pairs": len(waiting.resolution.pairs),
+        "retrain_job": waiting.retrain_job,
     }
 
 

@@ -175,4 +175,6 @@ def resolve_model(model: str) -> tuple[BaseModel, Revision | None]:
         raise NotFound(f"The model `{model}` has no live revision yet; promote one first")
     else:
         revision = adapter.live_revision
+        # Its adapter is the one just read (with its person): no query when a caller asks.
+        revision.adapter = adapter
     return adapter.base, revision

@@ -30,7 +30,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from adapters_app.lifecycle import audit
@@ -38,6 +38,7 @@ from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.datasets import load_eval_items, load_examples, upload_dataset
 from adapters_app.lifecycle.errors import Conflict, Invalid, NotFound
 from adapters_app.lifecycle.gates import configure_gate
+from adapters_app.lifecycle.inference import redis_client
 from adapters_app.lifecycle.jobs import launch_job, retrain_config
 from adapters_app.lifecycle.pointer import AUTO_PROMOTE_REASON, rollback
 from adapters_app.lifecycle.roles import authorize
@@ -81,8 +82,6 @@ def remember_answer(
     kept `MINT_FEEDBACK_WINDOW_HOURS` and listed per person, so an erasure removes them."""
     if revision is None:
         return
-    from adapters_app.lifecycle.inference import redis_client
-
     messages = (
         [{"role": "user", "content": prompt}]
         if isinstance(prompt, str)
@@ -139,23 +138,17 @@ def update_checks_in_use(revision: Revision, messages: list[dict], answers: list
 
 
 def update_checks(revision: Revision) -> tuple[int, int]:
-    from adapters_app.lifecycle.inference import redis_client
-
     counts = redis_client().hgetall(_update_checks_key(revision))
     return int(counts.get(b"checked", 0)), int(counts.get(b"failed", 0))
 
 
 def recalled_answer(completion_id: str) -> dict | None:
-    from adapters_app.lifecycle.inference import redis_client
-
     raw = redis_client().get(_answer_key(completion_id))
     return json.loads(raw) if raw else None
 
 
 def forget_answers_of(person_id: int) -> int:
     """Erasure: the person's remembered answers go from Redis."""
-    from adapters_app.lifecycle.inference import redis_client
-
     client = redis_client()
     person_list = _answers_of_key(person_id)
     ids = [i.decode() if isinstance(i, bytes) else i for i in client.smembers(person_list)]
@@ -371,6 +364,22 @@ def as_engine_update(update: PersonalUpdate) -> engine.Update:
 
 def resolve(updates) -> engine.Resolution:
     return engine.resolve(as_engine_update(u) for u in updates)
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """What waits for an adapter's next retrain, what it would teach, and what runs it:
+    the API's and the console's one read of it."""
+
+    waiting: list[PersonalUpdate]
+    resolution: engine.Resolution
+    retrain_job: Job | None
+    policy: RetrainPolicy
+
+
+def pending(adapter: Adapter) -> Pending:
+    waiting = list(waiting_updates(adapter).select_related("revision"))
+    return Pending(waiting, resolve(waiting), retrain_in_flight(adapter), policy_of(adapter))
 
 
 @dataclass(frozen=True, slots=True)
@@ -619,13 +628,15 @@ def _next_run(policy: RetrainPolicy, now):
 
 def due_policies():
     """Adapters whose policy says a retrain is due now (and none is running)."""
-    now = timezone.now()
     pending = Count("adapter__updates", filter=Q(adapter__updates__state=PersonalUpdate.PENDING))
-    by_count = RetrainPolicy.objects.filter(mode=RetrainPolicy.AFTER_UPDATES).annotate(pending=pending)
-    by_time = RetrainPolicy.objects.filter(mode=RetrainPolicy.SCHEDULE, next_run_at__lte=now).annotate(
+    counted = RetrainPolicy.objects.select_related("adapter__person", "adapter__live_revision").annotate(
         pending=pending
     )
-    due = [p for p in by_count if p.pending >= p.after_updates] + [p for p in by_time if p.pending > 0]
+    # Filtered in the database: the fleet's policies are not read row by row every beat.
+    due = counted.filter(
+        Q(mode=RetrainPolicy.AFTER_UPDATES, pending__gte=F("after_updates"))
+        | Q(mode=RetrainPolicy.SCHEDULE, next_run_at__lte=timezone.now(), pending__gt=0)
+    )
     return [p for p in due if not retrain_in_flight(p.adapter)]
 
 
@@ -634,7 +645,7 @@ def run_retrain_policies() -> list[int]:
     release_failed_retrains()
     started = []
     for policy in due_policies():
-        adapter = Adapter.objects.select_related("person", "live_revision").get(pk=policy.adapter_id)
+        adapter = policy.adapter
         try:
             job = start_update_retrain(
                 adapter, actor=Actor.system("retrain-policy"), reason=f"policy {policy.mode}"
