@@ -48,13 +48,16 @@ def gate_items(*facts: Fact) -> bytes:
 @pytest.fixture
 def beat_worker(spawn_worker):
     """A worker on this session's queue running Celery beat, whose periodic tasks (the
-    retrain policies, the promotion watch) come every second."""
+    retrain policies, the promotion watch) come every second. Its sweep waits an hour: the
+    session's worker, which may take a sweep off the shared queue, removes orphan blobs with
+    no grace period, and would take a dataset a retrain has just stored before the row that
+    names it commits."""
     return spawn_worker(
         settings.CELERY_TASK_DEFAULT_QUEUE,
         name="beat-worker",
         beat=True,
         MINT_UPDATES_EVERY_SECONDS="1",
-        MINT_SWEEP_EVERY_SECONDS="5",
+        MINT_SWEEP_EVERY_SECONDS="3600",
     )
 
 
