@@ -147,6 +147,12 @@ MINT_ORPHAN_BLOB_GRACE_SECONDS = envint("MINT_ORPHAN_BLOB_GRACE_SECONDS", "3600"
 MINT_INFERENCE_TIMEOUT_SECONDS = envint("MINT_INFERENCE_TIMEOUT_SECONDS", "120")
 # How long a person's /v1 answer is remembered for feedback on it (lifecycle/updates.py).
 MINT_FEEDBACK_WINDOW_HOURS = float(os.environ.get("MINT_FEEDBACK_WINDOW_HOURS", "168"))
+# Per API key, unless the key sets its own (adapters_app/lifecycle/limits.py); 0 is no limit.
+MINT_KEY_REQUESTS_PER_MINUTE = envint("MINT_KEY_REQUESTS_PER_MINUTE", "600")
+MINT_KEY_TOKENS_PER_MINUTE = envint("MINT_KEY_TOKENS_PER_MINUTE", "200000")
+MINT_KEY_CONCURRENT_STREAMS = envint("MINT_KEY_CONCURRENT_STREAMS", "8")
+# The largest /v1 request body; a prompt is further capped by its base's context length.
+MINT_V1_MAX_BODY_BYTES = envint("MINT_V1_MAX_BODY_BYTES", str(1024**2))
 # Serving (/v1) through the batched engine: rows per batch, how long an idle batch waits
 # to fill, adapter slots in the bank and the largest rank it holds (TrainingConfig allows
 # up to 256: larger ranks, and variants the bank refuses, are served one at a time).

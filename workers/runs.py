@@ -29,7 +29,7 @@ from adapters_app.models import Evaluation, Job, ResidentAdapter, Revision
 from workers import serving
 from workers.engine.examples import Message
 from workers.engine.prompting import Prompt, messages_from_openai
-from workers.engine.runtime import AdapterRuntime, SamplingParams
+from workers.engine.runtime import AdapterRuntime, PromptTooLong, SamplingParams
 from workers.engine.suites import SUITE_FORMAT, run_items
 from workers.residency import ResidencyReporter
 
@@ -375,16 +375,23 @@ def generate(request: dict) -> list[dict]:
         else request["prompt"]
     )
     stream = StreamWriter(request["stream_key"]) if request.get("stream_key") else None
-    if stream:
-        stream.started()
     on_text = stream.text if stream else None
     try:
         try:
             server = serving.server_for(request["base_path"], request["base_digest"])
+            # A stream starts once the request is accepted: a prompt too long for the base is
+            # still an HTTP error for its client, not an event in a stream that began.
             result = server.generate(
-                prompt, request["revision_sha256"], sampling, request["n"], on_text=on_text
+                prompt,
+                request["revision_sha256"],
+                sampling,
+                request["n"],
+                on_text=on_text,
+                on_accepted=stream.started if stream else None,
             )
         except serving.Unservable as exc:
+            if stream:
+                stream.started()
             sha = request["revision_sha256"]
             log.info("serving %s one at a time: %s", sha[:12] if sha else "the bare base", exc)
             # A revision the bank refused (a base the bank does not batch refuses even the
@@ -416,7 +423,8 @@ def generate(request: dict) -> list[dict]:
         return []
     except Exception as exc:
         if stream:
-            stream.error(f"{type(exc).__name__}: {exc}")
+            code = exc.code if isinstance(exc, PromptTooLong) else None
+            stream.error(f"{type(exc).__name__}: {exc}", code=code)
         raise
     if stream:
         stream.done(result)

@@ -213,12 +213,18 @@ class Server:
         params: SamplingParams,
         n: int = 1,
         on_text: TextCallback | None = None,
+        on_accepted: Callable[[], None] | None = None,
     ) -> list[dict]:
         """`n` completions (one row each) of `prompt`, as `workers.runs.generate` returns them.
 
-        Raises `Unservable` before generating anything when the bank cannot hold the adapter."""
+        Raises `Unservable` when the bank cannot hold the adapter and PromptTooLong when the
+        prompt does not fit, both before generating anything; `on_accepted` is called once
+        neither was raised."""
         if revision_sha is not None and revision_sha in self._refused:
             raise Unservable(self._refused[revision_sha])
+        self.generator.check_fits(prompt, params)
+        if on_accepted is not None:
+            on_accepted()
         # Each choice samples on its own: seed, seed + 1, … as the runtime does.
         rows = [params if params.seed is None else replace(params, seed=params.seed + i) for i in range(n)]
         futures = []

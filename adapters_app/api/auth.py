@@ -16,6 +16,7 @@ import functools
 import json
 from collections.abc import Callable, Iterable
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponseNotAllowed, JsonResponse
 from django.urls import URLPattern
 from ninja import NinjaAPI
@@ -23,9 +24,8 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
 from ninja.security import HttpBearer
 
-from adapters_app.lifecycle.actors import Actor
-from adapters_app.lifecycle.errors import Invalid, LifecycleError
-from adapters_app.models import ApiKey
+from adapters_app.lifecycle import keys, limits
+from adapters_app.lifecycle.errors import Invalid, LifecycleError, TooLarge
 from mintweb.version import RELEASE
 from workers.engine.store import StoreError
 
@@ -42,22 +42,43 @@ def management_error(status: int, code: str, message: str, details: object = Non
 
 
 class ApiKeyBearer(HttpBearer):
-    """`Authorization: Bearer <key>` (keys from `manage.py create_api_key`). What the key's
-    person may do is decided by the lifecycle services from their role, not here."""
+    """`Authorization: Bearer <key>`: an operator key (`manage.py create_api_key`) acts with
+    its account's role, decided by the lifecycle services, not here; a person key
+    (lifecycle.keys) may call /v1 only (`person_keys=True`), within its scope. Every key's
+    requests count against its requests per minute (lifecycle.limits)."""
+
+    def __init__(self, *, person_keys: bool):
+        super().__init__()
+        self.person_keys = person_keys
 
     def authenticate(self, request: HttpRequest, token: str):
-        user = ApiKey.authenticate(token.strip()) if token.strip() else None
-        if user is None:
-            return None
-        request.user = user
-        request.actor = Actor.from_user(user, via="api")
-        return user
+        key = keys.authenticate(token, path=request.path)
+        if not self.person_keys:
+            keys.refuse_management(key, path=request.path)
+        limits.admit_request(key)
+        request.api_key = key
+        request.key_scope = keys.scope_of(key)
+        request.actor = keys.actor_for(key)
+        if key.user_id is not None:
+            request.user = key.user
+        return key
 
 
 class JsonObjectParser(Parser):
-    """Request bodies are JSON objects; anything else is refused by name."""
+    """Request bodies are JSON objects; anything else is refused by name. With `max_bytes`,
+    a larger body is refused before it is read."""
+
+    def __init__(self, max_bytes: int | None = None):
+        self.max_bytes = max_bytes
 
     def parse_body(self, request: HttpRequest) -> dict:
+        limit = self.max_bytes or settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise Invalid("the Content-Length header is not a number") from None
+        if limit and length > limit:
+            raise TooLarge(f"the request body ({length} bytes) is larger than the limit of {limit} bytes")
         try:
             body = json.loads(request.body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -67,16 +88,24 @@ class JsonObjectParser(Parser):
         return body
 
 
-def declare_api(*, urls_namespace: str, render_error: ErrorRenderer, **options) -> NinjaAPI:
+def declare_api(
+    *,
+    urls_namespace: str,
+    render_error: ErrorRenderer,
+    person_keys: bool = False,
+    max_body_bytes: int | None = None,
+    **options,
+) -> NinjaAPI:
     """A NinjaAPI behind API keys whose every error is rendered by `render_error`.
 
+    `person_keys`: whether person keys may call it at all (/v1 yes, the management API no).
     Its own /openapi.json and docs are off: /api/openapi.json serves one document for both APIs.
     """
     api = NinjaAPI(
         urls_namespace=urls_namespace,
-        auth=ApiKeyBearer(),
+        auth=ApiKeyBearer(person_keys=person_keys),
         version=RELEASE,
-        parser=JsonObjectParser(),
+        parser=JsonObjectParser(max_body_bytes),
         openapi_url=None,
         docs_url=None,
         **options,
@@ -84,7 +113,7 @@ def declare_api(*, urls_namespace: str, render_error: ErrorRenderer, **options) 
 
     @api.exception_handler(LifecycleError)
     def refused(request, exc: LifecycleError):
-        return render_error(exc.status, exc.code, exc.message, exc.details)
+        return with_headers(render_error(exc.status, exc.code, exc.message, exc.details), exc)
 
     @api.exception_handler(StoreError)
     def integrity(request, exc: StoreError):
@@ -105,10 +134,17 @@ def declare_api(*, urls_namespace: str, render_error: ErrorRenderer, **options) 
         # Ninja wraps what the parser refused ("Cannot parse request body"); the parser's own
         # words say what was wrong.
         cause = exc.__cause__
-        message = cause.message if isinstance(cause, LifecycleError) else str(exc)
-        return render_error(exc.status_code, "invalid_request", message, None)
+        if isinstance(cause, LifecycleError):
+            return with_headers(render_error(cause.status, cause.code, cause.message, cause.details), cause)
+        return render_error(exc.status_code, "invalid_request", str(exc), None)
 
     return api
+
+
+def with_headers(response: JsonResponse, error: LifecycleError) -> JsonResponse:
+    for name, value in error.headers.items():
+        response[name] = value
+    return response
 
 
 def field_errors(errors: Iterable[dict]) -> tuple[str, dict[str, str]]:

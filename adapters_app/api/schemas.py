@@ -632,3 +632,77 @@ class PendingUpdates(Schema):
     pairs: int
     retrain_job: int | None
     policy: RetrainPolicy
+
+
+# -- API keys (lifecycle/keys.py) --------------------------------------------------------------
+
+KeyLimit = Annotated[
+    int | None, Field(None, ge=0, le=10**9, description="null: the deployment's default; 0: no limit")
+]
+
+
+class KeyLimits(RequestBody):
+    requests_per_minute: KeyLimit = None
+    tokens_per_minute: KeyLimit = None
+    concurrent_streams: KeyLimit = None
+
+
+class KeyRequest(KeyLimits):
+    person: str = Field(description="the person whose adapters the key may ask on /v1")
+    adapter: str = Field("", description="only this one of their adapters (all of them when empty)")
+    allow_base: bool = Field(False, description="may also ask the bare base models")
+    name: str = Field("", max_length=100, description="what the key is for (an application's name)")
+    expires_in_days: int | None = Field(None, ge=1, le=3650, description="never, when omitted")
+
+
+class KeyChange(KeyLimits):
+    expires_in_days: int | None = Field(
+        None, ge=1, le=3650, description="from now; null (given explicitly) for never"
+    )
+
+
+class Key(Schema):
+    prefix: str = Field(description="the key's public name: its secret starts `mint_<prefix>_`")
+    name: str
+    kind: Literal["operator", "person"]
+    owner: str = Field(description="the account (operator key) or `person[/adapter]` (person key)")
+    person: str | None
+    adapter: str | None
+    allow_base: bool
+    state: Literal["active", "revoked", "expired"]
+    created_at: Timestamp
+    last_used_at: Timestamp | None
+    expires_at: Timestamp | None
+    revoked_at: Timestamp | None
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    concurrent_streams: int | None
+
+    @staticmethod
+    def resolve_kind(key) -> str:
+        return "person" if key.is_person_key else "operator"
+
+    @staticmethod
+    def resolve_person(key) -> str | None:
+        return key.person.handle if key.person_id else None
+
+    @staticmethod
+    def resolve_adapter(key) -> str | None:
+        return key.adapter.name if key.adapter_id else None
+
+    @staticmethod
+    def resolve_state(key) -> str:
+        return key.state()
+
+
+class KeyIssued(Key):
+    key: str = Field(description="the secret, shown this once: only its hash is kept")
+
+    @staticmethod
+    def resolve_key(key) -> str:
+        return key.secret  # set on the instance by the view that issued it; never stored
+
+
+class KeyPage(Schema):
+    data: list[Key]
+    next_after: str | None

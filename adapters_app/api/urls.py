@@ -3,7 +3,7 @@
 from django.http import JsonResponse
 from django.urls import path
 
-from adapters_app.api import base_views, study_views, update_views, views
+from adapters_app.api import base_views, key_views, study_views, update_views, views
 from adapters_app.api.auth import answer_wrong_methods_in_json, declare_api, management_error
 from adapters_app.openai_api.urls import openai
 
@@ -16,12 +16,14 @@ management = declare_api(
     description="Manage personal adapters (people, adapters, datasets, training jobs, revisions, "
     "the live pointer) and run OpenAI-compatible inference where `model` is `person/adapter`, "
     "`person/adapter@rN`, `person/adapter@<sha256 prefix>` or a base model. "
-    "Keys: `python manage.py create_api_key <username>`.",
+    "Keys: `python manage.py create_api_key <username>` (an operator's), or a person key from "
+    "POST /api/keys, which may only call /v1 with that person's adapters.",
 )
 management.add_router("", base_views.router)
 management.add_router("", views.router)
 management.add_router("", study_views.router)
 management.add_router("", update_views.router)
+management.add_router("", key_views.router)
 
 
 def openapi_json(request):

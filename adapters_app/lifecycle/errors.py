@@ -3,6 +3,8 @@ class LifecycleError(Exception):
 
     status = 400
     code = "invalid_request"
+    # Response headers the refusal needs (a 429's Retry-After).
+    headers: dict[str, str] = {}
 
     def __init__(self, message: str, *, details: object = None):
         super().__init__(message)
@@ -28,3 +30,31 @@ class Invalid(LifecycleError):
 class Forbidden(LifecycleError):
     status = 403
     code = "forbidden"
+
+
+class Unauthenticated(LifecycleError):
+    status = 401
+    code = "invalid_api_key"
+
+
+class TooLarge(LifecycleError):
+    """A request beyond one of the deployment's caps (body size, prompt length, max_tokens)."""
+
+    status = 413
+    code = "request_too_large"
+
+
+class RateLimited(LifecycleError):
+    """A key used more than its limits allow in this window: try again after `retry_after`."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int, limit: str, details: object = None):
+        super().__init__(message, details=details)
+        self.retry_after = max(1, int(retry_after))
+        self.limit = limit  # "requests", "tokens" or "streams": OpenAI's error type
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}

@@ -48,6 +48,14 @@ class InferenceFailed(LifecycleError):
     code = "server_error"
 
 
+class ContextLengthExceeded(LifecycleError):
+    """The prompt and max_tokens do not fit the base's context (the worker counted, in the
+    base's own tokens)."""
+
+    status = 400
+    code = "context_length_exceeded"
+
+
 class ReaderGone(Exception):
     """The web process stopped reading a stream (its client went away): stop generating."""
 
@@ -69,6 +77,9 @@ def complete(model: str, prompt: Prompt, params: SamplingParams, *, n: int = 1) 
             result.revoke()
             raise InferenceUnavailable("no worker answered in time; is a worker running?") from None
         except Exception as exc:  # the worker's exception, re-raised by Celery
+            # Celery rebuilds the worker's exception here; a prompt too long is the caller's.
+            if type(exc).__name__ == "PromptTooLong":
+                raise ContextLengthExceeded(str(exc)) from None
             raise InferenceFailed(f"generation failed on the worker: {exc}") from None
         finally:
             # An answer is the person's adapter speaking: once read (or given up on) it
@@ -122,7 +133,7 @@ def stream(model: str, prompt: Prompt, params: SamplingParams, *, n: int = 1) ->
             result.revoke()
             raise InferenceUnavailable("no worker answered in time; is a worker running?")
         if first["type"] == "error":
-            raise InferenceFailed(f"generation failed on the worker: {first['message']}")
+            raise _failure(first)
     except BaseException:
         dispatched.end()
         raise
@@ -144,7 +155,7 @@ def _events(key: str, dispatched: routing.Dispatched) -> Iterator[TextPiece | Fi
                 return
             elif record["type"] == "error":
                 ended = True
-                raise InferenceFailed(f"generation failed on the worker: {record['message']}")
+                raise _failure(record)
     finally:
         # Also when the client went away mid-stream: nobody will read what is left, and the
         # worker is told to stop generating it.
@@ -154,6 +165,13 @@ def _events(key: str, dispatched: routing.Dispatched) -> Iterator[TextPiece | Fi
             pipe.set(gone_key(key), 1, ex=stream_ttl())
         pipe.execute()
         dispatched.end()
+
+
+def _failure(record: dict) -> LifecycleError:
+    """The error a worker's error record stands for."""
+    if record.get("code") == ContextLengthExceeded.code:
+        return ContextLengthExceeded(record["message"].partition(": ")[2])
+    return InferenceFailed(f"generation failed on the worker: {record['message']}")
 
 
 def gone_key(key: str) -> str:
@@ -191,8 +209,10 @@ class StreamWriter:
     def done(self, generations: list[dict]) -> None:
         self._push({"type": "done", "generations": generations})
 
-    def error(self, message: str) -> None:
-        self._push({"type": "error", "message": message})
+    def error(self, message: str, code: str | None = None) -> None:
+        """`message` is "<exception class>: <what it said>"; `code` an error code the web
+        answers with (a prompt too long), if any."""
+        self._push({"type": "error", "message": message, "code": code})
 
     def _push(self, record: dict) -> bool:
         """Push a record; True when the reader has gone away (asked in the same round trip)."""

@@ -1,5 +1,6 @@
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from django.db import transaction
 from django.db.models import Max
@@ -147,7 +148,35 @@ def download_revision(revision: Revision, *, actor: Actor) -> tuple[str, bytes]:
     return filename, archive
 
 
-def resolve_model(model: str) -> tuple[BaseModel, Revision | None]:
+@dataclass(frozen=True, slots=True)
+class ModelName:
+    """An OpenAI `model` string read, before any lookup: a base's name, or
+    `person/adapter` with an optional `@pin`."""
+
+    text: str
+    base: str = ""
+    person: str = ""
+    adapter: str = ""
+    pin: str = ""
+
+    @classmethod
+    def parse(cls, model: str) -> "ModelName":
+        model = (model or "").strip()
+        if not model:
+            raise Invalid("model is required")
+        if "/" not in model:
+            return cls(model, base=model)
+        handle, _, pin = model.partition("@")
+        person, _, adapter = handle.partition("/")
+        return cls(model, person=person, adapter=adapter, pin=pin)
+
+    def not_found(self) -> NotFound:
+        # The one answer for every model a caller may not know about, so that "missing"
+        # and "not yours" cannot be told apart.
+        return NotFound(f"The model `{self.text}` does not exist")
+
+
+def resolve_model(model: str | ModelName) -> tuple[BaseModel, Revision | None]:
     """Resolve an OpenAI `model` string to a base and an optional revision.
 
     `person/adapter` is the live revision, `person/adapter@r2` or `@<sha prefix>`
@@ -155,24 +184,20 @@ def resolve_model(model: str) -> tuple[BaseModel, Revision | None]:
     """
     from adapters_app.lifecycle.people import get_adapter
 
-    model = (model or "").strip()
-    if not model:
-        raise Invalid("model is required")
-    if "/" not in model:
-        base = BaseModel.objects.filter(name=model).first()
+    name = model if isinstance(model, ModelName) else ModelName.parse(model)
+    if name.base:
+        base = BaseModel.objects.filter(name=name.base).first()
         if base is None:
-            raise NotFound(f"The model `{model}` does not exist")
+            raise name.not_found()
         return base, None
-    handle, _, pin = model.partition("@")
-    person_handle, _, name = handle.partition("/")
     try:
-        adapter = get_adapter(person_handle, name)
+        adapter = get_adapter(name.person, name.adapter)
     except NotFound:
-        raise NotFound(f"The model `{model}` does not exist") from None
-    if pin:
-        revision = get_revision(adapter, pin)
+        raise name.not_found() from None
+    if name.pin:
+        revision = get_revision(adapter, name.pin)
     elif adapter.live_revision_id is None:
-        raise NotFound(f"The model `{model}` has no live revision yet; promote one first")
+        raise NotFound(f"The model `{name.text}` has no live revision yet; promote one first")
     else:
         revision = adapter.live_revision
         # Its adapter is the one just read (with its person): no query when a caller asks.

@@ -15,6 +15,10 @@ VIEWER, OPERATOR, ADMIN = "viewer", "operator", "admin"
 ROLES = (VIEWER, OPERATOR, ADMIN)
 # Internal actors (workers, management commands) act for the system itself.
 SYSTEM = "system"
+# A person key (lifecycle.keys) is no console role: it may ask its person's adapters and
+# nothing else, whatever the role of the admin who issued it.
+PERSON_KEY = "person-key"
+PERSON_KEY_ACTIONS = frozenset({"infer"})
 
 REQUIRED = {
     # viewers read, and may ask a model a question (the playground, /v1 inference)
@@ -42,6 +46,7 @@ REQUIRED = {
     "person.erase": ADMIN,
     "adapter.create": ADMIN,
     "base_model.register": ADMIN,
+    "key.manage": ADMIN,
 }
 
 
@@ -57,6 +62,8 @@ def role_of(user) -> str:
 def allows(role: str, action: str) -> bool:
     if role == SYSTEM:
         return True
+    if role == PERSON_KEY:
+        return action in PERSON_KEY_ACTIONS
     need = REQUIRED[action]
     return role in ROLES and ROLES.index(role) >= ROLES.index(need)
 

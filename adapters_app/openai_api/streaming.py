@@ -26,12 +26,18 @@ def sse(payload: dict) -> bytes:
     return f"data: {json.dumps(payload)}\n\n".encode()
 
 
-def error_object(status: int, code: str, message: str) -> dict:
-    kind = {401: "authentication_error", 404: "invalid_request_error", 503: "server_error"}.get(
-        status, "invalid_request_error" if status < 500 else "server_error"
-    )
+def error_object(status: int, code: str, message: str, details: object = None) -> dict:
+    kind = {
+        401: "authentication_error",
+        403: "permission_error",
+        404: "invalid_request_error",
+        429: "rate_limit_error",
+        503: "server_error",
+    }.get(status, "invalid_request_error" if status < 500 else "server_error")
     code = "model_not_found" if status == 404 else code
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    # OpenAI names the one field at fault in `param`.
+    param = next(iter(details)) if isinstance(details, dict) and len(details) == 1 else None
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def usage(generations: list[dict]) -> dict:
@@ -86,9 +92,11 @@ def event_stream(
     *,
     n: int = 1,
     on_finished: Callable[[list[dict]], None] | None = None,
+    on_closed: Callable[[], None] | None = None,
 ) -> Iterator[bytes]:
     """The response body: the worker's events as OpenAI chunks, always ending cleanly.
-    `on_finished` gets the generations once the worker is done (before the last chunks)."""
+    `on_finished` gets the generations once the worker is done (before the last chunks);
+    `on_closed` runs however the stream ends (finished, failed, or its client gone)."""
     try:
         if chunks.chat:
             for index in range(n):
@@ -114,4 +122,6 @@ def event_stream(
         close = getattr(events, "close", None)
         if close is not None:
             close()
+        if on_closed is not None:
+            on_closed()
     yield DONE

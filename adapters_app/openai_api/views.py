@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from django.http import JsonResponse, StreamingHttpResponse
 from ninja import Router
 
-from adapters_app.lifecycle import inference, updates
+from adapters_app.lifecycle import inference, limits, updates
 from adapters_app.lifecycle.errors import Invalid
 from adapters_app.models import Adapter, BaseModel, Revision
 from adapters_app.openai_api import schemas
@@ -27,26 +27,28 @@ router = Router()
 
 
 def openai_error(status: int, code: str, message: str, details: object = None) -> JsonResponse:
-    return JsonResponse(error_object(status, code, message), status=status)
+    return JsonResponse(error_object(status, code, message, details), status=status)
 
 
 def _errors(*statuses: int) -> dict:
     return {frozenset(statuses): schemas.OpenAIError}
 
 
-@router.get("/models", response={200: schemas.ModelList, **_errors(401)}, url_name="models")
+@router.get("/models", response={200: schemas.ModelList, **_errors(401, 429)}, url_name="models")
 def models(request):
-    """The base models and every adapter with a live revision."""
+    """The base models and every adapter with a live revision; for a person key, only what
+    it may ask."""
     created = int(time.time())
+    scope = request.key_scope
+    bases = BaseModel.objects.all()
+    adapters = Adapter.objects.filter(live_revision__isnull=False)
+    if scope is not None:
+        bases, adapters = scope.bases(bases), scope.adapters(adapters)
     data = [
         {"id": b.name, "object": "model", "created": int(b.created_at.timestamp()), "owned_by": "mint"}
-        for b in BaseModel.objects.all()
+        for b in bases
     ]
-    live = (
-        Adapter.objects.filter(live_revision__isnull=False)
-        .select_related("person")
-        .order_by("person__handle", "name")[:MODELS_LISTED]
-    )
+    live = adapters.select_related("person").order_by("person__handle", "name")[:MODELS_LISTED]
     data += [
         {"id": a.handle, "object": "model", "created": created, "owned_by": a.person.handle} for a in live
     ]
@@ -55,7 +57,7 @@ def models(request):
 
 @router.post(
     "/completions",
-    response={200: schemas.Completion, **_errors(400, 401, 404, 503)},
+    response={200: schemas.Completion, **_errors(400, 401, 404, 413, 429, 503)},
     url_name="completions",
     openapi_extra=schemas.EVENT_STREAM,
 )
@@ -66,10 +68,10 @@ def completions(request, payload: schemas.CompletionRequest):
         prompt = prompt[0]
     if not isinstance(prompt, str) or not prompt:
         raise Invalid("prompt must be a non-empty string")
-    call = Call.parse(payload)
+    call = Call.parse(payload, request)
     if call.stream:
         return _streamed(call, prompt, chat=False)
-    result = inference.complete(call.model, prompt, call.params, n=call.n)
+    result = call.complete(prompt)
     choices = [
         {"index": i, "text": g["text"], "logprobs": None, "finish_reason": g["finish_reason"]}
         for i, g in enumerate(result["generations"])
@@ -79,18 +81,18 @@ def completions(request, payload: schemas.CompletionRequest):
 
 @router.post(
     "/chat/completions",
-    response={200: schemas.ChatCompletion, **_errors(400, 401, 404, 503)},
+    response={200: schemas.ChatCompletion, **_errors(400, 401, 404, 413, 429, 503)},
     url_name="chat-completions",
     openapi_extra=schemas.EVENT_STREAM,
 )
 def chat_completions(request, payload: schemas.ChatCompletionRequest):
     """The assistant's next message; with `stream: true`, server-sent chunks."""
     messages = [Message(m.role, m.content) for m in payload.messages]
-    call = Call.parse(payload, chat=True)
+    call = Call.parse(payload, request, chat=True)
     # The worker renders the conversation with the base's own chat template.
     if call.stream:
         return _streamed(call, messages, chat=True)
-    result = inference.complete(call.model, messages, call.params, n=call.n)
+    result = call.complete(messages)
     choices = [
         {
             "index": i,
@@ -105,29 +107,52 @@ def chat_completions(request, payload: schemas.ChatCompletionRequest):
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """What a completion request asks for, validated before anything reaches a worker."""
+    """What a completion request asks for, validated before anything reaches a worker: the
+    model within the key's scope, and the key's tokens (and stream slot) reserved."""
 
     model: str
     params: SamplingParams
     n: int
     stream: bool
     include_usage: bool
+    admission: limits.Admission
 
     @classmethod
-    def parse(cls, request: schemas.Sampling, *, chat: bool = False) -> "Call":
-        options = request.stream_options
+    def parse(cls, payload: schemas.Sampling, request, *, chat: bool = False) -> "Call":
+        if request.key_scope is not None:
+            request.key_scope.admit(payload.model, path=request.path)
+        options = payload.stream_options
+        params = sampling_params(payload, chat=chat)
+        n = payload.n or 1
+        stream = bool(payload.stream)
         return cls(
-            model=request.model,
-            params=sampling_params(request, chat=chat),
-            n=request.n or 1,
-            stream=bool(request.stream),
+            model=payload.model,
+            params=params,
+            n=n,
+            stream=stream,
             include_usage=bool(options and options.include_usage),
+            admission=limits.admit_generation(
+                request.api_key, max_tokens=params.max_tokens, n=n, stream=stream
+            ),
         )
+
+    def complete(self, prompt: inference.Prompt) -> dict:
+        try:
+            result = inference.complete(self.model, prompt, self.params, n=self.n)
+        except BaseException:
+            self.admission.finish(0)  # nothing was generated: nothing is charged
+            raise
+        self.admission.finish(usage(result["generations"])["total_tokens"])
+        return result
 
 
 def _streamed(call: Call, prompt: inference.Prompt, *, chat: bool) -> StreamingHttpResponse:
     # Errors up to here (unknown model, no worker) are still ordinary JSON error responses.
-    stream = inference.stream(call.model, prompt, call.params, n=call.n)
+    try:
+        stream = inference.stream(call.model, prompt, call.params, n=call.n)
+    except BaseException:
+        call.admission.finish(0)
+        raise
     chunks = Chunks(
         chat=chat,
         model=call.model,
@@ -137,8 +162,13 @@ def _streamed(call: Call, prompt: inference.Prompt, *, chat: bool) -> StreamingH
     remember = functools.partial(
         updates.remember_answer, chunks.head["id"], revision=stream.revision, prompt=prompt
     )
+
+    def finished(generations: list[dict]) -> None:
+        call.admission.finish(usage(generations)["total_tokens"])
+        remember(generations=generations)
+
     response = StreamingHttpResponse(
-        event_stream(stream.events, chunks, n=call.n, on_finished=lambda g: remember(generations=g))
+        event_stream(stream.events, chunks, n=call.n, on_finished=finished, on_closed=call.admission.finish)
     )
     response["Content-Type"] = "text/event-stream"
     response["Cache-Control"] = "no-cache"

@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from workers.engine.batched_lora import BankFull, BatchedLoraModel
 from workers.engine.examples import Message
 from workers.engine.prompting import render_prompt, stop_token_ids
-from workers.engine.runtime import SamplingParams
+from workers.engine.runtime import SamplingParams, check_fits
 from workers.engine.streamed_text import StreamedText
 
 log = logging.getLogger(__name__)
@@ -224,6 +224,19 @@ class BatchGenerator:
 
     # --- requests -----------------------------------------------------------------------
 
+    def prompt_ids(self, prompt: str | Sequence[int] | Sequence[Message]) -> list[int]:
+        """The token ids the model reads for `prompt` (a conversation through the base's chat
+        template)."""
+        if prompt and not isinstance(prompt, str) and isinstance(prompt[0], Message):
+            prompt = render_prompt(prompt, self.tokenizer)
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt, add_special_tokens=False)
+        return [int(t) for t in prompt]
+
+    def check_fits(self, prompt: str | Sequence[int] | Sequence[Message], params: SamplingParams) -> None:
+        """PromptTooLong unless `prompt` and `params.max_tokens` fit the model's positions."""
+        check_fits(len(self.prompt_ids(prompt)), params.max_tokens, self.max_positions)
+
     def submit(
         self,
         prompt: str | Sequence[int] | Sequence[Message],
@@ -234,24 +247,14 @@ class BatchGenerator:
         """Queue a request; the future's result is its `Completion`. The prompt is raw text,
         token ids, or a conversation rendered with the base's chat template."""
         params = params or SamplingParams()
-        if prompt and not isinstance(prompt, str) and isinstance(prompt[0], Message):
-            prompt = render_prompt(prompt, self.tokenizer)
-        ids = (
-            self.tokenizer.encode(prompt, add_special_tokens=False)
-            if isinstance(prompt, str)
-            else [int(t) for t in prompt]
-        )
+        ids = self.prompt_ids(prompt)
         if not ids:
             raise ValueError("the prompt is empty")
         if params.max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
         if params.temperature < 0 or not 0 < params.top_p <= 1:
             raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
-        if self.max_positions and len(ids) + params.max_tokens > self.max_positions:
-            raise ValueError(
-                f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceed the model's "
-                f"{self.max_positions} positions"
-            )
+        check_fits(len(ids), params.max_tokens, self.max_positions)
         if adapter is not None and self.loader is None and adapter not in self.model.slots:
             raise KeyError(f"adapter {adapter[:12]}… is not loaded and this generator has no loader")
         request = _Request(ids, adapter, params, on_text, time.monotonic())

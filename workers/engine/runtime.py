@@ -36,6 +36,23 @@ class SamplingParams:
     seed: int | None = None
 
 
+class PromptTooLong(ValueError):
+    """A prompt and its max_tokens do not fit the base's positions: the caller's error (a 400
+    naming the limit), not the worker's."""
+
+    # One message argument: Celery rebuilds a worker's exception from its args in the web
+    # process, where inference.complete tells this one by its name.
+    code = "context_length_exceeded"
+
+
+def check_fits(prompt_tokens: int, max_tokens: int, positions: int | None) -> None:
+    if positions and prompt_tokens + max_tokens > positions:
+        raise PromptTooLong(
+            f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceed the model's "
+            f"context length of {positions} tokens"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Generation:
     text: str
@@ -259,6 +276,7 @@ def _generate_one(
     encoded = tokenizer(prompt_text(tokenizer, prompt), return_tensors="pt", add_special_tokens=False)
     input_ids = encoded["input_ids"].to(base.device)
     prompt_length = input_ids.shape[1]
+    check_fits(prompt_length, params.max_tokens, getattr(base.model.config, "max_position_embeddings", None))
     streamed = StreamedText(
         tokenizer, params.stop, (lambda piece: on_text(index, piece)) if on_text is not None else None
     )
