@@ -263,3 +263,69 @@ def test_the_keys_api_refuses_bad_limits_and_unknown_people_by_name(api, alice):
     assert api("patch", "/api/keys/ffffffff", {}, expect=400)["error"]["message"].startswith(
         "nothing to change"
     )
+
+
+# --- the console's keys page -----------------------------------------------------------------
+
+
+@pytest.fixture
+def admin_console(client, actor, django_user_model):
+    client.force_login(django_user_model.objects.get(pk=actor.user_id))
+    return client
+
+
+def test_an_admin_issues_a_person_key_in_the_console_and_sees_its_secret_once(admin_console, adapter):
+    answer = admin_console.post(
+        "/keys/issue",
+        {
+            "person": "alice",
+            "adapter": "assistant",
+            "name": "diary app",
+            "expires_in_days": "7",
+            "requests_per_minute": "30",
+            "tokens_per_minute": "",
+            "concurrent_streams": "0",
+        },
+    )
+    assert answer.status_code == 201
+    key = ApiKey.objects.get(person__handle="alice")
+    secret = answer.context["issued"]["secret"]
+    assert secret.startswith(f"mint_{key.prefix}_") and secret.encode() in answer.content
+    assert (key.adapter.name, key.requests_per_minute, key.tokens_per_minute, key.concurrent_streams) == (
+        "assistant",
+        30,
+        None,
+        0,
+    )
+    assert key.expires_at is not None
+
+    listing = admin_console.get("/keys/")
+    assert f"mint_{key.prefix}_…".encode() in listing.content
+    assert secret.encode() not in listing.content
+
+
+def test_an_admin_sets_an_expiry_and_revokes_in_the_console(admin_console, alice_key):
+    key, _ = alice_key
+    admin_console.post(f"/keys/{key.prefix}/expiry", {"expires_in_days": "0.5"})
+    key.refresh_from_db()
+    assert key.expires_at is not None
+    admin_console.post(f"/keys/{key.prefix}/revoke")
+    key.refresh_from_db()
+    assert key.state() == "revoked"
+    assert b"revoked" in admin_console.get("/keys/").content
+
+
+def test_the_console_names_what_was_wrong_with_a_key_it_could_not_issue(admin_console, alice):
+    answer = admin_console.post(
+        "/keys/issue", {"person": "alice", "requests_per_minute": "many"}, follow=True
+    )
+    assert b"Requests per minute must be a whole number" in answer.content
+    assert not ApiKey.objects.exists()
+
+
+def test_only_admins_see_and_use_the_keys_page(client, django_user_model, alice_key):
+    operator = with_role(django_user_model.objects.create_user("oscar"), "operator")
+    client.force_login(operator)
+    assert client.get("/keys/").status_code == 403
+    assert client.post(f"/keys/{alice_key[0].prefix}/revoke").status_code == 403
+    assert b'href="/keys/"' not in client.get("/").content

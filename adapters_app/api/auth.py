@@ -65,14 +65,14 @@ class ApiKeyBearer(HttpBearer):
 
 
 class JsonObjectParser(Parser):
-    """Request bodies are JSON objects; anything else is refused by name. With `max_bytes`,
-    a larger body is refused before it is read."""
+    """Request bodies are JSON objects; anything else is refused by name. A body larger than
+    the setting `max_bytes_setting` names is refused before it is read."""
 
-    def __init__(self, max_bytes: int | None = None):
-        self.max_bytes = max_bytes
+    def __init__(self, max_bytes_setting: str):
+        self.max_bytes_setting = max_bytes_setting
 
     def parse_body(self, request: HttpRequest) -> dict:
-        limit = self.max_bytes or settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        limit = getattr(settings, self.max_bytes_setting)
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -93,19 +93,20 @@ def declare_api(
     urls_namespace: str,
     render_error: ErrorRenderer,
     person_keys: bool = False,
-    max_body_bytes: int | None = None,
+    max_body_setting: str = "DATA_UPLOAD_MAX_MEMORY_SIZE",
     **options,
 ) -> NinjaAPI:
     """A NinjaAPI behind API keys whose every error is rendered by `render_error`.
 
-    `person_keys`: whether person keys may call it at all (/v1 yes, the management API no).
+    `person_keys`: whether person keys may call it at all (/v1 yes, the management API no);
+    `max_body_setting`: the setting that caps its request bodies.
     Its own /openapi.json and docs are off: /api/openapi.json serves one document for both APIs.
     """
     api = NinjaAPI(
         urls_namespace=urls_namespace,
         auth=ApiKeyBearer(person_keys=person_keys),
         version=RELEASE,
-        parser=JsonObjectParser(max_body_bytes),
+        parser=JsonObjectParser(max_body_setting),
         openapi_url=None,
         docs_url=None,
         **options,

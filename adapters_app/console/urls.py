@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 
-from adapters_app.console import base_views, compare_views, study_views, update_views, views
+from adapters_app.console import base_views, compare_views, key_views, study_views, update_views, views
 from adapters_app.console import residency as residency_views
 from adapters_app.console import workers as worker_views
 from adapters_app.console.login import ThrottledLoginView
@@ -78,6 +78,10 @@ urlpatterns = [
     path("bases/", base_views.base_list, name="bases"),
     path("bases/import", base_views.base_import, name="base_import"),
     path("bases/<slug:name>/", base_views.base_detail, name="base"),
+    path("keys/", key_views.key_list, name="keys"),
+    path("keys/issue", key_views.key_issue, name="key_issue"),
+    path("keys/<str:prefix>/revoke", key_views.key_revoke, name="key_revoke"),
+    path("keys/<str:prefix>/expiry", key_views.key_expiry, name="key_expiry"),
     path("workers/", worker_views.workers, name="workers"),
     path("workers/<str:name>/", worker_views.worker, name="worker"),
     path("workers/<str:name>/residency", residency_views.worker_residency, name="worker_residency"),

@@ -1,7 +1,5 @@
 """/v1/: the OpenAI-compatible API, behind the same keys as /api/, with OpenAI's error object."""
 
-from django.conf import settings
-
 from adapters_app.api.auth import answer_wrong_methods_in_json, declare_api
 from adapters_app.openai_api import views
 
@@ -12,7 +10,7 @@ openai = declare_api(
     render_error=views.openai_error,
     # An application serving one person calls /v1 with that person's key (lifecycle.keys).
     person_keys=True,
-    max_body_bytes=settings.MINT_V1_MAX_BODY_BYTES,
+    max_body_setting="MINT_V1_MAX_BODY_BYTES",
     title="MinT console OpenAI-compatible API",
 )
 openai.add_router("", views.router)
