@@ -200,3 +200,49 @@ def test_an_answer_nobody_reads_expires_within_twice_the_inference_timeout(
     seconds_left = backend.client.ttl(backend.get_key_for_task(result.id))
     assert 0 < seconds_left <= max(60, 2 * settings.MINT_INFERENCE_TIMEOUT_SECONDS)
     result.forget()
+
+
+# --- person keys and the caps, with a real worker ------------------------------------------
+
+
+@pytest.fixture
+def alices_app(live_server, alice_knows_her_dog, actor) -> openai.OpenAI:
+    """The client of an application serving alice: a person key, one stream at a time."""
+    from adapters_app.lifecycle import keys
+
+    _, secret = keys.issue_person_key(
+        alice_knows_her_dog.adapter.person, actor=actor, limits={"concurrent_streams": 1}
+    )
+    return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=secret, max_retries=0, timeout=120)
+
+
+def test_a_person_key_gets_answers_from_its_persons_adapter_and_nothing_of_anyone_elses(
+    alices_app, micro_base
+):
+    assert [model.id for model in alices_app.models.list()] == [MODEL]
+    assert "Rex" in ask(alices_app, temperature=0).choices[0].message.content
+    for model in ["bob/assistant", micro_base.name]:
+        with pytest.raises(openai.NotFoundError, match="does not exist"):
+            alices_app.chat.completions.create(model=model, messages=QUESTION, max_tokens=4)
+
+
+def test_a_stream_gives_its_slot_back_when_it_ends(alices_app):
+    # One concurrent stream allowed: the second can only start if the first released its slot.
+    for _ in range(2):
+        streamed = list(ask(alices_app, temperature=0, stream=True))
+        assert streamed[-1].choices[0].finish_reason in {"stop", "length"}
+
+
+def test_a_prompt_longer_than_the_bases_context_is_a_400_naming_the_limit_streamed_or_not(
+    client, alice_knows_her_dog
+):
+    # The micro base reads bytes and has 1024 positions.
+    long_question = [{"role": "user", "content": "dog " * 300}]
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError, match="context length of 1024 tokens") as refused:
+            answer = client.chat.completions.create(
+                model=MODEL, messages=long_question, max_tokens=8, stream=stream
+            )
+            if stream:
+                list(answer)
+        assert refused.value.code == "context_length_exceeded"
