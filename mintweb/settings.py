@@ -58,6 +58,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so its time covers every middleware too (adapters_app/metrics/http.py).
+    "adapters_app.metrics.http.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -153,6 +155,9 @@ MINT_KEY_TOKENS_PER_MINUTE = envint("MINT_KEY_TOKENS_PER_MINUTE", "200000")
 MINT_KEY_CONCURRENT_STREAMS = envint("MINT_KEY_CONCURRENT_STREAMS", "8")
 # The largest /v1 request body; a prompt is further capped by its base's context length.
 MINT_V1_MAX_BODY_BYTES = envint("MINT_V1_MAX_BODY_BYTES", str(1024**2))
+# Who may scrape /metrics: these addresses or networks, or a bearer of the token (when set).
+MINT_METRICS_ALLOW = os.environ.get("MINT_METRICS_ALLOW", "127.0.0.1/32,::1/128")
+MINT_METRICS_TOKEN = os.environ.get("MINT_METRICS_TOKEN", "")
 # Serving (/v1) through the batched engine: rows per batch, how long an idle batch waits
 # to fill, adapter slots in the bank and the largest rank it holds (TrainingConfig allows
 # up to 256: larger ranks, and variants the bank refuses, are served one at a time).

@@ -15,6 +15,7 @@ from ninja import Router
 
 from adapters_app.lifecycle import inference, limits, updates
 from adapters_app.lifecycle.errors import Invalid
+from adapters_app.metrics.http import count_tokens
 from adapters_app.models import Adapter, BaseModel, Revision
 from adapters_app.openai_api import schemas
 from adapters_app.openai_api.streaming import Chunks, error_object, event_stream, usage
@@ -142,8 +143,14 @@ class Call:
         except BaseException:
             self.admission.finish(0)  # nothing was generated: nothing is charged
             raise
-        self.admission.finish(usage(result["generations"])["total_tokens"])
+        self.settle(result["generations"])
         return result
+
+    def settle(self, generations: list[dict]) -> None:
+        """The answer is known: charge the key what it used, and count the tokens."""
+        used = usage(generations)
+        self.admission.finish(used["total_tokens"])
+        count_tokens(used["prompt_tokens"], used["completion_tokens"])
 
 
 def _streamed(call: Call, prompt: inference.Prompt, *, chat: bool) -> StreamingHttpResponse:
@@ -164,7 +171,7 @@ def _streamed(call: Call, prompt: inference.Prompt, *, chat: bool) -> StreamingH
     )
 
     def finished(generations: list[dict]) -> None:
-        call.admission.finish(usage(generations)["total_tokens"])
+        call.settle(generations)
         remember(generations=generations)
 
     response = StreamingHttpResponse(
