@@ -60,6 +60,7 @@ def test_every_documented_operation_takes_an_api_key_and_documents_its_errors(cl
         for method, operation in operations.items():
             assert operation["security"] == [{"ApiKeyBearer": []}], (path, method)
             assert "401" in operation["responses"], (path, method)
+            assert "429" in operation["responses"], (path, method)  # every key has limits
 
 
 @pytest.fixture

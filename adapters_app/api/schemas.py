@@ -509,9 +509,15 @@ class StudyResults(Schema):
     runs: list[dict[str, Any]]
 
 
+# What any operation may answer, whatever it does: no key or a bad one, a person key (which
+# reaches no management endpoint), a key past its requests per minute.
+EVERY_OPERATION_MAY_ANSWER = (401, 403, 429)
+
+
 def answers(ok: dict[int, Any], *errors: int) -> dict:
-    """An operation's documented responses: its successes, and each error status in `Error` shape."""
-    return {**ok, frozenset(errors): Error} if errors else ok
+    """An operation's documented responses: its successes, and each error status in `Error`
+    shape (its own, and those every operation may give)."""
+    return {**ok, frozenset({*errors, *EVERY_OPERATION_MAY_ANSWER}): Error}
 
 
 # -- personal updates (lifecycle/updates.py) ----------------------------------------------------
