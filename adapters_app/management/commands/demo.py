@@ -123,7 +123,8 @@ class Command(BaseCommand):
                 self.style.SUCCESS(
                     f"\nMinT console is up: http://{host}:{port}/\n"
                     f"login: {DEMO_USER} / {DEMO_PASSWORD}\n"
-                    "API:   python manage.py create_api_key operator  (then Bearer <key>)\n"
+                    "API:   python manage.py create_api_key operator  (then Bearer <key>); an app "
+                    f"serving one person gets a person key at http://{host}:{port}/keys/\n"
                     "Ctrl-C stops Redis, the workers and the web server.\n"
                 )
             )
