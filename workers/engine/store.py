@@ -54,12 +54,19 @@ class AdapterStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     @classmethod
-    def from_url(cls, url: str) -> AdapterStore:
-        """`file:///abs/path` or a plain path; object stores come later."""
+    def from_url(cls, url: str, *, locks=None):
+        """`file:///abs/path` or a plain path: this store; `s3://bucket/prefix`: the same
+        contract on an object store (s3_store.py), locked across hosts by `locks`."""
         parsed = urlparse(url)
         if parsed.scheme in ("", "file"):
             return cls(parsed.path if parsed.scheme else url)
-        raise StoreError(f"unsupported MINT_STORE scheme {parsed.scheme!r}; use file:///path")
+        if parsed.scheme == "s3":
+            from workers.engine.s3_store import S3Store
+
+            return S3Store.from_url(url, locks=locks)
+        raise StoreError(
+            f"unsupported MINT_STORE scheme {parsed.scheme!r}; use file:///path or s3://bucket/prefix"
+        )
 
     def path_for(self, sha256: str) -> Path:
         if not SHA256_RE.match(sha256):
