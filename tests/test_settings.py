@@ -7,7 +7,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # Settings the tests below choose; one set in the shell running the tests must not leak in.
-CHOSEN = ("SECRET_KEY", "DEBUG", "ALLOWED_HOSTS", "MINT_HTTPS_ONLY", "MINT_HSTS_", "MINT_BEHIND_TLS_PROXY")
+CHOSEN = (
+    "SECRET_KEY",
+    "DEBUG",
+    "ALLOWED_HOSTS",
+    "CSRF_TRUSTED_ORIGINS",
+    "MINT_HTTPS_ONLY",
+    "MINT_HSTS_",
+    "MINT_BEHIND_TLS_PROXY",
+)
 
 
 def clean_env(**env) -> dict:
@@ -52,6 +60,7 @@ PRODUCTION = {
     "DEBUG": "false",
     "SECRET_KEY": "k8Qw1v-Zr3pXy7!mN2sLd9@tH5uJb0eF4gC6aV_oR1iK8nM3wE7y",
     "ALLOWED_HOSTS": "console.example.com",
+    "CSRF_TRUSTED_ORIGINS": "https://console.example.com",
     "MINT_BEHIND_TLS_PROXY": "true",
 }
 
