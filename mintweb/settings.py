@@ -35,16 +35,63 @@ VAR_DIR = Path(os.environ.get("MINT_VAR_DIR", BASE_DIR / "var")).resolve()
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = envbool("DEBUG", "True")
+DEV_SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
-    SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"
+    SECRET_KEY = DEV_SECRET_KEY
+elif not DEBUG and (SECRET_KEY == DEV_SECRET_KEY or SECRET_KEY.startswith("django-insecure-")):
+    # A key copied from the development defaults is public: sessions and CSRF tokens
+    # signed with it could be forged by anyone who read this file.
+    raise ImproperlyConfigured("SECRET_KEY is a development key; generate a long random one")
 
 ALLOWED_HOSTS = [h for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h]
 if DEBUG:
     ALLOWED_HOSTS += ["testserver"]
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+# --- HTTPS and what browsers may do with the pages ------------------------------------
+# Production (DEBUG off) is served over HTTPS only: cookies never travel in clear, plain
+# HTTP is redirected, and browsers remember (HSTS) to use HTTPS. With DEBUG on (the demo,
+# runserver, tests' live server) all of it is off, since those speak plain HTTP.
+HTTPS_ONLY = envbool("MINT_HTTPS_ONLY", str(not DEBUG))
+SECURE_SSL_REDIRECT = HTTPS_ONLY
+SESSION_COOKIE_SECURE = HTTPS_ONLY
+CSRF_COOKIE_SECURE = HTTPS_ONLY
+SECURE_HSTS_SECONDS = envint("MINT_HSTS_SECONDS", "31536000" if HTTPS_ONLY else "0")
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("MINT_HSTS_INCLUDE_SUBDOMAINS", "True")
+# Only makes the host eligible for browsers' preload lists; nothing is preloaded until
+# someone submits the domain at hstspreload.org.
+SECURE_HSTS_PRELOAD = envbool("MINT_HSTS_PRELOAD", "True")
+# Behind a proxy that terminates TLS, Django sees plain HTTP; the proxy says what the
+# client used in X-Forwarded-Proto. Trust that header only when the proxy sets it on every
+# request (overwriting one the client sent): else anyone could claim HTTPS. Without it,
+# SECURE_SSL_REDIRECT behind such a proxy would redirect every request, forever.
+if envbool("MINT_BEHIND_TLS_PROXY", "False"):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# No page of the console is meant to be framed (clickjacking): X-Frame-Options for old
+# browsers, frame-ancestors in the policy below for the rest.
+X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy (mintweb/content_security_policy.py). Scripts come only from this
+# site's own static files: no inline <script>, no on*= handlers, no eval. An injected
+# script tag or handler is refused by the browser even if escaping ever failed. plotly.js
+# draws the console's SVG charts (scatter, bar, box) without eval; only its WebGL traces
+# would need 'unsafe-eval', and the console draws none.
+# Styles allow 'unsafe-inline': plotly.js inserts a <style> element of its own rules (its
+# mode bar's, its cursors') and sets style attributes, and progress bars carry their width
+# in a style attribute. Inline CSS cannot run script. data: images are plotly's "download
+# plot as PNG".
+CONTENT_SECURITY_POLICY = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'", "'unsafe-inline'"],
+    "img-src": ["'self'", "data:"],
+    "object-src": ["'none'"],
+    "base-uri": ["'self'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -68,6 +115,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "mintweb.content_security_policy.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 ]
 

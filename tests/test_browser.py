@@ -24,6 +24,14 @@ needs_chromium = pytest.mark.skipif(
 pytestmark = [pytest.mark.django_db(transaction=True), needs_chromium]
 
 
+CSP_VIOLATIONS_TO_CONSOLE = """
+document.addEventListener("securitypolicyviolation", (event) => {
+    console.error(`CSP violation: ${event.violatedDirective} refused ${event.blockedURI || "inline"}`
+        + ` at ${event.sourceFile}:${event.lineNumber}: ${event.sample}`);
+});
+"""
+
+
 @pytest.fixture
 def open_console(live_server, django_user_model):
     """Log a user in (the operator unless told otherwise) and yield the page. Set up data
@@ -49,6 +57,10 @@ def open_console(live_server, django_user_model):
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.problems = []
             page.on("console", lambda m: m.type == "error" and page.problems.append(f"console: {m.text}"))
+            # Whatever the Content-Security-Policy refuses (an inline script or handler, eval,
+            # a style or image from elsewhere) is a fault of the page: the console's own code
+            # must live within it. Chromium also logs these; this names the directive.
+            page.add_init_script(CSP_VIOLATIONS_TO_CONSOLE)
             # A request the browser itself aborts when the next navigation starts
             # (a late favicon fetch, say) is not a fault; a missing file shows up
             # as a 4xx response below.
@@ -141,6 +153,8 @@ def test_an_operator_retrains_compares_and_rolls_back_and_a_viewer_cannot(
         page.get_by_text("Produced").wait_for(timeout=60_000)
         # The bar reached 100 % by polling alone: the document was never reloaded.
         assert page.evaluate("window.stillTheSameDocument") is True
+        # …and the loss curve was redrawn from the polled fragments' data (static/mint/console.js).
+        assert page.locator("#loss-chart .scatterlayer .trace path.js-line").get_attribute("d")
         assert "60/60" in bar.inner_text()
         # …and the finished job stopped offering to be cancelled.
         assert page.get_by_role("button", name="Cancel job").count() == 0

@@ -286,7 +286,7 @@ def test_gate_card_shows_the_effective_thresholds(console, adapter, eval_set, ac
     assert 'name="gate_recall" type="number" step="0.01" min="0" max="1" value="0.95"' in form
     assert "default 0.8" in form
     assert f'<option value="{eval_set.pk}" selected>' in form
-    assert "csrfmiddlewaretoken" in form and "return confirm(" in form
+    assert "csrfmiddlewaretoken" in form and "data-confirm=" in form
 
 
 def test_gate_form_sets_thresholds_and_is_audited(console, adapter, eval_set):

@@ -106,7 +106,7 @@ def test_the_form_offers_the_default_grid_and_says_how_many_runs_it_makes(consol
     assert f'name="bases" value="{micro_base.name}" checked' in page
     assert f'value="{DEFAULT_TRAINING["steps"]}"' in page
     # 1 base x 6 ranks x 2 target sets x 4 inits x 3 seeds x 4 people
-    assert '<output id="study-runs" for="study-form">576</output>' in page
+    assert '<output id="study-runs" for="study-form" data-study-runs>576</output>' in page
     # Checkpointing is a choice, "auto" (on where activations, not weights, fill memory) first.
     assert '<select id="study-gradient_checkpointing" name="gradient_checkpointing">' in page
     assert '<option value="auto">auto</option>' in page

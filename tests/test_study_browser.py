@@ -57,10 +57,12 @@ def test_an_operator_launches_a_study_and_watches_it_finish(
         # Everything from here on arrives by polling: the document is never reloaded.
         page.evaluate("window.stillTheSameDocument = true")
         live = page.locator("#study-live")
+        from playwright.sync_api import expect
+
         try:
-            page.wait_for_function(
-                "document.querySelector('#study-live h2 .badge').textContent !== 'running'", timeout=240_000
-            )
+            # A locator's wait, not wait_for_function: Playwright compiles that one's predicate
+            # with eval in the page, which the console's Content-Security-Policy refuses.
+            expect(live.locator("h2 .badge").first).not_to_have_text("running", timeout=240_000)
         finally:
             page.screenshot(path=str(SCREENSHOTS / "study-page.png"), full_page=True)
         status = live.locator("h2 .badge").first.inner_text()
