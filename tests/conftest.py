@@ -78,8 +78,15 @@ def flush_survives_worker_writes():
 
 
 @pytest.fixture(scope="session", autouse=True)
-def fresh_store():
-    """Each session starts from an empty store under var/test/."""
+def fresh_store(request):
+    """Each session starts from an empty store: under var/test/, or, with MINT_TEST_STORE=s3
+    (CI), a new bucket on the SeaweedFS the suite starts. It is the store every worker
+    process of the session uses; tests without a worker get their own (`isolated_store`)."""
+    if os.environ.get("MINT_TEST_STORE") == "s3":
+        weed = request.getfixturevalue("seaweedfs")
+        settings.MINT_STORE = weed.store_url(weed.new_bucket(), "session")
+        yield settings.MINT_STORE
+        return
     root = Path(settings.MINT_STORE.removeprefix("file://"))
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
