@@ -30,7 +30,8 @@ def error_object(status: int, code: str, message: str) -> dict:
     kind = {401: "authentication_error", 404: "invalid_request_error", 503: "server_error"}.get(
         status, "invalid_request_error" if status < 500 else "server_error"
     )
-    code = "model_not_found" if status == 404 else code
+    # Our NotFound under /v1 is a model (or revision) that does not exist.
+    code = "model_not_found" if code == "not_found" else code
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
