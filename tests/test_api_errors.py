@@ -84,3 +84,30 @@ def test_an_uncaught_exception_under_the_apis_is_a_json_500(key, monkeypatch):
     error = management_error(response, 500)
     assert error["code"] == "server_error" and "a bug" not in error["message"]
 
+
+@pytest.mark.parametrize(
+    "path, body, where",
+    [
+        ("/api/people", {"handle": "alice", "display_name": "Al\x00ice"}, "display_name"),
+        ("/api/people", {"handle": "alice", "display_name": "Al\ud800ice"}, "display_name"),
+        ("/api/adapters/alice/assistant/train", {"dataset": "\x00"}, "dataset"),
+        (
+            "/v1/chat/completions",
+            {"model": "m", "messages": [{"role": "user", "content": "\ud800"}]},
+            "0.content",
+        ),
+    ],
+)
+def test_text_the_database_cannot_hold_is_refused_naming_where_it_is(call, adapter, path, body, where):
+    response = call("post", path, raw=json.dumps(body).encode())
+    error = response.json()["error"]
+    assert response.status_code == 400, error
+    assert where in error["message"] and "which is not text" in error["message"]
+
+
+@pytest.mark.parametrize("url", ["/api/people?after=%00", "/api/people/a%00b/adapters", "/v1/models?x=%00"])
+def test_a_url_holding_a_nul_character_is_a_400_not_a_failed_query(call, url):
+    response = call("get", url)
+    assert response.status_code == 400
+    assert "NUL character" in response.json()["error"]["message"]
+

@@ -4,7 +4,7 @@ from django.http import JsonResponse
 from django.urls import path
 
 from adapters_app.api import base_views, study_views, update_views, views
-from adapters_app.api.auth import answer_wrong_methods_in_json, declare_api, management_error
+from adapters_app.api.auth import declare_api, management_error, refuse_in_json
 from adapters_app.openai_api.urls import openai
 
 app_name = "api"
@@ -39,5 +39,5 @@ def openapi_json(request):
 
 urlpatterns = [
     path("openapi.json", openapi_json, name="openapi"),
-    *answer_wrong_methods_in_json(management.urls[0], management_error),
+    *refuse_in_json(management.urls[0], management_error),
 ]
