@@ -111,3 +111,22 @@ def test_a_url_holding_a_nul_character_is_a_400_not_a_failed_query(call, url):
     assert response.status_code == 400
     assert "NUL character" in response.json()["error"]["message"]
 
+
+def test_a_handle_with_a_trailing_newline_is_not_a_handle(call):
+    error = management_error(call("post", "/api/people", {"handle": "alice\n"}), 400)
+    assert "not a valid name" in error["message"]
+    assert not Person.objects.exists()
+
+
+def test_a_dataset_named_by_a_superscript_digit_is_not_found(call, adapter, dataset):
+    error = management_error(call("post", "/api/adapters/alice/assistant/train", {"dataset": "²"}), 404)
+    assert error["message"] == "no dataset '²' for alice"
+
+
+# 4,301 digits: more than int() converts. U+0661 is ARABIC-INDIC DIGIT ONE, which \d matched.
+@pytest.mark.parametrize("ref", ["r" + "9" * 4301, "r\u0661"])
+def test_a_revision_is_named_in_ascii_digits_of_a_sane_length(call, make_revision, ref):
+    make_revision()
+    response = call("get", f"/api/revisions/alice/assistant/{ref}/download")
+    error = management_error(response, 400)
+    assert "is not a revision reference" in error["message"]
