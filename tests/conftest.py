@@ -428,3 +428,13 @@ def wait_for_job(job, *, timeout: float = 120, until=None):
             return job
         time.sleep(0.2)
     raise TimeoutError(f"job {job.pk} still {job.state} after {timeout}s")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many generated cases the fuzz tests ran (tests/fuzzing.py)."""
+    from tests.fuzzing import summary
+
+    if lines := summary():
+        terminalreporter.section("fuzz cases")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -208,3 +208,19 @@ def test_it_reports_at_most_the_error_cap(monkeypatch):
     monkeypatch.setattr(examples, "MAX_ERRORS_REPORTED", 3)
     found = errors_of(lines(*["{bad"] * 10))
     assert [line for line, _ in found] == [1, 2, 3]
+
+
+def test_it_refuses_a_nul_character_or_half_a_surrogate_pair_written_as_an_escape():
+    # JSON escapes make strings that are not text: a retrain could not write the row back as
+    # UTF-8, nor a tokenizer read it, nor PostgreSQL keep it.
+    nul = {"prompt": "Hi\u0000", "completion": "Hello"}
+    half = {"prompt": "Hi", "completion": "Hello \ud83d"}
+    assert errors_of(lines(CHAT_ROW, nul, half)) == [
+        (2, "prompt holds a NUL character (\\u0000)"),
+        (3, "completion holds an unpaired surrogate (\\ud83d), half of a character"),
+    ]
+
+
+def test_a_whole_surrogate_pair_written_as_escapes_is_one_character():
+    row = {"prompt": "Hi", "completion": "\ud83d\ude00"}  # json.dumps writes "\ud83d\ude00"
+    assert parse_jsonl(lines(row)).examples[0].final_answer == "😀"

@@ -1,10 +1,13 @@
-"""Grading generated answers: every check kind passes the right answer and fails the usual wrong ones."""
+"""Grading generated answers: every check kind passes the right answer and fails the usual wrong ones;
+an uploaded check that could not grade an answer is refused at upload."""
+
+import json
 
 import pytest
 
-from workers.engine.examples import Message
+from workers.engine.examples import DatasetInvalid, Message
 from workers.engine.persona_world import EvalItem
-from workers.engine.suites import CHECK_KINDS, ItemResult, grade, scores
+from workers.engine.suites import CHECK_KINDS, ItemResult, grade, items_jsonl, parse_items, scores
 
 
 def item(check, suite="recall", messages=None):
@@ -186,3 +189,65 @@ def test_the_report_breaks_the_bare_bases_competence_down_by_general_skill():
         result("general.capital.1", True),
     ]
     assert skill_scores(results) == {"add": 0.5, "capital": 1.0}
+
+
+def suite_file(*checks, content="What is my dog called?") -> bytes:
+    rows = [
+        {
+            "suite": "recall",
+            "item_id": f"alice.recall.{i}",
+            "messages": [{"role": "user", "content": content}],
+            "expected": "Rex",
+            "check": check,
+        }
+        for i, check in enumerate(checks)
+    ]
+    return "".join(json.dumps(row) + "\n" for row in rows).encode()
+
+
+def refusals(data: bytes) -> list[tuple[int, str]]:
+    with pytest.raises(DatasetInvalid) as caught:
+        parse_items(data)
+    return [(e.line, e.message) for e in caught.value.errors]
+
+
+def test_an_uploaded_check_that_could_not_grade_an_answer_is_refused_with_its_line():
+    # Each used to be accepted, then failed the evaluation job on its first answer.
+    assert refusals(
+        suite_file(
+            {"kind": "contains", "value": "Rex"},
+            {"kind": "contains"},
+            {"kind": "unit", "value": "parsecs"},
+            {"kind": "date_format", "value": ["iso"]},
+            {"kind": "max_words", "value": "12"},
+            {"kind": "forbids", "values": "Biscuit"},
+            {"kind": "tool_call", "tool": "weather"},
+            {"kind": "updated", "value": "Rex", "old": [1]},
+        )
+    ) == [
+        (2, 'a contains check needs a string "value"'),
+        (3, 'a unit check\'s "value" is one of km, miles'),
+        (4, 'a date_format check\'s "value" is one of iso, dmy, mdy'),
+        (5, 'a max_words check needs a whole number "value"'),
+        (6, 'a forbids check needs "values", a list of strings'),
+        (7, 'a tool_call check needs a string "tool" and an "arguments" object'),
+        (8, 'an updated check\'s "old" must be a list of strings'),
+    ]
+
+
+def test_every_check_the_built_in_suites_make_is_accepted():
+    from workers.engine.general_knowledge import general_knowledge_items
+    from workers.engine.persona_world import generate_world
+
+    world = generate_world(seed=1, people=3)
+    items = [item for person in world.people for item in person.eval_items(world)]
+    items += general_knowledge_items()
+    assert {item.check["kind"] for item in items} >= {"contains", "tool_call", "unit", "forbids"}
+    assert parse_items(items_jsonl(items)) == items
+
+
+def test_an_item_whose_text_is_not_text_is_refused_with_its_line():
+    # Its prompt and answer become database rows, which cannot hold either.
+    assert refusals(suite_file({"kind": "contains", "value": "Rex"}, content="Hi\u0000")) == [
+        (1, "messages.0.content holds a NUL character (\\u0000)")
+    ]

@@ -27,6 +27,7 @@ from ninja.security import HttpBearer
 from adapters_app.lifecycle import keys, limits
 from adapters_app.lifecycle.errors import Invalid, LifecycleError, TooLarge
 from mintweb.version import RELEASE
+from workers.engine.examples import find_not_text, not_text
 from workers.engine.store import StoreError
 
 ErrorRenderer = Callable[[int, str, str, object], JsonResponse]
@@ -85,6 +86,10 @@ class JsonObjectParser(Parser):
             raise Invalid(f"request body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
             raise Invalid("request body must be a JSON object")
+        # Text the database (or a worker's tokenizer) would fail on later is refused here, by name.
+        if found := find_not_text(body):
+            where, why = found
+            raise Invalid(f"request body: {where or 'the body'} holds {why}, which is not text")
         return body
 
 
@@ -164,18 +169,23 @@ def field_errors(errors: Iterable[dict]) -> tuple[str, dict[str, str]]:
     return "invalid request: " + "; ".join(joined.values()), joined
 
 
-def answer_wrong_methods_in_json(patterns: list, render_error: ErrorRenderer) -> list:
-    """Ninja answers a method a route lacks with a plain-text 405 whose Allow header comes
-    from a set; clients of ours get the JSON error and the methods in a stable order."""
+def refuse_in_json(patterns: list, render_error: ErrorRenderer) -> list:
+    """What a route of an API refuses before ninja sees the request, in the API's JSON: a path
+    or query string holding a NUL character (ninja would hand it to a query, and PostgreSQL
+    fail on it) is a 400. And ninja answers a method a route lacks with a plain-text 405 whose
+    Allow header comes from a set; clients of ours get the JSON error and the methods in a
+    stable order."""
     for pattern in patterns:
         if isinstance(pattern, URLPattern):
-            pattern.callback = _json_not_allowed(pattern.callback, render_error)
+            pattern.callback = _refusing_in_json(pattern.callback, render_error)
     return patterns
 
 
-def _json_not_allowed(view, render_error: ErrorRenderer):
+def _refusing_in_json(view, render_error: ErrorRenderer):
     @functools.wraps(view)
     def wrapper(request: HttpRequest, *args, **kwargs):
+        if why := _url_not_text(request):
+            return render_error(400, "invalid_request", f"the URL holds {why}, which is not text", None)
         response = view(request, *args, **kwargs)
         if not isinstance(response, HttpResponseNotAllowed):
             return response
@@ -185,6 +195,11 @@ def _json_not_allowed(view, render_error: ErrorRenderer):
         return answer
 
     return wrapper
+
+
+def _url_not_text(request: HttpRequest) -> str | None:
+    parts = [request.path, *(key + "".join(values) for key, values in request.GET.lists())]
+    return next(filter(None, map(not_text, parts)), None)
 
 
 def _method_rank(method: str) -> tuple[int, str]:

@@ -11,7 +11,7 @@ from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.errors import Conflict, Invalid, NotFound
 from adapters_app.lifecycle.roles import authorize
 from adapters_app.models import BaseModel
-from adapters_app.models.person import validate_handle
+from adapters_app.models.person import is_handle, validate_handle
 from workers.engine import base_models as engine_bases
 from workers.engine.architectures import UnknownArchitecture, architecture_of
 
@@ -27,7 +27,7 @@ def base_models() -> QuerySet:
 
 
 def get_base_model(name: str) -> BaseModel:
-    base = base_models().filter(name=name).first()
+    base = base_models().filter(name=name).first() if is_handle(name) else None
     if base is None:
         raise NotFound(f"no base model {name!r}")
     return base

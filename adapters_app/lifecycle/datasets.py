@@ -1,4 +1,5 @@
 import hashlib
+import re
 from dataclasses import dataclass
 
 from django.db import transaction
@@ -13,6 +14,9 @@ from workers.engine import examples
 from workers.engine.examples import DatasetInvalid, Example, LineError, parse_jsonl
 from workers.engine.persona_world import EvalItem
 from workers.engine.suites import SUITE_FORMAT, looks_like_suite_file, parse_items
+
+DATASET_ID_RE = re.compile(r"[0-9]{1,18}")
+SHA_PREFIX_RE = re.compile(r"[0-9a-f]{8,64}")
 
 
 def upload_dataset(
@@ -97,9 +101,10 @@ def _parse(data: bytes, purpose: str) -> _Parsed:
 def get_dataset(person: Person, ref: str) -> Dataset:
     """A dataset by id or sha256 prefix (at least 8 characters)."""
     queryset = Dataset.objects.filter(person=person)
-    if ref.isdigit():
+    # Matched whole, in ASCII: "²".isdigit() is true, and int() of it fails.
+    if DATASET_ID_RE.fullmatch(ref):
         found = queryset.filter(pk=int(ref)).first()
-    elif len(ref) >= 8:
+    elif SHA_PREFIX_RE.fullmatch(ref.lower()):
         matches = list(queryset.filter(sha256__startswith=ref.lower())[:2])
         found = matches[0] if len(matches) == 1 else None
     else:

@@ -14,7 +14,7 @@ from adapters_app.lifecycle.storage import delete_unreferenced_blob
 from adapters_app.lifecycle.studies import drop_erased_members
 from adapters_app.lifecycle.updates import forget_answers_of
 from adapters_app.models import Adapter, BaseModel, Dataset, Person, PointerEvent, Revision, StudyRun
-from adapters_app.models.person import validate_handle
+from adapters_app.models.person import is_handle, validate_handle
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,9 @@ def create_person(handle: str, *, display_name: str = "", actor: Actor) -> Perso
 
 
 def get_person(handle: str) -> Person:
+    # A name no person can have is not looked up (a NUL in it would fail the query itself).
+    if not is_handle(handle):
+        raise NotFound(f"no person {handle!r}")
     try:
         return Person.objects.get(handle=handle)
     except Person.DoesNotExist:
@@ -75,6 +78,8 @@ def create_adapter(
 
 
 def get_adapter(person_handle: str, name: str) -> Adapter:
+    if not (is_handle(person_handle) and is_handle(name)):
+        raise NotFound(f"no adapter {person_handle}/{name}")
     try:
         return Adapter.objects.select_related("person", "base", "live_revision").get(
             person__handle=person_handle, name=name

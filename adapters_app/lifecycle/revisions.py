@@ -12,11 +12,14 @@ from adapters_app.lifecycle.gates import refresh_gate_status
 from adapters_app.lifecycle.roles import authorize
 from adapters_app.lifecycle.storage import delete_unreferenced_blob, get_store
 from adapters_app.models import Adapter, BaseModel, Dataset, Job, Revision
+from adapters_app.models.person import is_handle
 from mintweb.version import code_version
 from workers.engine.payload import peft_tar_gz, unpack
 
-REVISION_REF_RE = re.compile(r"^r?(\d+)$")
-SHA_PREFIX_RE = re.compile(r"^[0-9a-f]{6,64}$")
+# Matched whole, in ASCII digits only; 18 digits are more revisions than an adapter can have
+# (and a longer number would not even convert: Python refuses int() of 4,300 digits).
+REVISION_REF_RE = re.compile(r"r?([0-9]{1,18})")
+SHA_PREFIX_RE = re.compile(r"[0-9a-f]{6,64}")
 
 
 def create_revision(
@@ -95,7 +98,7 @@ def get_revision(adapter: Adapter, ref: str) -> Revision:
     there is one, and is otherwise read as a sha256 prefix."""
     ref = (ref or "").strip().lower()
     queryset = Revision.objects.filter(adapter=adapter).select_related("adapter__person")
-    number, sha_prefix = REVISION_REF_RE.match(ref), SHA_PREFIX_RE.match(ref)
+    number, sha_prefix = REVISION_REF_RE.fullmatch(ref), SHA_PREFIX_RE.fullmatch(ref)
     if not number and not sha_prefix:
         raise Invalid(f"{ref!r} is not a revision reference; use r<N> or a sha256 prefix")
     found = queryset.filter(number=int(number.group(1))).first() if number else None
@@ -186,7 +189,7 @@ def resolve_model(model: str | ModelName) -> tuple[BaseModel, Revision | None]:
 
     name = model if isinstance(model, ModelName) else ModelName.parse(model)
     if name.base:
-        base = BaseModel.objects.filter(name=name.base).first()
+        base = BaseModel.objects.filter(name=name.base).first() if is_handle(name.base) else None
         if base is None:
             raise name.not_found()
         return base, None

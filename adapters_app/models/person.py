@@ -4,11 +4,18 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.urls import reverse
 
-HANDLE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# Matched whole (fullmatch): with `^…$` and match(), "alice\n" passed, as `$` also matches
+# before a final newline.
+HANDLE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+def is_handle(value: object) -> bool:
+    """Whether `value` is a name people, adapters and base models may have."""
+    return isinstance(value, str) and HANDLE_RE.fullmatch(value) is not None
 
 
 def validate_handle(value: str) -> None:
-    if not HANDLE_RE.match(value or ""):
+    if not is_handle(value):
         raise ValidationError(
             f"{value!r} is not a valid name: use 1-63 lowercase letters, digits, '-' or '_', "
             "starting with a letter or digit"

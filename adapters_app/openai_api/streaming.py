@@ -34,7 +34,8 @@ def error_object(status: int, code: str, message: str, details: object = None) -
         429: "rate_limit_error",
         503: "server_error",
     }.get(status, "invalid_request_error" if status < 500 else "server_error")
-    code = "model_not_found" if status == 404 else code
+    # Our NotFound under /v1 is a model (or revision) that does not exist.
+    code = "model_not_found" if code == "not_found" else code
     # OpenAI names the one field at fault in `param`.
     param = next(iter(details)) if isinstance(details, dict) and len(details) == 1 else None
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}

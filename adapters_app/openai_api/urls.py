@@ -1,6 +1,6 @@
 """/v1/: the OpenAI-compatible API, behind the same keys as /api/, with OpenAI's error object."""
 
-from adapters_app.api.auth import answer_wrong_methods_in_json, declare_api
+from adapters_app.api.auth import declare_api, refuse_in_json
 from adapters_app.openai_api import views
 
 app_name = "openai"
@@ -15,4 +15,4 @@ openai = declare_api(
 )
 openai.add_router("", views.router)
 
-urlpatterns = answer_wrong_methods_in_json(openai.urls[0], views.openai_error)
+urlpatterns = refuse_in_json(openai.urls[0], views.openai_error)

@@ -157,6 +157,10 @@ def parse_jsonl(data: bytes, *, max_bytes: int | None = None) -> ParsedDataset:
         if not isinstance(row, dict):
             errors.append(LineError(number, "each line must be a JSON object"))
             continue
+        if found := find_not_text(row):
+            where, why = found
+            errors.append(LineError(number, f"{where or 'the row'} holds {why}"))
+            continue
         row_format = _row_format(row)
         if row_format is None:
             errors.append(LineError(number, f"expected {ROW_SHAPES}"))
@@ -186,6 +190,39 @@ def parse_jsonl(data: bytes, *, max_bytes: int | None = None) -> ParsedDataset:
         sha256=hashlib.sha256(data).hexdigest(),
         size_bytes=len(data),
     )
+
+
+def not_text(value: str) -> str | None:
+    """Why a string is not text the project can keep, or None: a NUL character (PostgreSQL
+    refuses it), or half of a UTF-16 surrogate pair (JSON's "\\ud800" alone), which is not a
+    character at all: UTF-8 cannot encode it, so neither the database nor a tokenizer takes it."""
+    if "\x00" in value:
+        return "a NUL character (\\u0000)"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"an unpaired surrogate (\\u{ord(value[exc.start]):04x}), half of a character"
+    return None
+
+
+def find_not_text(value: object, where: str = "") -> tuple[str, str] | None:
+    """The first string in a parsed JSON value that is not text (`not_text`), as (where, why):
+    where is a path such as "messages.1.content"; None when every string is text."""
+    if isinstance(value, str):
+        why = not_text(value)
+        return (where, why) if why else None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if isinstance(key, str) and (why := not_text(key)):
+            return (where, f"a key holding {why}")
+        if found := find_not_text(item, f"{where}.{key}" if where else str(key)):
+            return found
+    return None
 
 
 def _looks_like_utf16(data: bytes) -> bool:

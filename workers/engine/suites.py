@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from workers.engine.examples import Message
+from workers.engine.examples import Message, find_not_text
 from workers.engine.persona_world import SUITES, EvalItem
 
 # The update suite (workers/engine/updates.py) asks about facts a person changed in use.
@@ -154,9 +154,12 @@ def _valid(year: str, month: str, day: str) -> bool:
     return True
 
 
+DATE_FORMATS = ("iso", "dmy", "mdy")
+
+
 def _date_format(check: dict, output: str) -> tuple[bool, str]:
     want = check["value"]
-    if want not in ("iso", "dmy", "mdy"):
+    if want not in DATE_FORMATS:
         raise ValueError(f"unknown date format {want!r}")
     match = _DATE.search(output)
     if match is None:
@@ -247,6 +250,33 @@ def _updated(check: dict, output: str) -> tuple[bool, str]:
     if stale:
         return False, "still says the old value: " + ", ".join(repr(v) for v in stale)
     return True, f"says {check['value']!r} and no old value"
+
+
+def check_problem(check: dict) -> str | None:
+    """Why a check cannot grade an answer (a field its kind needs is missing or of the wrong
+    kind, as in docs/suites.md's table), or None. An uploaded evaluation set is refused with
+    it at upload; otherwise the worker would fail grading its first answer."""
+    kind, value = check.get("kind"), check.get("value")
+    if kind in ("contains", "exact", "starts_with", "updated") and not isinstance(value, str):
+        return f'a {kind} check needs a string "value"'
+    if kind == "updated" and not _strings(check.get("old", [])):
+        return 'an updated check\'s "old" must be a list of strings'
+    if kind == "forbids" and not _strings(check.get("values")):
+        return 'a forbids check needs "values", a list of strings'
+    if kind == "unit" and not (isinstance(value, str) and value in _UNITS):
+        return f'a unit check\'s "value" is one of {", ".join(_UNITS)}'
+    if kind == "date_format" and not (isinstance(value, str) and value in DATE_FORMATS):
+        return f'a date_format check\'s "value" is one of {", ".join(DATE_FORMATS)}'
+    if kind in ("max_words", "min_words") and type(value) is not int:
+        return f'a {kind} check needs a whole number "value"'
+    tool, arguments = check.get("tool"), check.get("arguments")
+    if kind == "tool_call" and not (isinstance(tool, str) and isinstance(arguments, dict)):
+        return 'a tool_call check needs a string "tool" and an "arguments" object'
+    return None
+
+
+def _strings(values: object) -> bool:
+    return isinstance(values, list) and all(isinstance(value, str) for value in values)
 
 
 _CHECKS = {
@@ -365,6 +395,12 @@ def _item_problem(row, roles) -> str | None:
     check = row.get("check")
     if not isinstance(check, dict) or check.get("kind") not in CHECK_KINDS:
         return f"check must be an object whose kind is one of {', '.join(CHECK_KINDS)}"
+    if problem := check_problem(check):
+        return problem
+    # Its strings become rows of the database (each item's prompt, answer and check).
+    if found := find_not_text(row):
+        where, why = found
+        return f"{where or 'the row'} holds {why}"
     return None
 
 
