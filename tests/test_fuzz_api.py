@@ -37,6 +37,8 @@ pytestmark = [pytest.mark.fuzz, pytest.mark.django_db]
 SCHEMA = schemathesis.openapi.from_dict(openapi_document())
 OPERATIONS = {f"{op.method.upper()} {op.path}": op for op in (r.ok() for r in SCHEMA.get_all_operations())}
 ROLES = ("viewer", "operator", "admin")
+# Every kind of key: an operator key per console role, and a person key (alice's).
+KEYS = (*ROLES, "person")
 
 # Successes that are not JSON, as documented.
 OTHER_MEDIA = ("application/gzip", "text/csv", "text/event-stream")
@@ -79,7 +81,7 @@ def world(micro_base, tiny_payload, django_user_model, settings):
     """A key per role, and what the known names point at: alice/assistant with a dataset, a
     live r1, a queued training job, a pending update and a queued study. Made without the
     shared `actor` fixture: its password costs a second and a half of PBKDF2 per test."""
-    from adapters_app.lifecycle import jobs, pointer, studies, updates
+    from adapters_app.lifecycle import jobs, keys, pointer, studies, updates
     from adapters_app.lifecycle.actors import Actor
     from adapters_app.lifecycle.datasets import upload_dataset
     from adapters_app.lifecycle.people import create_adapter, create_person
@@ -102,8 +104,9 @@ def world(micro_base, tiny_payload, django_user_model, settings):
     job = jobs.start_training(adapter, dataset, config={"steps": 1}, actor=actor)
     update, _ = updates.record_memory(person, text="My dog is called Rex.", adapter=adapter, actor=actor)
     study = studies.create_study({"name": "tiny", "bases": [micro_base.name], **SMALL_GRID}, actor=actor)
+    person_key = keys.issue_person_key(person, actor=actor)[1]
     return {
-        "keys": {role: ApiKey.issue(user)[1] for role, user in users.items()},
+        "keys": {**{role: ApiKey.issue(user)[1] for role, user in users.items()}, "person": person_key},
         "person": "alice",
         "adapter": "assistant",
         "rev": "r1",
@@ -146,7 +149,7 @@ def assert_answered_in_json(method: str, path: str, status: int, content_type: s
 
 @pytest.mark.parametrize("operation", OPERATIONS, ids=str)
 def test_no_input_to_an_operation_gets_a_500_or_an_html_page_whatever_the_role(operation, wsgi, world):
-    for role in ROLES:
+    for role in KEYS:
         fuzz(operation, world["keys"][role], world, wsgi)
 
 
@@ -217,7 +220,7 @@ BODIES = st.one_of(
     path=PATHS,
     body=BODIES,
     content_type=st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded", ""]),
-    role=st.sampled_from([*ROLES, None]),
+    role=st.sampled_from([*KEYS, None]),
 )
 def test_any_method_path_and_body_under_the_apis_is_answered_in_json(
     method, path, body, content_type, role, world, wsgi, settings

@@ -228,7 +228,7 @@ def test_any_sampling_fields_are_parameters_in_range_or_a_validation_error(body,
         request = declared.model_validate(body)
     except SchemaInvalid:
         return
-    call = Call.parse(request, chat=chat)
+    call = Call.read(request, chat=chat)
     params = call.params
     assert 1 <= params.max_tokens <= schemas.MAX_TOKENS
     assert 0.0 <= params.temperature <= 2.0

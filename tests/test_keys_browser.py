@@ -26,11 +26,11 @@ def models_seen_with(live_server, secret: str) -> list[str]:
 
 
 def test_an_admin_issues_a_person_key_in_the_browser_and_it_sees_only_that_persons_adapters(
-    open_console,
+    open_console,  # noqa: F811 (the imported fixture)
     live_server,
     django_user_model,
     make_revision,
-    actor,  # noqa: F811 (the imported fixture)
+    actor,
 ):
     from adapters_app.lifecycle.pointer import promote
 

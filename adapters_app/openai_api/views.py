@@ -8,7 +8,7 @@ of `model` and generation are the lifecycle's and the worker's.
 import functools
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from django.http import JsonResponse, StreamingHttpResponse
 from ninja import Router
@@ -116,26 +116,31 @@ class Call:
     n: int
     stream: bool
     include_usage: bool
-    admission: limits.Admission
+    admission: limits.Admission | None = None  # taken by `parse`, for the caller's key
+
+    @classmethod
+    def read(cls, payload: schemas.Sampling, *, chat: bool = False) -> "Call":
+        """What `payload` asks for, whoever asks."""
+        options = payload.stream_options
+        return cls(
+            model=payload.model,
+            params=sampling_params(payload, chat=chat),
+            n=payload.n or 1,
+            stream=bool(payload.stream),
+            include_usage=bool(options and options.include_usage),
+        )
 
     @classmethod
     def parse(cls, payload: schemas.Sampling, request, *, chat: bool = False) -> "Call":
+        """What `payload` asks for, once the caller's key may ask it: the model within the
+        key's scope, the key's tokens (and a stream slot) taken."""
         if request.key_scope is not None:
             request.key_scope.admit(payload.model, path=request.path)
-        options = payload.stream_options
-        params = sampling_params(payload, chat=chat)
-        n = payload.n or 1
-        stream = bool(payload.stream)
-        return cls(
-            model=payload.model,
-            params=params,
-            n=n,
-            stream=stream,
-            include_usage=bool(options and options.include_usage),
-            admission=limits.admit_generation(
-                request.api_key, max_tokens=params.max_tokens, n=n, stream=stream
-            ),
+        call = cls.read(payload, chat=chat)
+        admission = limits.admit_generation(
+            request.api_key, max_tokens=call.params.max_tokens, n=call.n, stream=call.stream
         )
+        return replace(call, admission=admission)
 
     def complete(self, prompt: inference.Prompt) -> dict:
         try:
