@@ -40,6 +40,14 @@ class BlobCorrupted(StoreError):
     pass
 
 
+def verified(sha256: str, data: bytes) -> bytes:
+    """`data`, if it hashes to its key `sha256`; BlobCorrupted otherwise (never served)."""
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise BlobCorrupted(f"blob {sha256} is corrupted: its bytes hash to {actual}; refusing to load it")
+    return data
+
+
 @dataclass(frozen=True, slots=True)
 class PutResult:
     sha256: str
@@ -126,12 +134,7 @@ class AdapterStore:
             data = path.read_bytes()
         except FileNotFoundError:
             raise BlobNotFound(f"blob {sha256} is not in the store at {self.root}") from None
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != sha256:
-            raise BlobCorrupted(
-                f"blob {sha256} is corrupted: its bytes hash to {actual}; refusing to load it"
-            )
-        return data
+        return verified(sha256, data)
 
     def exists(self, sha256: str) -> bool:
         return self.path_for(sha256).exists()
