@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from urllib.parse import parse_qs, urlparse
 
-from workers.engine.store import SHA256_RE, BlobCorrupted, BlobNotFound, PutResult, StoreError
+from workers.engine.store import SHA256_RE, BlobNotFound, PutResult, StoreError, verified
 
 STAMP = "mint-put-ns"
 # Payloads above this go up in parts (S3's smallest part is 5 MiB).
@@ -134,12 +134,7 @@ class S3Store:
                 data = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
             except self.client.exceptions.NoSuchKey:
                 raise BlobNotFound(f"blob {sha256} is not in the store {self.where}") from None
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != sha256:
-            raise BlobCorrupted(
-                f"blob {sha256} is corrupted: its bytes hash to {actual}; refusing to load it"
-            )
-        return data
+        return verified(sha256, data)
 
     def exists(self, sha256: str) -> bool:
         with self._errors():
