@@ -321,6 +321,7 @@ class Stack:
 
         settings.CELERY_BROKER_URL = settings.CELERY_RESULT_BACKEND = self.redis.url
         app.conf.broker_url = app.conf.result_backend = self.redis.url
+        settings.CELERY_TASK_DEFAULT_QUEUE = app.conf.task_default_queue = self.queue
 
     def _operator_key(self) -> str:
         """An admin's API key with no per-key limits: the scenarios measure the stack, not quotas."""
