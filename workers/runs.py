@@ -353,6 +353,13 @@ def answer(adapter, revision: Revision | None, prompt: Prompt, max_tokens: int) 
     )
 
 
+def _node_name() -> str | None:
+    """The Celery node running this task (its lease is what a stream's reader watches)."""
+    from celery import current_task
+
+    return current_task.request.hostname if current_task else None
+
+
 def generate(request: dict) -> list[dict]:
     """Serve one OpenAI-style request (no job row: inference is not a lifecycle action).
 
@@ -374,7 +381,7 @@ def generate(request: dict) -> list[dict]:
         if request.get("messages") is not None
         else request["prompt"]
     )
-    stream = StreamWriter(request["stream_key"]) if request.get("stream_key") else None
+    stream = StreamWriter(request["stream_key"], worker=_node_name()) if request.get("stream_key") else None
     on_text = stream.text if stream else None
     try:
         try:
