@@ -134,6 +134,9 @@ MINT_BASES_DIR = Path(os.environ.get("MINT_BASES_DIR", VAR_DIR / "bases"))
 # declares the worker dead and fails the job.
 MINT_HEARTBEAT_SECONDS = envint("MINT_HEARTBEAT_SECONDS", "2")
 MINT_STALE_JOB_SECONDS = envint("MINT_STALE_JOB_SECONDS", "60")
+# A job still queued this long whose task the broker no longer holds (a Redis restart lost
+# it) has its task sent again by the sweep.
+MINT_LOST_JOB_SECONDS = envint("MINT_LOST_JOB_SECONDS", "60")
 # How many of a study cell's adapters train together in one multi-adapter pass (memory
 # grows with it: each adapter brings its own batch of rows).
 MINT_STUDY_ADAPTERS_PER_PASS = envint("MINT_STUDY_ADAPTERS_PER_PASS", "16")
