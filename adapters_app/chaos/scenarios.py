@@ -536,7 +536,8 @@ class RedisRestartDuringStudy(Scenario):
             },
             expect=201,
         )
-        cells = list(StudyCell.objects.filter(study_id=study["id"]).order_by("pk"))
+        study_id = study["study"]["id"]
+        cells = list(StudyCell.objects.filter(study_id=study_id).order_by("pk"))
         jobs = [cell.job_id for cell in cells]
         outcome.check("a cell was running at the fault", self.running(jobs[0]))
         at = time.monotonic()
@@ -545,7 +546,7 @@ class RedisRestartDuringStudy(Scenario):
         finals = self.settle_jobs(outcome, jobs, revisions=False)
         expected = sum(cell.runs_total for cell in cells)
         runs = Counter(
-            StudyRun.objects.filter(cell__study_id=study["id"]).values_list("cell_id", "person", "seed")
+            StudyRun.objects.filter(cell__study_id=study_id).values_list("cell_id", "person", "seed")
         )
         outcome.duplicated += sum(n - 1 for n in runs.values())
         outcome.check(
