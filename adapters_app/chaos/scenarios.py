@@ -389,14 +389,14 @@ class PointerMoves(Scenario):
                 outcome.duplicated += max(0, made - 1) + max(0, logged - 1)
             elif answer.status == 409:  # refused: nothing may have moved
                 outcome.duplicated += made + logged
-            else:  # cut by the fault: the client cannot know; at most one move either way
+            else:  # a 503 from the fault: the commit's fate is unknown; at most one move either way
                 outcome.duplicated += max(0, made - 1) + max(0, logged - 1)
                 outcome.check(
                     f"{reason} moved as often as it was audited", made == logged, f"{made} vs {logged}"
                 )
         outcome.check(
-            "every call answered 200 or a clear 409",
-            set(statuses) <= {200, 409},
+            "every call answered 200, a clear 409, or a 503 to retry",
+            set(statuses) <= {200, 409, 503},
             f"{dict(statuses)}: {[a.detail for _, a in answers if a.status not in (200, 409)][:2]}",
         )
         chained = all(a.to_revision_id == b.from_revision_id for a, b in pairwise(events))
