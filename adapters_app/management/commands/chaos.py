@@ -20,7 +20,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from adapters_app.chaos.client import Client
 from adapters_app.chaos.scenarios import BY_NAME, SCENARIOS, Outcome
-from adapters_app.chaos.stack import Stack
+from adapters_app.chaos.stack import Stack, StackUnavailable
 from adapters_app.management import processes
 
 
@@ -45,7 +45,10 @@ class Command(BaseCommand):
         outcomes: list[Outcome] = []
         started = time.monotonic()
         try:
-            stack.start()
+            try:
+                stack.start()
+            except StackUnavailable as exc:
+                raise CommandError(f"private stack unavailable: {exc}") from None
             client = Client(stack.url, stack.key)
             for scenario in chosen:
                 self.stdout.write(f"{scenario.name}: {scenario.fault}…")
