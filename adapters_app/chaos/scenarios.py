@@ -195,6 +195,9 @@ class Scenario:
                 if self.wait_final([retry])[retry].state == Job.SUCCEEDED:
                     finals[job_id] = retry
         outcome.sent += len(job_ids)
+        resent = [j for j in job_ids if "sent again" in ended[j].log]
+        if resent:
+            outcome.notes.append(f"{len(resent)} job(s) whose task the broker lost were re-sent by the sweep")
         stuck = [j for j in job_ids if ended[j].state not in Job.FINAL_STATES]
         outcome.check("every job ended", not stuck, f"still queued or running: {stuck}")
         outcome.lost += len(job_ids) - len(finals)
