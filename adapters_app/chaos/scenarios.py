@@ -90,6 +90,7 @@ class Scenario:
 
     def __init__(self, stack: Stack, client: Client):
         self.stack, self.client = stack, client
+        self.retried_from: dict[int, int] = {}  # a retry's job id -> the job it retried
 
     def __call__(self) -> Outcome:
         outcome = Outcome(self.name, self.fault, self.in_flight)
@@ -202,27 +203,16 @@ class Scenario:
         outcome.check("every job ended", not stuck, f"still queued or running: {stuck}")
         outcome.lost += len(job_ids) - len(finals)
         if revisions:
-            outcome.duplicated += self.extra_revisions(
-                outcome, list(finals.values()) + self.retries_of(job_ids)
-            )
+            outcome.duplicated += self.extra_revisions(outcome, job_ids, succeeded=set(finals))
         return finals
-
-    def retries_of(self, job_ids: list[int]) -> list[int]:
-        return [r for r in self._retries if self._retries[r] in job_ids]
 
     def retry(self, job) -> int:
         from adapters_app.lifecycle.actors import Actor
         from adapters_app.lifecycle.jobs import retry_job
 
         retried = retry_job(job, actor=Actor.system("chaos")).pk
-        self._retries[retried] = job.pk
+        self.retried_from[retried] = job.pk
         return retried
-
-    @property
-    def _retries(self) -> dict[int, int]:
-        if not hasattr(self, "_retry_map"):
-            self._retry_map = {}
-        return self._retry_map
 
     def wait_final(self, job_ids: list[int], timeout: float = JOB_PATIENCE) -> dict:
         from django.db import connection
@@ -242,21 +232,23 @@ class Scenario:
                 return jobs
             time.sleep(0.5)
 
-    def extra_revisions(self, outcome: Outcome, job_ids: list[int]) -> int:
-        """Revisions beyond one per succeeded job; each must also have its blob stored."""
+    def extra_revisions(self, outcome: Outcome, job_ids: list[int], *, succeeded: set[int]) -> int:
+        """Revisions beyond one per job that succeeded (itself or by its retry), and any for
+        one that did not; each revision must also have its blob stored."""
         from adapters_app.lifecycle.storage import get_store
-        from adapters_app.models import Job, Revision
+        from adapters_app.models import Revision
 
-        per_job = Counter(Revision.objects.filter(job_id__in=job_ids).values_list("job_id", flat=True))
-        succeeded = set(Job.objects.filter(pk__in=job_ids, state=Job.SUCCEEDED).values_list("pk", flat=True))
-        missing = [j for j in succeeded if per_job[j] != 1]
-        outcome.check("one revision per succeeded job", not missing, f"jobs {missing}: {dict(per_job)}")
-        store = get_store()
-        blobless = [
-            r.label for r in Revision.objects.filter(job_id__in=job_ids) if not store.exists(r.sha256)
-        ]
+        original = {job_id: job_id for job_id in job_ids}
+        original |= {retry: first for retry, first in self.retried_from.items() if first in original}
+        made = list(Revision.objects.filter(job_id__in=original))
+        per_job = Counter(original[revision.job_id] for revision in made)
+        wrong = {j: per_job[j] for j in job_ids if per_job[j] != (1 if j in succeeded else 0)}
+        outcome.check(
+            "one revision per job that succeeded, none otherwise", not wrong, f"job: revisions {wrong}"
+        )
+        blobless = [r.label for r in made if not get_store().exists(r.sha256)]
         outcome.check("every revision's blob is stored", not blobless, f"no blob: {blobless}")
-        return sum(count - 1 for count in per_job.values() if count > 1)
+        return sum(max(0, per_job[j] - (1 if j in succeeded else 0)) for j in job_ids)
 
     def running(self, job_id: int, timeout: float = 60) -> bool:
         from adapters_app.models import Job
@@ -469,7 +461,9 @@ class DiskFullDuringRevision(Scenario):
         done = self.wait_final([retry])[retry]
         outcome.recovered_s = round(time.monotonic() - since, 1) if done.state == Job.SUCCEEDED else None
         outcome.lost = 0 if done.state == Job.SUCCEEDED else 1
-        outcome.duplicated = self.extra_revisions(outcome, [job_id, retry])
+        outcome.duplicated = self.extra_revisions(
+            outcome, [job_id], succeeded={job_id} if done.state == Job.SUCCEEDED else set()
+        )
         outcome.notes.append("recovered: from the space being freed to the retried job's revision")
 
     def unreferenced_blobs(self) -> list[str]:
@@ -521,7 +515,7 @@ class RedisRestartDuringStudy(Scenario):
     in_flight = "a study: 2 cells (1 running, 1 queued)"
 
     def run(self, outcome: Outcome) -> None:
-        from adapters_app.models import Job, StudyCell, StudyRun
+        from adapters_app.models import StudyCell, StudyRun
 
         [probe] = self.live_adapters("redis-study-probe", 1)
         study = self.must(
@@ -556,7 +550,6 @@ class RedisRestartDuringStudy(Scenario):
             "every run recorded once", sum(runs.values()) == expected, f"{sum(runs.values())} of {expected}"
         )
         outcome.notes.append(f"{len(finals)} of {len(jobs)} cells succeeded; {len(runs)} of {expected} runs")
-        del Job
 
 
 class RedisRestartDuringStreams(Scenario):
