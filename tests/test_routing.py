@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
-from adapters_app.lifecycle import routing
+from adapters_app.lifecycle import liveness, routing
 from adapters_app.lifecycle.routing import (
     Dispatched,
     Route,
@@ -356,3 +356,22 @@ def test_a_promoted_retrain_is_served_next_even_while_the_old_revision_is_reside
     assert new["generations"][0]["text"] == expected
     # r1 is still in memory somewhere; serving r2 never read its slot.
     assert ResidentAdapter.objects.filter(sha256=r1.sha256).exists()
+
+
+def test_a_worker_whose_lease_lapsed_is_passed_over_though_its_row_looks_healthy(fleet):
+    # The dead worker holds the adapter and its row says healthy for three more beats; its
+    # lease is gone.
+    holding(fleet())  # killed outright a second ago
+    alive = fleet()
+    liveness.renew(alive.name)
+    try:
+        assert (route(SHA).worker, route(SHA).reason) == (alive.name, "cold")
+    finally:
+        liveness.release(alive.name)
+
+
+def test_with_no_lease_anywhere_routing_trusts_the_rows(fleet):
+    # Redis just restarted (every lease gone) or the workers predate leases.
+    holder = holding(fleet())
+    fleet()
+    assert route(SHA).worker == holder.name

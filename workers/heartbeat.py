@@ -49,6 +49,7 @@ class WorkerHeartbeat:
         except Exception:
             log.exception("could not prune the local adapter caches; the processes' sweeps will")
         self._thread.start()
+        threading.Thread(target=self._hold_lease, name="worker-lease", daemon=True).start()
 
     def stop(self) -> None:
         from django.utils import timezone
@@ -134,6 +135,22 @@ class WorkerHeartbeat:
             return [int(pid) for pid in self.consumer.pool.info.get("processes", [])]
         except Exception:  # the pool is starting or stopping
             return []
+
+    def _hold_lease(self) -> None:
+        """Renew this worker's lease in Redis three times a lease (liveness.py says why)."""
+        from django.conf import settings
+
+        from adapters_app.lifecycle import liveness
+
+        every = settings.MINT_WORKER_LEASE_SECONDS / 3
+        while True:
+            try:
+                liveness.renew(self.name)
+            except Exception:
+                log.warning("could not renew worker %s's lease; trying again", self.name, exc_info=True)
+            if self._stop.wait(every):
+                liveness.release(self.name)
+                return
 
     def _loop(self) -> None:
         from django.db import connection

@@ -11,10 +11,12 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import InterfaceError, OperationalError, close_old_connections, connection, transaction
 
 from adapters_app.lifecycle import routing
 from adapters_app.lifecycle.actors import Actor
@@ -34,6 +36,7 @@ from workers.engine.suites import SUITE_FORMAT, run_items
 from workers.residency import ResidencyReporter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Two holders in one process, reported apart: routing follows the batched server's only.
 _runtime = AdapterRuntime(observer=ResidencyReporter(ResidentAdapter.RUNTIME))
@@ -53,6 +56,26 @@ class JobLost(Exception):
     """The job left the running state under us (e.g. the sweeper failed it)."""
 
 
+# What a lost database connection raises (a restart, a failover).
+DATABASE_GONE = (OperationalError, InterfaceError)
+
+
+def outlasting_outages(write: Callable[[], T]) -> T:
+    """Run `write` (one statement, outside a transaction); when the database connection is
+    lost, reconnect and try again for up to MINT_STALE_JOB_SECONDS, as long as the sweep
+    itself would wait before presuming this worker dead. A database restart then costs a
+    run a pause, not its work. A statement that failed in autocommit left nothing behind."""
+    deadline = time.monotonic() + settings.MINT_STALE_JOB_SECONDS
+    while True:
+        try:
+            return write()
+        except DATABASE_GONE:
+            if connection.in_atomic_block or time.monotonic() > deadline:
+                raise
+            connection.close()
+            time.sleep(0.5)
+
+
 class Heartbeat:
     """Beats on the job row from a side thread, so a long step cannot look like a dead worker."""
 
@@ -64,7 +87,12 @@ class Heartbeat:
     def _loop(self) -> None:
         try:
             while not self._stop.wait(self.interval):
-                self.job.beat()
+                try:
+                    self.job.beat()
+                except DATABASE_GONE:
+                    # The database restarted: beat again on a new connection next time.
+                    log.warning("job %s: heartbeat not written (database unreachable)", self.job.pk)
+                    connection.close()
         finally:
             connection.close()
 
@@ -94,12 +122,14 @@ class ProgressReporter:
         tenth = 10 * step // total if total else 0
         if tenth > self._logged_tenth:
             self._logged_tenth = tenth
-            self.job.append_log(f"step {step}/{total}" + (f", loss {loss:.4f}" if loss is not None else ""))
+            line = f"step {step}/{total}" + (f", loss {loss:.4f}" if loss is not None else "")
+            outlasting_outages(lambda: self.job.append_log(line))
         now = time.monotonic()
         if step < total and now - self._last_write < self.every:
             return
         self._last_write = now
-        if not self.job.report_progress(step, total, _thin(self.loss_points)):
+        points = _thin(self.loss_points)
+        if not outlasting_outages(lambda: self.job.report_progress(step, total, points)):
             raise JobCancelled()
 
 
@@ -118,15 +148,17 @@ class JobRun:
 
     def execute(self) -> None:
         close_old_connections()
-        job = (
-            Job.objects.select_related("adapter__person", "adapter__base", "dataset", "revision")
-            .filter(pk=self.job_id)
-            .first()
+        job = outlasting_outages(
+            lambda: (
+                Job.objects.select_related("adapter__person", "adapter__base", "dataset", "revision")
+                .filter(pk=self.job_id)
+                .first()
+            )
         )
         if job is None:
             log.warning("job %s no longer exists; skipping", self.job_id)
             return
-        if not job.claim(self.worker):
+        if not outlasting_outages(lambda: job.claim(self.worker)):
             log.info("job %s is %s; not running it again", job.pk, job.state)
             return
         job.append_log(f"claimed by {self.worker}")
@@ -353,6 +385,13 @@ def answer(adapter, revision: Revision | None, prompt: Prompt, max_tokens: int) 
     )
 
 
+def _node_name() -> str | None:
+    """The Celery node running this task (its lease is what a stream's reader watches)."""
+    from celery import current_task
+
+    return current_task.request.hostname if current_task else None
+
+
 def generate(request: dict) -> list[dict]:
     """Serve one OpenAI-style request (no job row: inference is not a lifecycle action).
 
@@ -374,7 +413,7 @@ def generate(request: dict) -> list[dict]:
         if request.get("messages") is not None
         else request["prompt"]
     )
-    stream = StreamWriter(request["stream_key"]) if request.get("stream_key") else None
+    stream = StreamWriter(request["stream_key"], worker=_node_name()) if request.get("stream_key") else None
     on_text = stream.text if stream else None
     try:
         try:

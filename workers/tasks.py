@@ -34,10 +34,11 @@ def generate(**request) -> list[dict]:
 @shared_task(name="workers.tasks.sweep")
 def sweep() -> dict:
     from adapters_app.lifecycle.fleet import sweep_silent_workers
-    from adapters_app.lifecycle.jobs import sweep_orphan_blobs, sweep_stale_jobs
+    from adapters_app.lifecycle.jobs import requeue_lost_jobs, sweep_orphan_blobs, sweep_stale_jobs
 
     return {
         "stale_jobs": sweep_stale_jobs(),
+        "requeued_jobs": requeue_lost_jobs(),
         "orphan_blobs": len(sweep_orphan_blobs()),
         "silent_workers": sweep_silent_workers(),
     }

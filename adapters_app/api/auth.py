@@ -17,6 +17,7 @@ import json
 from collections.abc import Callable, Iterable
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponseNotAllowed, JsonResponse
 from django.urls import URLPattern
 from ninja import NinjaAPI
@@ -125,6 +126,18 @@ def declare_api(
     def integrity(request, exc: StoreError):
         # A blob failed its sha256 check (or is missing): say so, never serve it.
         return render_error(500, "integrity_error", str(exc), None)
+
+    def database_down(request, exc):
+        # The database restarted or failed over under this request (or broke a deadlock):
+        # a transaction that lost its connection is rolled back, so the client may retry.
+        response = render_error(
+            503, "database_unavailable", "the database did not complete it; try again", None
+        )
+        response["Retry-After"] = "1"
+        return response
+
+    api.exception_handler(OperationalError)(database_down)
+    api.exception_handler(InterfaceError)(database_down)
 
     @api.exception_handler(AuthenticationError)
     def unauthenticated(request, exc: AuthenticationError):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -27,7 +28,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from django.conf import settings
 
-from adapters_app.lifecycle import routing
+from adapters_app.lifecycle import liveness, routing
 from adapters_app.lifecycle.errors import LifecycleError
 from adapters_app.lifecycle.revisions import resolve_model
 from adapters_app.models import BaseModel, Revision
@@ -128,25 +129,62 @@ def stream(model: str, prompt: Prompt, params: SamplingParams, *, n: int = 1) ->
     try:
         # Resolve first: a 404 or a missing worker is still an HTTP error, not an event in a stream.
         result = _send(base, revision, prompt, params, n, stream_key=key, queue=chosen.queue)
-        first = _pop(key)
-        if first is None:
+        first = _pop(key, Writer.watch(chosen.worker))
+        if first is None or first is Writer.GONE:
             result.revoke()
+            if first is Writer.GONE:
+                raise InferenceUnavailable(
+                    f"worker {chosen.worker} stopped before taking the request; try again"
+                )
             raise InferenceUnavailable("no worker answered in time; is a worker running?")
         if first["type"] == "error":
             raise _failure(first)
     except BaseException:
         dispatched.end()
         raise
-    return TextStream(base, revision, _events(key, dispatched), chosen)
+    writer = Writer.watch(first.get("worker") or chosen.worker)
+    return TextStream(base, revision, _events(key, dispatched, writer, after=first.get("seq")), chosen)
 
 
-def _events(key: str, dispatched: routing.Dispatched) -> Iterator[TextPiece | Finished]:
+class Writer:
+    """The worker writing a stream, watched through its lease (`liveness`): a reader whose
+    stream went quiet asks whether the writer still lives, and gives up at once if not.
+    Only a writer seen alive once is judged (a worker without leases never is)."""
+
+    GONE = object()  # what `_pop` returns when the writer's lease lapsed
+
+    def __init__(self, node: str | None):
+        self.node = node
+        self.seen = node is not None and liveness.is_alive(node)
+
+    @classmethod
+    def watch(cls, node: str | None) -> Writer:
+        return cls(node)
+
+    def gone(self) -> bool:
+        return self.seen and not liveness.is_alive(self.node)
+
+
+def _events(
+    key: str, dispatched: routing.Dispatched, writer: Writer, *, after: int | None
+) -> Iterator[TextPiece | Finished]:
     ended = False  # the worker said it is done, or failed: it is not generating any more
+    expected = None if after is None else after + 1
     try:
         while True:
-            record = _pop(key)
+            record = _pop(key, writer)
+            if record is Writer.GONE:
+                raise InferenceUnavailable(
+                    f"worker {writer.node} stopped while writing this stream; try again"
+                )
             if record is None:
                 raise InferenceUnavailable("the worker stopped sending text; try again")
+            if expected is not None:
+                # Records are numbered: one missing means the list lost some (Redis restarted
+                # under it). Better a clear error than an answer with a hole in it.
+                if record.get("seq") != expected:
+                    raise InferenceFailed("the stream lost part of its text on the way; try again")
+                expected += 1
             if record["type"] == "text":
                 yield TextPiece(record["index"], record["text"])
             elif record["type"] == "done":
@@ -184,21 +222,32 @@ def stream_ttl() -> int:
     return max(60, 2 * settings.MINT_INFERENCE_TIMEOUT_SECONDS)
 
 
-def _pop(key: str) -> dict | None:
-    popped = redis_client().blpop([key], timeout=settings.MINT_INFERENCE_TIMEOUT_SECONDS)
-    return json.loads(popped[1]) if popped else None
+def _pop(key: str, writer: Writer | None = None) -> dict | object | None:
+    """The stream's next record; None after MINT_INFERENCE_TIMEOUT_SECONDS of silence, or
+    Writer.GONE as soon as a silence finds the writer's lease lapsed."""
+    silent_until = time.monotonic() + settings.MINT_INFERENCE_TIMEOUT_SECONDS
+    while (left := silent_until - time.monotonic()) > 0:
+        wait = min(left, settings.MINT_WORKER_LEASE_SECONDS) if writer and writer.seen else left
+        popped = redis_client().blpop([key], timeout=max(1, round(wait)))
+        if popped:
+            return json.loads(popped[1])
+        if writer is not None and writer.gone():
+            return Writer.GONE
+    return None
 
 
 class StreamWriter:
     """The worker's end of a streamed request's Redis list."""
 
-    def __init__(self, key: str):
-        self.key = key
+    def __init__(self, key: str, worker: str | None = None):
+        self.key, self.worker = key, worker
         # The reader deletes the list when it is done; this bounds one whose reader vanished.
         self.ttl = stream_ttl()
+        self.seq = 0  # each record's number, so the reader notices one lost
 
     def started(self) -> None:
-        self._push({"type": "started"})
+        """Taken: by `worker` (its Celery node name), whose lease the reader may watch."""
+        self._push({"type": "started", "worker": self.worker})
 
     def text(self, index: int, text: str) -> None:
         """Push a piece; raises ReaderGone once nobody reads the stream any more."""
@@ -217,7 +266,8 @@ class StreamWriter:
     def _push(self, record: dict) -> bool:
         """Push a record; True when the reader has gone away (asked in the same round trip)."""
         pipe = redis_client().pipeline(transaction=False)
-        pipe.rpush(self.key, json.dumps(record))
+        pipe.rpush(self.key, json.dumps({**record, "seq": self.seq}))
+        self.seq += 1
         pipe.expire(self.key, self.ttl)
         pipe.exists(gone_key(self.key))
         return bool(pipe.execute()[-1])

@@ -11,8 +11,9 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
-from adapters_app.lifecycle import audit
+from adapters_app.lifecycle import audit, broker
 from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.errors import Conflict, Invalid
 from adapters_app.lifecycle.roles import authorize
@@ -199,6 +200,32 @@ def sweep_stale_jobs(*, stale_after: float | None = None) -> list[int]:
                 )
                 swept.append(job.pk)
     return swept
+
+
+def requeue_lost_jobs(*, older_than: float | None = None) -> list[int]:
+    """Send again the task of each job still queued after `older_than` seconds whose message
+    the broker no longer holds: a Redis restart without persistence loses every message
+    waiting in it, and the job would stay queued for ever. Safe to repeat: a job runs only
+    once claimed (queued → running), so a message that turns up twice runs it once."""
+    seconds = settings.MINT_LOST_JOB_SECONDS if older_than is None else older_than
+    cutoff = timezone.now() - timedelta(seconds=seconds)
+    waiting = list(Job.objects.filter(state=Job.QUEUED, created_at__lt=cutoff).exclude(celery_task_id=""))
+    if not waiting:
+        return []
+    held = broker.task_ids_held({job.queue or settings.CELERY_TASK_DEFAULT_QUEUE for job in waiting})
+    if held is None:
+        return []
+    requeued = []
+    for job in waiting:
+        if job.celery_task_id in held:
+            continue
+        queue = job.queue or settings.CELERY_TASK_DEFAULT_QUEUE
+        celery_app.send_task(TASK_FOR_KIND[job.kind], args=[job.pk], task_id=job.celery_task_id, queue=queue)
+        job.append_log("its task was no longer in the broker (Redis restarted?); sent again")
+        requeued.append(job.pk)
+    if requeued:
+        log.warning("re-sent the lost tasks of %d queued job(s): %s", len(requeued), requeued)
+    return requeued
 
 
 def sweep_orphan_blobs(*, grace_seconds: float | None = None) -> list[str]:

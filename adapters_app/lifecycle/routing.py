@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.cache import cache
 
+from adapters_app.lifecycle import liveness
 from adapters_app.models import ResidentAdapter, Worker
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,15 @@ def route(sha256: str) -> Route:
         for worker in Worker.objects.with_health(Worker.HEALTHY).only("name", "queues")
         if fleet & set(worker.queues) and worker_queue(worker.name) in worker.queues
     ]
-    if not candidates:
-        return Route(shared, None, "shared")
     names = [worker.name for worker in candidates]
-    one_at_a_time, loads = route_figures(sha256, names)
+    one_at_a_time, loads, leased = route_figures(sha256, names, leases=True)
+    # A worker killed outright keeps a healthy row for three missed beats; its lease lapses
+    # in seconds (liveness.py). Believed only when some lease is there: a Redis restart
+    # loses them all for a moment.
+    if leased:
+        names = [name for name in names if name in leased]
+    if not names:
+        return Route(shared, None, "shared")
     holders = [ResidentAdapter.SERVING]
     if one_at_a_time:
         holders.append(ResidentAdapter.RUNTIME)
@@ -116,21 +122,26 @@ def current_loads(worker_names: list[str]) -> dict[str, int]:
     return route_figures(None, worker_names)[1]
 
 
-def route_figures(sha256: str | None, worker_names: list[str]) -> tuple[bool, dict[str, int]]:
+def route_figures(
+    sha256: str | None, worker_names: list[str], *, leases: bool = False
+) -> tuple[bool, dict[str, int], set[str]]:
     """What routing reads from the shared cache for one request, in one round trip: was
-    `sha256` served one at a time, and how many requests each worker has in flight."""
+    `sha256` served one at a time, how many requests each worker has in flight, and (with
+    `leases`) which of the workers hold a live lease."""
     one_key = _one_at_a_time_key(sha256) if sha256 else None
     load_keys = {name: _load_key(name) for name in worker_names}
-    keys = [*load_keys.values(), *([one_key] if one_key else [])]
+    lease_keys = {name: liveness.alive_key(name) for name in worker_names} if leases else {}
+    keys = [*load_keys.values(), *lease_keys.values(), *([one_key] if one_key else [])]
     if not keys:
-        return False, {}
+        return False, {}, set()
     try:
         found = cache.get_many(keys)
     except Exception:  # the cache is down: route without load or notes, never fail the request
         log.warning("routing without load figures or one-at-a-time notes: cache unreachable", exc_info=True)
-        return False, {}
+        return False, {}, set()
     one_at_a_time = bool(found.get(one_key)) if one_key else False
-    return one_at_a_time, {name: int(found.get(key, 0)) for name, key in load_keys.items()}
+    leased = {name for name, key in lease_keys.items() if key in found}
+    return one_at_a_time, {name: int(found.get(key, 0)) for name, key in load_keys.items()}, leased
 
 
 # Each change is one Lua script, so it is atomic in Redis and renews the expiry with the
