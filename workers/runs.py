@@ -430,7 +430,7 @@ def generate(request: dict) -> list[dict]:
             )
         except serving.Unservable as exc:
             if stream:
-                stream.started()
+                stream.started()  # if the bank refused it before taking it
             sha = request["revision_sha256"]
             log.info("serving %s one at a time: %s", sha[:12] if sha else "the bare base", exc)
             # A revision the bank refused (a base the bank does not batch refuses even the

@@ -244,10 +244,14 @@ class StreamWriter:
         # The reader deletes the list when it is done; this bounds one whose reader vanished.
         self.ttl = stream_ttl()
         self.seq = 0  # each record's number, so the reader notices one lost
+        self.has_started = False
 
     def started(self) -> None:
-        """Taken: by `worker` (its Celery node name), whose lease the reader may watch."""
-        self._push({"type": "started", "worker": self.worker})
+        """Taken: by `worker` (its Celery node name), whose lease the reader may watch. Said
+        once, however many paths the request took to a generator."""
+        if not self.has_started:
+            self.has_started = True
+            self._push({"type": "started", "worker": self.worker})
 
     def text(self, index: int, text: str) -> None:
         """Push a piece; raises ReaderGone once nobody reads the stream any more."""
