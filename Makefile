@@ -137,9 +137,11 @@ gpu-kit: install
 
 # The README's console screenshot, as the browser test of the operator's flow saves it.
 screenshots: install
-	$(BIN)/pytest -q -p no:cacheprovider tests/test_browser.py -k "retrains_compares_and_rolls_back"
+	$(BIN)/pytest -q -p no:cacheprovider tests/test_browser.py -k "retrains_compares_and_rolls_back" \
+		tests/test_keys_browser.py tests/test_xss_browser.py
 	mkdir -p docs/screenshots
 	cp test-output/screenshots/flow-6-adapter-after-rollback.png docs/screenshots/adapter-page.png
+	cp test-output/screenshots/keys.png test-output/screenshots/audit-script-payloads.png docs/screenshots/
 
 clean:
 	rm -rf var/test .pytest_cache

@@ -2,17 +2,13 @@
 key works on /v1 for that person only."""
 
 import json
-import shutil
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import with_role
 from tests.test_browser import SCREENSHOTS, needs_chromium, open_console  # noqa: F401 (fixture)
-
-DOCS_SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 
 pytestmark = [pytest.mark.django_db(transaction=True), needs_chromium]
 
@@ -58,5 +54,3 @@ def test_an_admin_issues_a_person_key_in_the_browser_and_it_sees_only_that_perso
             timeout=30,
         )
     assert refused.value.code == 403
-    DOCS_SCREENSHOTS.mkdir(exist_ok=True)
-    shutil.copy(SCREENSHOTS / "keys.png", DOCS_SCREENSHOTS / "keys.png")
