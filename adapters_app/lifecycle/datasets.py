@@ -6,7 +6,7 @@ from django.db import transaction
 
 from adapters_app.lifecycle import audit
 from adapters_app.lifecycle.actors import Actor
-from adapters_app.lifecycle.errors import Invalid, NotFound
+from adapters_app.lifecycle.errors import Invalid, NotFound, TooLarge
 from adapters_app.lifecycle.roles import authorize
 from adapters_app.lifecycle.storage import delete_unreferenced_blob, get_store
 from adapters_app.models import Dataset, Person
@@ -74,7 +74,8 @@ def refuse_oversize(size: int | None) -> None:
     upload's declared size before reading it, so an oversize file never sits in memory."""
     limit = examples.MAX_BYTES  # read when called: tests lower it
     if size is not None and size > limit:
-        raise _invalid(DatasetInvalid([LineError(0, f"file is {size} bytes; the limit is {limit} bytes")]))
+        problem = LineError(0, f"file is {size} bytes; the limit is {limit} bytes")
+        raise TooLarge(str(DatasetInvalid([problem])), details=[{"line": 0, "message": problem.message}])
 
 
 def _invalid(exc: DatasetInvalid) -> Invalid:

@@ -37,8 +37,8 @@ class Unauthenticated(LifecycleError):
     code = "invalid_api_key"
 
 
-class TooLarge(LifecycleError):
-    """A request beyond one of the deployment's caps (body size, prompt length, max_tokens)."""
+class TooLarge(Invalid):
+    """A request, or an upload, larger than the deployment allows."""
 
     status = 413
     code = "request_too_large"
