@@ -14,6 +14,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapters_app.management.processes import free_port
+
 ACCESS_KEY, SECRET_KEY = "mint-test-access", "mint-test-secret-key"
 # weed listens on each port + 10000 for gRPC as well.
 GRPC_OFFSET = 10000
@@ -37,9 +39,7 @@ def free_port_pairs(count: int) -> list[int]:
     """`count` ports that are free, each with its gRPC twin (+10000) free too."""
     ports: list[int] = []
     while len(ports) < count:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         if port + GRPC_OFFSET < 65536 and port not in ports and _free(port + GRPC_OFFSET):
             ports.append(port)
     return ports

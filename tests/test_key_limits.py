@@ -164,14 +164,7 @@ def two_web_processes(transactional_db, tmp_path, redis_server, unused_port_pair
 
 @pytest.fixture
 def unused_port_pair() -> list[int]:
-    import socket
-
-    ports = []
-    for _ in range(2):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            ports.append(probe.getsockname()[1])
-    return ports
+    return [processes.free_port(), processes.free_port()]
 
 
 def fetch(url: str, secret: str) -> tuple[int, str | None]:

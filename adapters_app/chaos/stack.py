@@ -20,7 +20,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,12 +36,6 @@ from adapters_app.management import processes
 
 class StackUnavailable(RuntimeError):
     """This machine cannot run a private stack (no PostgreSQL binaries, no redis-server)."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _postgres_bin() -> Path:
@@ -244,12 +237,12 @@ class Stack:
         self.root = Path(root or tempfile.mkdtemp(prefix="mint-chaos-"))
         self.root.chmod(0o755)  # the postgres user must reach its folder
         self.log = log
-        self.postgres = PrivatePostgres(self.root / "pg", free_port())
-        self.redis = PrivateRedis(self.root / "redis", free_port())
+        self.postgres = PrivatePostgres(self.root / "pg", processes.free_port())
+        self.redis = PrivateRedis(self.root / "redis", processes.free_port())
         self.disk = SmallDisk(self.root / "disk")
         self.var = self.root / "var"
         self.queue = f"chaos-{os.getpid()}"
-        self.web_port = free_port()
+        self.web_port = processes.free_port()
         self.web: subprocess.Popen | None = None
         self.workers: dict[str, Worker] = {}
         self.key = ""

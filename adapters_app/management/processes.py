@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,6 +47,13 @@ def prepare_cpu_kernel() -> str:
     if cpu_kernels.bgmv() is None:
         return "CPU LoRA kernel not built (the log says why); serving uses torch ops"
     return f"CPU LoRA kernel ready in {time.monotonic() - started:.1f}s ({cpu_kernels.build_folder()})"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now, for a child server to take."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def stop(process: subprocess.Popen, timeout: float = 15) -> None:

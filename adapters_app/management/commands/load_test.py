@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -88,7 +87,7 @@ class Command(BaseCommand):
             self.stdout.write(processes.prepare_cpu_kernel())
             worker_log = settings.VAR_DIR / "load-test-worker.log"
             children.append(processes.spawn(_worker_command(queue, clients), worker_log, env, append=False))
-            port = _free_port()
+            port = processes.free_port()
             url = f"http://127.0.0.1:{port}"
             children.append(
                 processes.spawn(
@@ -281,12 +280,6 @@ def _worker_command(queue: str, clients: int) -> list[str]:
         "--without-gossip",
         "--without-mingle",
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _check_alive(children: list[subprocess.Popen]) -> None:
