@@ -167,9 +167,11 @@ def change_key(key: ApiKey, *, actor: Actor, **changes) -> ApiKey:
     unknown = set(changes) - {"expires_at", *LIMIT_FIELDS}
     if unknown:
         raise Invalid(f"cannot change {', '.join(sorted(unknown))} of a key")
+    # Every field is checked before the row is locked: the new values, expiry and limits.
+    new = _checked_limits({f: changes[f] for f in LIMIT_FIELDS if f in changes})
     if "expires_at" in changes:
         _check_expiry(changes["expires_at"])
-    limits = _checked_limits({f: changes[f] for f in LIMIT_FIELDS if f in changes})
+        new["expires_at"] = changes["expires_at"]
     with transaction.atomic():
         key = (
             ApiKey.objects.select_for_update(of=("self",))
@@ -179,11 +181,9 @@ def change_key(key: ApiKey, *, actor: Actor, **changes) -> ApiKey:
         if key.revoked_at is not None:
             raise Invalid(f"key mint_{key.prefix} is revoked; issue a new one")
         before = describe(key)
-        if "expires_at" in changes:
-            limits["expires_at"] = changes["expires_at"]
-        for field, value in limits.items():
+        for field, value in new.items():
             setattr(key, field, value)
-        key.save()
+        key.save(update_fields=list(new))
         audit.record(
             actor, "api_key.change", key, person_handle=_handle(key), before=before, after=describe(key)
         )

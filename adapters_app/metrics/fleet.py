@@ -98,7 +98,7 @@ class FleetCollector:
     def _queues(self) -> GaugeMetricFamily | None:
         family = GaugeMetricFamily("mint_queue_depth", "Tasks waiting in each Celery queue", labels=["queue"])
         names = {settings.CELERY_TASK_DEFAULT_QUEUE, serving_queue()}
-        for queues in Worker.objects.exclude(stopped_at__isnull=False).values_list("queues", flat=True):
+        for queues in Worker.objects.filter(stopped_at__isnull=True).values_list("queues", flat=True):
             names.update(queues or [])
         try:
             pipe = redis_client().pipeline(transaction=False)
