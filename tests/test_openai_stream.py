@@ -191,6 +191,7 @@ def test_a_stream_outwaits_a_quiet_spell_longer_than_redis_clients_read_timeout(
     settings.MINT_INFERENCE_TIMEOUT_SECONDS = 8
     inference._client_for.cache_clear()
     key = f"{inference.STREAM_KEY_PREFIX}quiet-{uuid.uuid4().hex}"
+    inference.open_stream(key)
     record = {"type": "text", "index": 0, "text": "after a pause"}
     late = threading.Timer(6, lambda: redis_client().rpush(key, json.dumps(record)))
     late.start()
@@ -215,8 +216,10 @@ def test_a_quiet_stream_whose_writer_lost_its_lease_ends_within_the_lease(redis_
     writer = inference.Writer.watch(node)
     assert writer.seen
     liveness.release(node)  # what a SIGKILL does, once the lease's time runs out
+    key = f"{inference.STREAM_KEY_PREFIX}{uuid.uuid4().hex}"
+    inference.open_stream(key)
     started = time.monotonic()
-    assert inference._pop(f"{inference.STREAM_KEY_PREFIX}{uuid.uuid4().hex}", writer) is inference.Writer.GONE
+    assert inference._pop(key, writer) is inference.Writer.GONE
     assert time.monotonic() - started < 5
 
 
@@ -224,9 +227,12 @@ def test_a_writer_never_seen_alive_is_waited_for_as_before(redis_server, setting
     from adapters_app.lifecycle import inference
 
     settings.MINT_INFERENCE_TIMEOUT_SECONDS = 2
+    settings.MINT_WORKER_LEASE_SECONDS = 1
     writer = inference.Writer.watch("no-lease@host")  # a worker from before leases
     assert not writer.seen
-    assert inference._pop(f"{inference.STREAM_KEY_PREFIX}{uuid.uuid4().hex}", writer) is None
+    key = f"{inference.STREAM_KEY_PREFIX}{uuid.uuid4().hex}"
+    inference.open_stream(key)
+    assert inference._pop(key, writer) is None
 
 
 def test_a_record_lost_from_a_stream_is_an_error_not_a_hole_in_the_text(redis_server):
@@ -239,11 +245,103 @@ def test_a_record_lost_from_a_stream_is_an_error_not_a_hole_in_the_text(redis_se
     key = f"{inference.STREAM_KEY_PREFIX}{uuid.uuid4().hex}"
     writer = inference.StreamWriter(key)
     writer.started()
-    redis_client().lpop(key)  # the reader took "started"
+    started = json.loads(redis_client().lpop(key))  # the reader took "started"
     writer.text(0, "Your dog ")
     redis_client().delete(key)  # the restart: the first piece gone…
     writer.text(0, "is called")  # …and the writer carries on in a new list
     writer.text(0, " Rex.")
-    events = _events(key, Dispatched(Route("q", None, "shared")).begin(), Writer.watch(None), after=0)
+    events = _events(key, Dispatched(Route("q", None, "shared")).begin(), Writer.watch(None), after=started)
     with pytest.raises(InferenceFailed, match="lost part of its text"):
         next(events)
+
+
+@pytest.fixture
+def own_redis(tmp_path, settings):
+    """A redis-server of this test's own, without persistence, which it may restart: the
+    machine's shared Redis is never touched. Streams in this test talk to it."""
+    from adapters_app.chaos.stack import PrivateRedis
+    from adapters_app.lifecycle import inference
+    from adapters_app.management.processes import free_port
+
+    server = PrivateRedis(tmp_path / "redis", free_port())
+    server.start()
+    settings.REDIS_URL = server.url
+    inference._client_for.cache_clear()
+    yield server
+    server.stop()
+    inference._client_for.cache_clear()
+
+
+def test_a_quiet_stream_cut_by_a_redis_restart_ends_within_the_lease(own_redis, settings):
+    """The restart may lose the request before any worker took it, or the worker's writes:
+    a live worker then never writes again, and the reader must not wait it out."""
+    import time
+
+    from adapters_app.lifecycle import inference
+
+    settings.MINT_INFERENCE_TIMEOUT_SECONDS, settings.MINT_WORKER_LEASE_SECONDS = 60, 1
+    key = f"{inference.STREAM_KEY_PREFIX}{uuid.uuid4().hex}"
+    inference.open_stream(key)
+    own_redis.stop()
+    own_redis.start()  # every key gone, the stream's open marker with them
+    started = time.monotonic()
+    assert inference._pop(key) is inference.CUT
+    assert time.monotonic() - started < 5
+
+
+def test_a_writer_outlasts_a_redis_restart_so_its_reader_hears_of_the_lost_text(own_redis, settings):
+    """While Redis is down the worker's pushes fail; it retries, its next record lands in
+    the restarted Redis, and the reader sees the numbers jump: an error, not a silence."""
+    import threading
+
+    from adapters_app.lifecycle import inference
+    from adapters_app.lifecycle.inference import InferenceFailed, Writer, _events
+    from adapters_app.lifecycle.routing import Dispatched, Route
+
+    settings.MINT_WORKER_LEASE_SECONDS = 1
+    key = f"{inference.STREAM_KEY_PREFIX}{uuid.uuid4().hex}"
+    inference.open_stream(key)
+    writer = inference.StreamWriter(key)
+    writer.started()
+    started = json.loads(redis_client().lpop(key))  # the reader took "started"
+    writer.text(0, "Your dog ")  # still in the list when Redis goes away
+    own_redis.stop()
+    back = threading.Timer(1.0, own_redis.start)
+    back.start()
+    try:
+        writer.text(0, "is called Rex.")  # fails, retried until Redis is back
+    finally:
+        back.join()
+    assert redis_client().llen(key) == 1
+    events = _events(key, Dispatched(Route("q", None, "shared")).begin(), Writer.watch(None), after=started)
+    with pytest.raises(InferenceFailed, match="lost part of its text"):
+        next(events)
+
+
+def test_a_record_written_twice_by_a_retry_is_read_once(redis_server):
+    """A push whose answer was lost is retried; if the first did land, the record is there
+    twice with one number, and the reader keeps one."""
+    from adapters_app.lifecycle import inference
+    from adapters_app.lifecycle.inference import Writer, _events
+    from adapters_app.lifecycle.routing import Dispatched, Route
+
+    key = f"{inference.STREAM_KEY_PREFIX}{uuid.uuid4().hex}"
+    inference.open_stream(key)
+    started = {"type": "started", "worker": None, "seq": 0}
+    for seq, record in enumerate(
+        [{"type": "text", "index": 0, "text": "Rex"}, {"type": "done", "generations": []}], start=1
+    ):
+        line = json.dumps({**record, "seq": seq})
+        redis_client().rpush(key, line, *([line] if seq == 1 else []))
+    events = _events(key, Dispatched(Route("q", None, "shared")).begin(), Writer.watch(None), after=started)
+    assert [type(e) for e in events] == [TextPiece, Finished]
+
+
+def test_a_stream_whose_started_record_was_lost_fails_before_its_text_begins():
+    """A restart just after "started" was written leaves text first in the list; taking that
+    text for the opening would drop it from the answer without a word."""
+    from adapters_app.lifecycle.inference import InferenceFailed, _check_opening
+
+    _check_opening({"type": "started", "worker": "serve@host", "seq": 0})
+    with pytest.raises(InferenceFailed, match="lost part of its text"):
+        _check_opening({"type": "text", "index": 0, "text": "is called Rex.", "seq": 2})

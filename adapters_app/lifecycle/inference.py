@@ -10,6 +10,15 @@ list; the worker sees it with its next push (same round trip) and stops
 generating, so an abandoned stream frees its batch slot at once rather than
 after max_tokens.
 
+A Redis restart can cut a stream three ways: the list loses records (they are numbered,
+so the reader sees the hole), the request's Celery message is lost before any worker
+took it, or the worker's writes fail while Redis is away. The last two leave the reader
+waiting on a worker that is alive but will never write, so the reader also holds an
+"open" marker beside the list: a quiet stream whose marker vanished was cut by a restart
+and ends at once with a clear error, rather than after MINT_INFERENCE_TIMEOUT_SECONDS.
+The writer, for its part, retries a failed write for a few seconds (a restart's length),
+so a stream that lost nothing carries on and an error record still reaches its reader.
+
 A later issue replaces the one-request-per-task path with continuous
 heterogeneous batching; callers keep this interface.
 """
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -37,6 +47,8 @@ from workers.engine.examples import Message
 from workers.engine.runtime import SamplingParams
 
 STREAM_KEY_PREFIX = "mint:stream:"
+
+log = logging.getLogger(__name__)
 
 
 class InferenceUnavailable(LifecycleError):
@@ -127,23 +139,36 @@ def stream(model: str, prompt: Prompt, params: SamplingParams, *, n: int = 1) ->
     # Counted as the worker's load until the stream ends (or is abandoned).
     dispatched = routing.Dispatched(chosen).begin()
     try:
+        open_stream(key)
         # Resolve first: a 404 or a missing worker is still an HTTP error, not an event in a stream.
         result = _send(base, revision, prompt, params, n, stream_key=key, queue=chosen.queue)
         first = _pop(key, Writer.watch(chosen.worker))
-        if first is None or first is Writer.GONE:
+        if first is None or first is Writer.GONE or first is CUT:
             result.revoke()
             if first is Writer.GONE:
                 raise InferenceUnavailable(
                     f"worker {chosen.worker} stopped before taking the request; try again"
                 )
+            if first is CUT:
+                raise InferenceUnavailable(_CUT_MESSAGE)
             raise InferenceUnavailable("no worker answered in time; is a worker running?")
-        if first["type"] == "error":
-            raise _failure(first)
+        _check_opening(first)
     except BaseException:
+        _close(key, abandoned=True)
         dispatched.end()
         raise
     writer = Writer.watch(first.get("worker") or chosen.worker)
-    return TextStream(base, revision, _events(key, dispatched, writer, after=first.get("seq")), chosen)
+    return TextStream(base, revision, _events(key, dispatched, writer, after=first), chosen)
+
+
+def _check_opening(first: dict) -> None:
+    """A stream opens with the worker's "started" (number 0) or its error."""
+    if first["type"] == "error":
+        raise _failure(first)
+    if first["type"] != "started" or first.get("seq", 0) != 0:
+        # "started" was lost (Redis restarted just after it was written): what came first
+        # is text, and reading on from it would drop it without a word.
+        raise InferenceFailed(_LOST_MESSAGE)
 
 
 class Writer:
@@ -166,10 +191,12 @@ class Writer:
 
 
 def _events(
-    key: str, dispatched: routing.Dispatched, writer: Writer, *, after: int | None
+    key: str, dispatched: routing.Dispatched, writer: Writer, *, after: dict
 ) -> Iterator[TextPiece | Finished]:
+    """The stream's records after `after` (the one `stream` read first)."""
     ended = False  # the worker said it is done, or failed: it is not generating any more
-    expected = None if after is None else after + 1
+    previous = after
+    expected = None if after.get("seq") is None else after["seq"] + 1
     try:
         while True:
             record = _pop(key, writer)
@@ -177,13 +204,18 @@ def _events(
                 raise InferenceUnavailable(
                     f"worker {writer.node} stopped while writing this stream; try again"
                 )
+            if record is CUT:
+                raise InferenceUnavailable(_CUT_MESSAGE)
             if record is None:
                 raise InferenceUnavailable("the worker stopped sending text; try again")
+            if record == previous:
+                continue  # a write the worker retried after its answer was lost: it landed twice
+            previous = record
             if expected is not None:
                 # Records are numbered: one missing means the list lost some (Redis restarted
                 # under it). Better a clear error than an answer with a hole in it.
                 if record.get("seq") != expected:
-                    raise InferenceFailed("the stream lost part of its text on the way; try again")
+                    raise InferenceFailed(_LOST_MESSAGE)
                 expected += 1
             if record["type"] == "text":
                 yield TextPiece(record["index"], record["text"])
@@ -197,12 +229,24 @@ def _events(
     finally:
         # Also when the client went away mid-stream: nobody will read what is left, and the
         # worker is told to stop generating it.
+        try:
+            _close(key, abandoned=not ended)
+        finally:
+            dispatched.end()
+
+
+def _close(key: str, *, abandoned: bool) -> None:
+    """The reader is done with `key`: drop the list and its marker; if the worker may still
+    be generating, tell it to stop. Redis being away is no reason to fail here: the keys
+    expire by themselves."""
+    try:
         pipe = redis_client().pipeline(transaction=False)
-        pipe.delete(key)
-        if not ended:
+        pipe.delete(key, open_key(key))
+        if abandoned:
             pipe.set(gone_key(key), 1, ex=stream_ttl())
         pipe.execute()
-        dispatched.end()
+    except redis.RedisError:
+        log.warning("could not close stream %s; its keys will expire", key, exc_info=True)
 
 
 def _failure(record: dict) -> LifecycleError:
@@ -217,20 +261,47 @@ def gone_key(key: str) -> str:
     return f"{key}:gone"
 
 
+def open_key(key: str) -> str:
+    """Held by a stream's reader while it reads: gone without it closing, Redis restarted."""
+    return f"{key}:open"
+
+
+def open_stream(key: str) -> None:
+    """Mark `key` as read (before its request is sent, so a restart after is noticed)."""
+    redis_client().set(open_key(key), 1, ex=stream_ttl())
+
+
+# What `_pop` returns when the stream's open marker vanished: Redis restarted under it.
+CUT = object()
+_CUT_MESSAGE = "the stream was cut: Redis restarted while it was being written; try again"
+_LOST_MESSAGE = "the stream lost part of its text on the way; try again"
+
+
 def stream_ttl() -> int:
     """How long a stream's keys may outlive a reader or writer that vanished."""
     return max(60, 2 * settings.MINT_INFERENCE_TIMEOUT_SECONDS)
 
 
 def _pop(key: str, writer: Writer | None = None) -> dict | object | None:
-    """The stream's next record; None after MINT_INFERENCE_TIMEOUT_SECONDS of silence, or
-    Writer.GONE as soon as a silence finds the writer's lease lapsed."""
+    """The stream's next record; None after MINT_INFERENCE_TIMEOUT_SECONDS of silence,
+    Writer.GONE as soon as a silence finds the writer's lease lapsed, CUT as soon as one
+    finds the stream's open marker gone (or Redis unreachable)."""
     silent_until = time.monotonic() + settings.MINT_INFERENCE_TIMEOUT_SECONDS
     while (left := silent_until - time.monotonic()) > 0:
-        wait = min(left, settings.MINT_WORKER_LEASE_SECONDS) if writer and writer.seen else left
-        popped = redis_client().blpop([key], timeout=max(1, round(wait)))
-        if popped:
-            return json.loads(popped[1])
+        # Wake once a lease: to judge the writer, and to see whether Redis restarted.
+        wait = min(left, settings.MINT_WORKER_LEASE_SECONDS)
+        try:
+            popped = redis_client().blpop([key], timeout=max(1, round(wait)))
+            if popped:
+                return json.loads(popped[1])
+            # EXPIRE both asks and renews: 0 when the marker is gone (a long stream
+            # outlives the marker's first time to live otherwise).
+            if not redis_client().expire(open_key(key), stream_ttl()):
+                return CUT
+        except (redis.ConnectionError, redis.TimeoutError):
+            # redis-py has already retried; whatever comes back has lost the stream.
+            log.warning("lost Redis while reading stream %s", key, exc_info=True)
+            return CUT
         if writer is not None and writer.gone():
             return Writer.GONE
     return None
@@ -238,6 +309,8 @@ def _pop(key: str, writer: Writer | None = None) -> dict | object | None:
 
 class StreamWriter:
     """The worker's end of a streamed request's Redis list."""
+
+    PUSH_RETRY_SECONDS = 15.0  # longer than a Redis restart takes, shorter than a reader waits
 
     def __init__(self, key: str, worker: str | None = None):
         self.key, self.worker = key, worker
@@ -268,13 +341,23 @@ class StreamWriter:
         self._push({"type": "error", "message": message, "code": code})
 
     def _push(self, record: dict) -> bool:
-        """Push a record; True when the reader has gone away (asked in the same round trip)."""
-        pipe = redis_client().pipeline(transaction=False)
-        pipe.rpush(self.key, json.dumps({**record, "seq": self.seq}))
+        """Push a record; True when the reader has gone away (asked in the same round trip).
+        A write that fails is tried again for up to PUSH_RETRY_SECONDS: a Redis restart
+        should cost the reader a clear error (a gap in the numbers), not a silent stream."""
+        line = json.dumps({**record, "seq": self.seq})
         self.seq += 1
-        pipe.expire(self.key, self.ttl)
-        pipe.exists(gone_key(self.key))
-        return bool(pipe.execute()[-1])
+        give_up = time.monotonic() + self.PUSH_RETRY_SECONDS
+        while True:
+            try:
+                pipe = redis_client().pipeline(transaction=False)
+                pipe.rpush(self.key, line)
+                pipe.expire(self.key, self.ttl)
+                pipe.exists(gone_key(self.key))
+                return bool(pipe.execute()[-1])
+            except (redis.ConnectionError, redis.TimeoutError):
+                if time.monotonic() >= give_up:
+                    raise
+                time.sleep(0.25)
 
 
 def redis_client() -> redis.Redis:
