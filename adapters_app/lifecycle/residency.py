@@ -1,7 +1,7 @@
 """Pin, unpin and prefetch an adapter revision on one worker: the console's residency actions.
 
 The rule lives here: the revision exists, the worker is healthy and serves this fleet
-(its row lists the fleet's shared queue and its own), the tier is one the residency
+(its row lists the fleet's shared or serving queue, and its own), the tier is one the residency
 manager keeps. The action is then sent to the worker's own queue
 (`routing.worker_queue`), run there by `workers/residency_control.py`, and audited. It
 is not waited for: the worker's page shows the new placement once its process reports.
@@ -19,7 +19,7 @@ from adapters_app.lifecycle.actors import Actor
 from adapters_app.lifecycle.errors import Conflict, Invalid, NotFound
 from adapters_app.lifecycle.revisions import resolve_model
 from adapters_app.lifecycle.roles import authorize
-from adapters_app.lifecycle.routing import route, worker_queue
+from adapters_app.lifecycle.routing import route, serving_queue, worker_queue
 from adapters_app.models import Revision, Worker
 from mintweb.celery import app as celery_app
 
@@ -64,7 +64,9 @@ def fleet_worker(name: str) -> Worker:
         raise NotFound(f"No worker named {name!r} has reported")
     if worker.health != Worker.HEALTHY:
         raise Conflict(f"{name} is {worker.health}: only a healthy worker can take residency actions")
-    if settings.CELERY_TASK_DEFAULT_QUEUE not in worker.queues or worker_queue(name) not in worker.queues:
+    # The router's rule: the fleet's shared queue or its serving queue, and one of its own.
+    fleet = {settings.CELERY_TASK_DEFAULT_QUEUE, serving_queue()}
+    if not fleet & set(worker.queues) or worker_queue(name) not in worker.queues:
         raise Conflict(f"{name} does not serve this fleet (it does not consume its queues)")
     return worker
 

@@ -1,6 +1,6 @@
 """`make chaos`: fault injection against a private stack, and the table of what it cost.
 
-Starts a stack of its own (`adapters_app/chaos/stack.py`: a PostgreSQL cluster and a Redis
+Starts a stack of its own (`adapters_app/management/private_stack.py`: a PostgreSQL cluster and a Redis
 server on free ports, a web server, a training worker and two serving workers, the store
 on a small tmpfs), runs each scenario of `adapters_app/chaos/scenarios.py` against it and
 prints, per fault, the work in flight, how much of it was lost or duplicated, and how many
@@ -20,8 +20,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from adapters_app.chaos.client import Client
 from adapters_app.chaos.scenarios import BY_NAME, SCENARIOS, Outcome
-from adapters_app.chaos.stack import Stack, StackUnavailable
 from adapters_app.management import processes
+from adapters_app.management.private_stack import Stack, StackUnavailable
 
 
 class Command(BaseCommand):

@@ -9,6 +9,12 @@ child processes on this settings' database and store, runs a bounded loop — `-
 threads sending `--requests` chat completions in all, each to a random one of the
 adapters, `max_tokens` 16, temperature 0 — prints throughput and latency, and stops
 what it started. Exits non-zero if any request failed.
+
+With `--url` it starts nothing and loads a server already running there (`make cluster`
+prints how): this process's settings must then name that server's database, Redis and
+store, where the fleet is created. Non-streamed answers say which worker served them and
+why (`mint.worker`, `mint.route`), so the table also counts requests per host and how
+many found their adapter resident.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +56,8 @@ class Tally:
     first_text: list[float] = field(default_factory=list)  # streamed: seconds to the first text
     completion_tokens: int = 0
     failures: list[str] = field(default_factory=list)
+    hosts: Counter = field(default_factory=Counter)  # the host (worker node's host part) that answered
+    routes: Counter = field(default_factory=Counter)  # why routing chose it: resident, disk, cold, shared
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -63,13 +72,23 @@ class Command(BaseCommand):
         parser.add_argument("--stream", action="store_true", help="stream the answers (server-sent events)")
         parser.add_argument("--base", choices=["micro", "mint-s"], default="micro")
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument(
+            "--url", default="", help="load a server already running here (its database is this settings')"
+        )
 
-    def handle(self, *args, adapters, clients, requests, max_tokens, base, seed, stream, **options):
+    def handle(self, *args, adapters, clients, requests, max_tokens, base, seed, stream, url, **options):
         if min(adapters, clients, requests) < 1:
             raise CommandError("--adapters, --clients and --requests must be at least 1")
         base_row = base_for_command(base, stdout=self.stdout)
         models = self._fleet(base_row, adapters)
         key = self._api_key()
+        if url:
+            url = url.rstrip("/")
+            self.stdout.write(f"loading the server at {url}; warming up…")
+            _ask(url, key, models[0], max_tokens, Tally(), stream=stream)
+            tally, seconds = _run(url, key, models, clients, requests, max_tokens, seed, stream)
+            self._report(base_row, models, clients, requests, max_tokens, stream, tally, seconds)
+            return
         children: list[subprocess.Popen] = []
         processes.stop_on_sigterm()
         try:
@@ -105,9 +124,14 @@ class Command(BaseCommand):
         finally:
             for child in reversed(children):
                 processes.stop(child)
+        self._report(base_row, models, clients, requests, max_tokens, stream, tally, seconds)
+
+    def _report(self, base_row, models, clients, requests, max_tokens, stream, tally, seconds) -> None:
         self.stdout.write(
             _table(base_row.name, len(models), clients, requests, max_tokens, stream, tally, seconds)
         )
+        if tally.hosts:
+            self.stdout.write(_hosts_table(tally))
         if tally.failures:
             for failure in tally.failures[:5]:
                 self.stderr.write(f"failed: {failure}")
@@ -199,10 +223,12 @@ def _ask(url, key, model, max_tokens, tally: Tally, question: str = QUESTIONS[0]
     first_text = None
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
+            served = {}
             if stream:
                 tokens, first_text = _read_events(response, started)
             else:
-                tokens = int(json.loads(response.read())["usage"]["completion_tokens"])
+                answer = json.loads(response.read())
+                tokens, served = int(answer["usage"]["completion_tokens"]), answer.get("mint") or {}
     except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
         detail = exc.read()[:300].decode(errors="replace") if isinstance(exc, urllib.error.HTTPError) else ""
         with tally.lock:
@@ -213,6 +239,9 @@ def _ask(url, key, model, max_tokens, tally: Tally, question: str = QUESTIONS[0]
         tally.completion_tokens += tokens
         if first_text is not None:
             tally.first_text.append(first_text)
+        if served.get("worker"):
+            tally.hosts[served["worker"].partition("@")[2] or served["worker"]] += 1
+            tally.routes[served.get("route") or "?"] += 1
 
 
 def _read_events(response, started: float) -> tuple[int, float | None]:
@@ -261,6 +290,18 @@ def _table(base, adapters, clients, requests, max_tokens, stream, tally: Tally, 
         rows += [("first text p50", ms(0.50, first)), ("first text p95", ms(0.95, first))]
     if ordered:
         rows.insert(7, ("", f"{tally.completion_tokens / len(ordered):.0f} completion tokens per answer"))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows) + "\n"
+
+
+def _hosts_table(tally: Tally) -> str:
+    """Requests per host, and why routing sent them there: `resident` found the adapter in
+    the host's memory (an affinity hit), `disk` on its local disk, `cold` loaded it from the
+    store. Streamed answers do not say where they were served and are not counted."""
+    answered = sum(tally.routes.values())
+    rows = [(f"served by {host}", f"{n} ({n / answered:.0%})") for host, n in sorted(tally.hosts.items())]
+    rows += [(f"route {reason}", str(n)) for reason, n in sorted(tally.routes.items())]
+    rows.append(("affinity hit rate", f"{tally.routes['resident'] / answered:.1%} of {answered} answers"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows) + "\n"
 

