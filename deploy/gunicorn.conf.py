@@ -24,19 +24,20 @@ import sys
 from pathlib import Path
 
 # This checkout's code, wherever gunicorn is started from (and before an installed copy).
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# Names of this file's own start with _: gunicorn reads every other name as a setting.
+_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(_ROOT))
 
 # The settings themselves, read once in the master: a nonsense value (or DEBUG=false without
 # a SECRET_KEY) stops the server before it forks, not in every worker.
-from mintweb.settings import MINT_INFERENCE_TIMEOUT_SECONDS, envint  # noqa: E402
+from mintweb import settings as _mint  # noqa: E402
 
 wsgi_app = "mintweb.wsgi:application"
-chdir = str(ROOT)
+chdir = str(_ROOT)
 bind = [address for address in os.environ.get("MINT_WEB_BIND", "0.0.0.0:8000").split(",") if address]
-workers = envint("MINT_WEB_WORKERS", "2")
+workers = _mint.envint("MINT_WEB_WORKERS", "2")
 worker_class = "gthread"
-threads = envint("MINT_WEB_THREADS", "32")
+threads = _mint.envint("MINT_WEB_THREADS", "32")
 proc_name = "mint-web"
 
 # For gthread this is a heartbeat, not a request limit: each process's main loop checks in
@@ -46,7 +47,7 @@ timeout = 30
 # On a restart or stop (SIGHUP, SIGTERM: a deploy) each process stops accepting and lets the
 # requests it holds finish: long enough for a stream begun just before to run to its end.
 # A systemd unit or compose service must allow at least this long before it kills.
-graceful_timeout = MINT_INFERENCE_TIMEOUT_SECONDS + 10
+graceful_timeout = _mint.MINT_INFERENCE_TIMEOUT_SECONDS + 10
 # Behind a proxy that keeps connections open to us: longer than the proxy's idle wait on a
 # connection would be better still, so gunicorn is not the one to close it mid-reuse.
 keepalive = 5

@@ -1,6 +1,7 @@
-"""The web server as production runs it: gunicorn with deploy/gunicorn.conf.py, DEBUG off and
-the documented production settings, static files collected, on the test database and Redis,
-with the session's real worker answering /v1. Requests come as from the TLS proxy in front
+"""The web server and beat as production runs them: deploy/Procfile's lines (gunicorn with
+deploy/gunicorn.conf.py after collectstatic; celery beat), DEBUG off and the documented
+production settings, on the test database and Redis, with the session's real worker
+answering /v1 and running the sweeps. Requests come as from the TLS proxy in front
 (X-Forwarded-Proto: https)."""
 
 from __future__ import annotations
@@ -11,15 +12,20 @@ import os
 import re
 import subprocess
 import sys
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.utils import timezone
 
 from adapters_app.lifecycle.actors import Actor
+from adapters_app.lifecycle.inference import redis_client
 from adapters_app.lifecycle.pointer import promote
 from adapters_app.management import processes
-from adapters_app.models import ApiKey
-from tests.conftest import wait_until, with_role
+from adapters_app.models import ApiKey, Job
+from tests.conftest import wait_for_job, wait_until, with_role
+from tests.test_deploy_files import procfile
 from tests.test_settings import PRODUCTION
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -49,50 +55,53 @@ class Gunicorn:
         return self.log_path.read_text(errors="replace")[-3000:]
 
 
-@pytest.fixture(scope="module")
-def gunicorn(django_db_setup, redis_server, celery_worker_process, tmp_path_factory):
-    """gunicorn on a free port: one process of four threads (so a request finds it warm: a
-    process's first /v1 request imports for a second or more), its own var folder (static
-    files collected into it first, as every deploy does), everything else the session's."""
-    var = tmp_path_factory.mktemp("web-var")
-    port = processes.free_port()
-    env = {
+def production_env(**extra) -> dict[str, str]:
+    """What a process of the Procfile gets: the production settings, the session's database,
+    Redis, store and queue, and this virtualenv's commands (gunicorn, celery) on its PATH."""
+    return {
         **PRODUCTION,
         "ALLOWED_HOSTS": "127.0.0.1",
         "DJANGO_SETTINGS_MODULE": "mintweb.settings",
-        "MINT_VAR_DIR": str(var),
         "DATABASE_URL": processes.database_url(),
         "REDIS_URL": settings.REDIS_URL,
         "MINT_STORE": settings.MINT_STORE,
         "MINT_QUEUE": settings.CELERY_TASK_DEFAULT_QUEUE,
-        "MINT_WEB_BIND": f"127.0.0.1:{port}",
-        "MINT_WEB_WORKERS": "1",
-        "MINT_WEB_THREADS": "4",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        **extra,
     }
-    collected = subprocess.run(
-        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"],
-        cwd=settings.BASE_DIR,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
+
+
+def start(process_type: str, log_path: Path, **env) -> subprocess.Popen:
+    """The Procfile's line for `process_type`, run by a shell as Procfile runners do."""
+    return processes.spawn(["bash", "-c", procfile()[process_type]], log_path, production_env(**env))
+
+
+@pytest.fixture(scope="module")
+def gunicorn(django_db_setup, redis_server, celery_worker_process, tmp_path_factory):
+    """The Procfile's web line on a free port: static files collected into its own var folder,
+    then one gunicorn process of four threads (one, so that a request finds it warm: a
+    process's first /v1 request imports for a second or more)."""
+    var = tmp_path_factory.mktemp("web-var")
+    port = processes.free_port()
+    process = start(
+        "web",
+        var / "web.log",
+        MINT_VAR_DIR=str(var),
+        MINT_WEB_BIND=f"127.0.0.1:{port}",
+        MINT_WEB_WORKERS="1",
+        MINT_WEB_THREADS="4",
     )
-    assert collected.returncode == 0, collected.stderr
-    log_path = var / "gunicorn.log"
-    process = processes.spawn(
-        [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py"], log_path, env, append=False
-    )
-    server = Gunicorn(port, process, log_path)
+    server = Gunicorn(port, process, var / "web.log")
 
     def answers() -> bool:
         """gunicorn answers /login/"""
-        assert process.poll() is None, f"gunicorn exited:\n{server.log()}"
+        assert process.poll() is None, f"the web process exited:\n{server.log()}"
         try:
             return server.get("/login/")[0].status == 200
         except OSError:
             return False
 
-    wait_until(answers, timeout=60)
+    wait_until(answers, timeout=90)
     yield server
     processes.stop(process)
 
@@ -187,3 +196,22 @@ def test_the_management_api_answers_over_https_only(gunicorn, operator_key, alic
 def test_every_request_is_in_the_access_log_with_its_time(gunicorn):
     gunicorn.get("/login/?from=access-log")
     wait_until(lambda: re.search(r'"GET /login/\?from=access-log HTTP/1.1" 200 \d+ \d+ms', gunicorn.log()))
+
+
+def test_beat_from_the_procfile_sends_the_sweep_that_fails_a_job_whose_worker_died(
+    adapter, celery_worker_process, tmp_path
+):
+    long_ago = timezone.now() - timedelta(hours=1)
+    job = Job.objects.create(
+        kind=Job.TRAIN, adapter=adapter, state=Job.RUNNING, worker="gone@nowhere", heartbeat_at=long_ago
+    )
+    beat = start("beat", tmp_path / "beat.log", MINT_VAR_DIR=str(tmp_path), MINT_SWEEP_EVERY_SECONDS="1")
+    try:
+        wait_for_job(job, timeout=90)
+    finally:
+        processes.stop(beat)
+        # The session's worker removes orphan blobs at once: no sweep may be left to run
+        # while a later test stores a payload before the row that names it.
+        wait_until(lambda: redis_client().llen(settings.CELERY_TASK_DEFAULT_QUEUE) == 0)
+    assert job.state == Job.FAILED and "presumed dead" in job.error, (tmp_path / "beat.log").read_text()
+    assert "Scheduler: Sending due task sweep-stale-jobs" in (tmp_path / "beat.log").read_text()
