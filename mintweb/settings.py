@@ -174,6 +174,18 @@ STATICFILES_DIRS = [
     ("plotly", Path(plotly.__file__).parent / "package_data"),
 ]
 WHITENOISE_USE_FINDERS = True  # serve app and vendor assets without collectstatic
+# In production (DEBUG off) pages name each static file by its content's hash
+# (console.4f1c2a.js), and whitenoise serves those names with a ten-year cache header:
+# browsers never ask again for a file until it changes. Those names come from the manifest
+# `manage.py collectstatic` writes, so every web host runs it before starting (deploy/).
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = 40 * 1024 * 1024
 
