@@ -15,8 +15,8 @@ import yaml
 from django.core.management import get_commands
 from gunicorn.config import KNOWN_SETTINGS
 
-from adapters_app.chaos.stack import Stack
 from adapters_app.management.commands import demo
+from adapters_app.management.private_stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -67,9 +67,16 @@ def plain(line: str) -> str:
 
 
 def argvs(line: str) -> list[list[str]]:
-    """The commands of one shell line, `a && exec b`: [a, b]."""
+    """The commands of one shell line, `a && NAME=value exec b`: [a, b] (a variable set for
+    one command is its environment, checked with the others)."""
     parts = [part for part in plain(line).split("&&") if part.strip()]
-    return [[word for word in shlex.split(part) if word != "exec"] for part in parts]
+    commands = []
+    for part in parts:
+        words = [word for word in shlex.split(part) if word != "exec"]
+        while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+            words.pop(0)
+        commands.append(words)
+    return commands
 
 
 def compose_line(service: dict) -> str:
@@ -178,6 +185,17 @@ def read_by_the_project() -> set[str]:
     return {name for path in sources for name in re.findall(pattern, path.read_text())}
 
 
+def set_for_one_command(line: str) -> set[str]:
+    """The variables a shell line sets before a command: `NAME=value exec …`."""
+    names = set()
+    for part in line.split("&&"):
+        for word in shlex.split(part):
+            if not re.fullmatch(r"[A-Z_]+=\S*", word):
+                break
+            names.add(word.split("=")[0])
+    return names
+
+
 def env_file(path: Path) -> dict[str, str]:
     lines = path.read_text().splitlines()
     return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
@@ -190,6 +208,12 @@ def test_every_setting_given_to_a_mint_process_is_one_the_project_or_its_librari
     given["mint.env.example"] = set(env_file(DEPLOY / "systemd" / "mint.env.example"))
     for path in UNITS:
         given[path.name] = {value.split("=")[0] for value in unit(path).get("Environment", [])}
+    # Set for one command on its line: `MINT_WORKER_SERVES=0 exec celery …`.
+    lines = {f"Procfile {name}": line for name, line in procfile().items()}
+    lines |= {f"compose {name}": compose_line(s) for name, s in mint_services().items() if "command" in s}
+    for where, line in lines.items():
+        given[where] = set_for_one_command(line)
+    assert given["Procfile train"] == given["compose train"] == {"MINT_WORKER_SERVES"}
     for where, names in given.items():
         assert names <= known, f"{where}: {names - known}"
 
