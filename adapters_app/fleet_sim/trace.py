@@ -11,9 +11,10 @@ requests are independent draws (the inverse CDF, one bisection a draw, in C thro
 `random.choices`), arriving as a Poisson process at `requests / seconds` a second.
 
 Retrains: `retrain_fraction` of the adapters are retrained over the day, spread evenly over the
-epochs. A retrained adapter is drawn from the same popularity as requests (the people
-using their adapter are the ones giving feedback it is retrained on), and its next
-request needs the new revision: a new sha256 no worker holds yet. The old revision is
+epochs, each at most once. A retrained adapter is drawn from the same popularity as
+requests (the people using their adapter are the ones giving feedback it is retrained
+on), so the popular set is where most retrains fall, and its next request needs the new
+revision: a new sha256 no worker holds yet. The old revision is
 not forgotten anywhere (a promotion erases nothing), it just stops being asked for.
 
 A revision's sha256 here is the adapter's number and its revision counter in hex, 64
@@ -68,6 +69,7 @@ class DriftingZipf:
         self.ranks = range(adapters)
         self.order = list(first_order(adapters, seed))  # rank -> adapter, drifting
         self.revisions: dict[int, int] = {}  # adapter -> its live revision (absent: 0)
+        self.retrained: set[int] = set()  # today
         self.counts = TraceCounts()
 
     def requests(self) -> Iterator[tuple[float, str]]:
@@ -97,11 +99,19 @@ class DriftingZipf:
         self.counts.swaps += swaps
 
     def _retrain(self, epoch: int) -> None:
-        retrains = _share(round(self.retrain_fraction * self.adapters), self.epochs, epoch)
-        for rank in self.rng.choices(self.ranks, cum_weights=self.cum_weights, k=retrains):
-            adapter = self.order[rank]
-            self.revisions[adapter] = self.revisions.get(adapter, 0) + 1
-        self.counts.retrains += retrains
+        wanted = _share(round(self.retrain_fraction * self.adapters), self.epochs, epoch)
+        # At most once a day each: a draw that finds one retrained already is drawn again,
+        # a bounded number of times (the tail is hard to hit by popularity).
+        for _ in range(100):
+            if not wanted:
+                break
+            for rank in self.rng.choices(self.ranks, cum_weights=self.cum_weights, k=max(wanted, 64)):
+                adapter = self.order[rank]
+                if adapter not in self.retrained and wanted:
+                    self.retrained.add(adapter)
+                    self.revisions[adapter] = self.revisions.get(adapter, 0) + 1
+                    self.counts.retrains += 1
+                    wanted -= 1
 
 
 @functools.cache

@@ -70,10 +70,10 @@ class Command(BaseCommand):
         )
         parser.add_argument("--zipf", type=float, default=d.zipf, help="the exponent in the main table")
         parser.add_argument(
-            "--requests", type=int, default=1_000_000, help="requests in the main table's day"
+            "--requests", type=int, default=400_000, help="requests in the main table's day"
         )
         parser.add_argument(
-            "--sweep-requests", type=int, default=250_000, help="requests in each sweep run's day"
+            "--sweep-requests", type=int, default=100_000, help="requests in each sweep run's day"
         )
         parser.add_argument("--sweep-workers", type=_numbers(int), default=[16, 32, 64, 128])
         parser.add_argument("--sweep-zipf", type=_numbers(float), default=[0.8, 1.0, 1.2])
