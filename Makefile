@@ -120,7 +120,7 @@ bench-training: migrate
 # A simulated day for a million adapters over 64 workers: routing.py's choice and a real
 # ResidencyManager per worker (adapters_app/fleet_sim/), MinT beside plain LRU and random
 # routing; hit rate per tier, cold loads/s, p99 added by loads, store egress; sweeps over
-# worker count and Zipf exponent. Load times from bench-serving's results. Minutes on two
+# worker count, Zipf exponent and request rate. Load times from bench-serving's results. Minutes on two
 # cores; FLEET_ARGS="--quick" for a check, "--requests 2000000" for a longer day.
 FLEET_ARGS ?=
 bench-fleet: install

@@ -148,6 +148,7 @@ def test_the_command_prints_its_tables_and_writes_json(tmp_path):
         "--sweep-requests=1000",
         "--sweep-workers=2,4",
         "--sweep-zipf=0.8",
+        "--sweep-seconds=60",
         "--popular=50",
         "--gpu-slots=4",
         "--cpu-slots=8",
@@ -159,9 +160,9 @@ def test_the_command_prints_its_tables_and_writes_json(tmp_path):
     text = out.getvalue()
 
     assert "1,000 adapters, 4 workers, Zipf(1)" in text
-    assert "By workers" in text and "By Zipf exponent" in text
+    assert "By workers" in text and "By Zipf exponent" in text and "By requests/s" in text
     for policy in POLICIES:
         assert policy.name in text
     assert "docs/results/bench-serving-smollm2-135m.txt" in text
     report = json.loads((tmp_path / "fleet.json").read_text())
-    assert [len(report[t]) for t in ("main", "workers", "zipf")] == [3, 6, 3]
+    assert [len(report[t]) for t in ("main", "workers", "zipf", "rate")] == [3, 6, 3, 3]

@@ -108,6 +108,12 @@ class FleetResult:
         """The busiest worker's requests over the mean's: 1.0 is an even spread."""
         return max(self.per_worker) * len(self.per_worker) / sum(self.per_worker) if self.per_worker else 0.0
 
+    @property
+    def idle_workers(self) -> int:
+        """Workers that served under a tenth of the mean: capacity routing left unused."""
+        mean = sum(self.per_worker) / len(self.per_worker) if self.per_worker else 0
+        return sum(1 for n in self.per_worker if n < mean / 10)
+
     def as_dict(self) -> dict:
         spec = asdict(self.spec)
         return {
@@ -121,6 +127,8 @@ class FleetResult:
             "loaded_p99_ms": self.loaded_p99_ms,
             "store_egress_bytes_per_s": self.store_egress_bytes_per_s,
             "busiest_worker_over_mean": self.busiest_worker,
+            "idle_workers": self.idle_workers,
+            "requests_per_worker": self.per_worker,
             "retrains": self.retrains,
             "wall_seconds": self.wall_seconds,
         }

@@ -8,7 +8,9 @@ worker per request with MinT's tiers. Per policy: the share of requests served f
 memory, the cpu tier, the local disk and the store; cold loads (disk or store) a
 second; the p99 latency that loads add (over all requests, and over those that needed a
 load); store egress; how unevenly requests land (busiest worker / mean). Then the same
-over fleets of 16 to 128 workers, and over Zipf exponents 0.8 to 1.2.
+over fleets of 16 to 128 workers, over Zipf exponents 0.8 to 1.2, and over the request
+rate (the sweep's day compressed into fewer simulated seconds: the same requests with
+more in flight at once, which is what routing's least-loaded choice sees).
 
 Load times are bench-serving's measured figures, with the parts it could not measure
 (the store's network trip, a host-to-GPU copy) as named assumptions
@@ -69,14 +71,18 @@ class Command(BaseCommand):
             "--disk-slots", type=int, default=d.disk_slots, help="adapters on a worker's disk"
         )
         parser.add_argument("--zipf", type=float, default=d.zipf, help="the exponent in the main table")
-        parser.add_argument(
-            "--requests", type=int, default=400_000, help="requests in the main table's day"
-        )
+        parser.add_argument("--requests", type=int, default=400_000, help="requests in the main table's day")
         parser.add_argument(
             "--sweep-requests", type=int, default=100_000, help="requests in each sweep run's day"
         )
         parser.add_argument("--sweep-workers", type=_numbers(int), default=[16, 32, 64, 128])
         parser.add_argument("--sweep-zipf", type=_numbers(float), default=[0.8, 1.0, 1.2])
+        parser.add_argument(
+            "--sweep-seconds",
+            type=_numbers(float),
+            default=[86_400, 3_600, 600, 100],
+            help="the sweep's day compressed into these simulated seconds: the same requests, faster",
+        )
         parser.add_argument("--seconds", type=float, default=d.seconds, help="simulated seconds (a day)")
         parser.add_argument("--popular", type=int, default=d.popular, help="the top ranks that drift")
         parser.add_argument("--drift", type=float, default=d.drift, help="share of them replaced in the day")
@@ -105,11 +111,13 @@ class Command(BaseCommand):
             options.update(QUICK)
             options["sweep_workers"] = [16, 64]
             options["sweep_zipf"] = [0.8, 1.2]
+            options["sweep_seconds"] = [86_400, 600]
         spec = self._spec(options)
         sweep = spec.with_(requests=options["sweep_requests"])
         runs = [("main", spec)]
         runs += [("workers", sweep.with_(workers=n)) for n in options["sweep_workers"]]
         runs += [("zipf", sweep.with_(zipf=z)) for z in options["sweep_zipf"]]
+        runs += [("rate", sweep.with_(seconds=s)) for s in options["sweep_seconds"]]
         jobs = [(table, run_spec, policy) for table, run_spec in runs for policy in POLICIES]
         out = self.stdout.write
         out(self._header(spec, sweep, options))
@@ -123,6 +131,8 @@ class Command(BaseCommand):
             out(sweep_table("workers", "workers", tables["workers"], sweep))
         if tables["zipf"]:
             out(sweep_table("Zipf exponent", "zipf", tables["zipf"], sweep))
+        if tables["rate"]:
+            out(sweep_table("requests/s", "rate", tables["rate"], sweep))
         out(
             f"\n{len(jobs)} runs in {time.perf_counter() - started:.0f}s on {options['jobs']} processes "
             f"(the longest {max(r.wall_seconds for r in results):.0f}s); "
@@ -141,6 +151,8 @@ class Command(BaseCommand):
             raise CommandError("a tier's slots cannot be negative")
         if not 0 <= options["warmup"] < 1:
             raise CommandError("--warmup is a share of the day: from 0 up to (not including) 1")
+        if any(s <= 0 for s in options["sweep_seconds"]):
+            raise CommandError("--sweep-seconds must all be positive")
         if any(n < 1 for n in options["sweep_workers"]):
             raise CommandError("--sweep-workers must all be at least 1")
         times = MEASURED[options["base"]]
@@ -204,7 +216,8 @@ class Command(BaseCommand):
             f"(new sha256) over the day, seed {spec.seed}; the first {spec.warmup:.0%} of the day warms "
             "the caches and is not counted",
             f"sweeps: {sweep.requests:,} requests a day each ({sweep.requests / spec.seconds:.1f}/s), "
-            "otherwise as above",
+            "otherwise as above; by requests/s: that day compressed into fewer simulated seconds "
+            "(the same requests, more of them in flight at once)",
             f"a request stays in flight {spec.service_seconds:g} s after its load (the least-loaded choice "
             "counts these); loads from disk or store queue on the worker's one loader",
             *spec.cold_loads.describe(),
@@ -217,15 +230,17 @@ def main_table(spec: FleetSpec, results: list[FleetResult]) -> str:
         "",
         f"{spec.adapters:,} adapters, {spec.workers} workers, Zipf({spec.zipf:g}), "
         f"{spec.requests:,} requests "
-        "(share of requests served from each tier; rates per simulated second)",
+        "(share of requests served from each tier; rates per simulated second; idle: workers that "
+        "served under a tenth of the mean)",
         f"{'policy':31} {'GPU':>6} {'CPU':>6} {'disk':>6} {'store':>6} {'cold loads/s':>12} "
-        f"{'p99 added':>10} {'p99 if loaded':>13} {'egress MiB/s':>12} {'busiest/mean':>12}",
+        f"{'p99 added':>10} {'p99 if loaded':>13} {'egress MiB/s':>12} {'busiest/mean':>12} {'idle':>5}",
     ]
     for r in results:
         lines.append(
             f"{r.policy:31} {r.share('device'):6.3f} {r.share('cpu'):6.3f} {r.share('disk'):6.3f} "
             f"{r.share('store'):6.3f} {r.cold_loads_per_s:12.2f} {r.added_p99_ms:8.1f}ms "
             f"{r.loaded_p99_ms:11.1f}ms {r.store_egress_bytes_per_s / MIB:12.2f} {r.busiest_worker:12.1f}"
+            f" {r.idle_workers:5d}"
         )
     return "\n".join(lines)
 
@@ -235,13 +250,14 @@ def sweep_table(title: str, field: str, results: list[FleetResult], sweep: Fleet
         "",
         f"By {title} ({sweep.requests:,} requests a run; memory = GPU + CPU)",
         f"{title:>13} {'policy':8} {'GPU':>6} {'memory':>6} {'store':>6} {'cold loads/s':>12} "
-        f"{'p99 added':>10} {'egress MiB/s':>12} {'busiest/mean':>12}",
+        f"{'p99 added':>10} {'egress MiB/s':>12} {'busiest/mean':>12} {'idle':>5}",
     ]
     for r in results:
-        value = getattr(r.spec, field)
+        value = r.spec.requests / r.spec.seconds if field == "rate" else getattr(r.spec, field)
         lines.append(
-            f"{value:>13g} {SHORT[r.policy]:8} {r.share('device'):6.3f} "
+            f"{value:>13.4g} {SHORT[r.policy]:8} {r.share('device'):6.3f} "
             f"{r.share('device') + r.share('cpu'):6.3f} {r.share('store'):6.3f} {r.cold_loads_per_s:12.2f} "
             f"{r.added_p99_ms:8.1f}ms {r.store_egress_bytes_per_s / MIB:12.2f} {r.busiest_worker:12.1f}"
+            f" {r.idle_workers:5d}"
         )
     return "\n".join(lines)
