@@ -26,6 +26,7 @@ TINY = {
     "loads": 2,
     "threads": 1,
     "zipf_requests": 2000,
+    "bandwidth_mib": 8,
 }
 
 
@@ -58,6 +59,13 @@ def test_a_tiny_run_prints_every_table_and_names_the_adapted_modules(
     assert figures["conditions"]["adapted_modules"] == modules
     assert figures["throughput"]["rows_equal_to_alone"]["ours"] == 4
     assert figures["conditions"]["cpu_kernel"] is True and figures["throughput"]["cpu_kernel"] is True
+    # The roofline: bandwidth measured in the run, each side's bytes, and the ratio it allows.
+    assert "memory bandwidth, measured in this run" in out and "the roofline allows" in out
+    roofline = figures["roofline"]
+    assert roofline["pass_bytes"]["ours"] > roofline["pass_bytes"]["bare"] > 0
+    allowed = roofline["ours_over_bare"]["roofline_allows"]
+    assert allowed == pytest.approx(roofline["pass_bytes"]["bare"] / roofline["pass_bytes"]["ours"])
+    assert all(value > 0 for value in roofline["achieved_fraction"].values())
 
 
 def test_it_runs_on_an_imported_gqa_base_by_its_registered_name(tiny_llama_base, tmp_path, capsys):

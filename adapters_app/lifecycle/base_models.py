@@ -265,6 +265,20 @@ def ensure_family_base(
     return register_base_model(name, dest, actor=actor)
 
 
+def ensure_shaped_base(name: str, *, actor: Actor | None = None) -> BaseModel:
+    """Build (if needed) and register a base of a known shape (`micro_base.SHAPED`: random
+    weights at a real model's layer shape, for benchmarks), under that name."""
+    from workers.engine.micro_base import SHAPED, build_micro_base
+
+    existing = BaseModel.objects.filter(name=name).first()
+    if existing and Path(existing.path).exists():
+        return existing
+    folder = Path(settings.MINT_BASES_DIR) / name
+    if not (folder / "config.json").exists():
+        build_micro_base(folder, seed=0, shape=SHAPED[name])
+    return register_base_model(name, folder, actor=actor or Actor.system("cli"))
+
+
 def ensure_micro_base(*, actor: Actor | None = None) -> BaseModel:
     """Build (if needed) and register the micro base the tests use."""
     from workers.engine.micro_base import build_micro_base

@@ -11,12 +11,18 @@ from pathlib import Path
 from django.core.management.base import CommandError
 
 from adapters_app.lifecycle.actors import Actor
-from adapters_app.lifecycle.base_models import ensure_family_base, ensure_micro_base, import_base_model
+from adapters_app.lifecycle.base_models import (
+    ensure_family_base,
+    ensure_micro_base,
+    ensure_shaped_base,
+    import_base_model,
+)
 from adapters_app.lifecycle.errors import LifecycleError
 from adapters_app.management.progress import progress_bar
 from adapters_app.models import BaseModel
 from workers.engine.base_family import FAMILY
 from workers.engine.base_import import PACKAGED
+from workers.engine.micro_base import SHAPED
 from workers.engine.report import measured_recipe
 from workers.engine.training import TrainingConfig, TrainingConfigInvalid
 
@@ -26,12 +32,13 @@ MICRO = "micro"
 def check_base_name(name: str, *, setting: str = "") -> None:
     """Refuse at once a name that is none of ours, no registered base and no packaged one,
     with the choices (`setting`: where the name came from, e.g. an environment variable)."""
-    if name == MICRO or name in FAMILY or name in PACKAGED or BaseModel.objects.filter(name=name).exists():
+    if name in (MICRO, *SHAPED, *FAMILY, *PACKAGED) or BaseModel.objects.filter(name=name).exists():
         return
     registered = list(BaseModel.objects.order_by("name").values_list("name", flat=True))
     raise CommandError(
         f"no base {name!r}{f' ({setting})' if setting else ''}: choose {MICRO}, one of ours "
-        f"({', '.join(FAMILY)}), a registered base ({', '.join(registered) or 'none yet'}) "
+        f"({', '.join(FAMILY)}), a shape ({', '.join(SHAPED)}), a registered base "
+        f"({', '.join(registered) or 'none yet'}) "
         f"or a packaged one to import ({', '.join(PACKAGED)})"
     )
 
@@ -46,6 +53,8 @@ def base_for_command(name: str, *, stdout, actor: Actor | None = None, setting: 
     try:
         if name == MICRO:
             return ensure_micro_base()
+        if name in SHAPED:
+            return ensure_shaped_base(name, actor=actor)
         if name in FAMILY:
             return ensure_family_base(name, actor=actor, on_step=progress_bar(stdout, name), log=stdout.write)
         row = BaseModel.objects.filter(name=name).first()

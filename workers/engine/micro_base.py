@@ -45,8 +45,24 @@ def build_byte_tokenizer():
     return tokenizer
 
 
-def build_micro_base(dest: str | os.PathLike, *, seed: int = 0) -> Path:
-    """Build the micro base into `dest` (replaced atomically) and return its path."""
+# The shape of one Llama-2-7B decoder layer (hidden 4096, MLP 11008, 32 heads), two layers
+# deep, with the byte tokenizer's small vocabulary: a base on which a decode step's bytes
+# are what a 7B model's layers read, for the serving benchmark (`--base llama-7b-layer`).
+# Random weights: throughput does not depend on what was learned. 405 M parameters, 1.6 GB.
+LLAMA_7B_LAYER_CONFIG = dict(
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=2,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    max_position_embeddings=1024,
+)
+SHAPED = {"llama-7b-layer": LLAMA_7B_LAYER_CONFIG}
+
+
+def build_micro_base(dest: str | os.PathLike, *, seed: int = 0, shape: dict = MICRO_CONFIG) -> Path:
+    """Build the micro base (or another `shape` of it: SHAPED) into `dest` (replaced
+    atomically) and return its path."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -57,7 +73,7 @@ def build_micro_base(dest: str | os.PathLike, *, seed: int = 0) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
-        **MICRO_CONFIG,
+        **shape,
     )
     generator_state = torch.random.get_rng_state()
     try:

@@ -114,6 +114,9 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--zipf-requests", type=int, default=200_000)
         parser.add_argument(
+            "--bandwidth-mib", type=int, default=512, help="each array of the bandwidth measurement (MiB)"
+        )
+        parser.add_argument(
             "--json", dest="json_path", default=str(Path(settings.VAR_DIR) / "reports" / "bench-serving.json")
         )
 
@@ -134,6 +137,8 @@ class Command(BaseCommand):
         out(bench.header(row.name))
         throughput = bench.throughput()
         out(throughput.table())
+        roofline = bench.roofline(throughput)
+        out(roofline.table())
         loads = bench.cold_loads()
         out(loads.table())
         zipf = zipf_section(options["zipf_requests"])
@@ -146,6 +151,7 @@ class Command(BaseCommand):
             "base": row.name,
             "conditions": bench.conditions(),
             "throughput": throughput.as_dict(),
+            "roofline": roofline.as_dict(),
             "cold_load": loads.as_dict(),
             "zipf": zipf["rows"],
             "peak_rss_mib": peak_rss_mib(),
@@ -361,6 +367,35 @@ class ServingBench:
             )
         return Throughput(tokens, seconds, agreement, self.batch, self.new_tokens)
 
+    def roofline(self, throughput: Throughput) -> Roofline:
+        """This machine's memory bandwidth, measured now with the decode's threads, and the
+        bytes one pass must read on each side (workers/engine/roofline.py)."""
+        from workers.engine.roofline import measure_bandwidth, step_bytes
+
+        bandwidth = measure_bandwidth(
+            array_bytes=self.options["bandwidth_mib"] << 20, threads=self.torch.get_num_threads()
+        )
+        positions = int(self.mask.shape[1])  # the prefill's, then one more each step
+        distinct = len(set(self.row_adapters))
+
+        def pass_bytes(adapted: bool) -> int:
+            return sum(
+                step_bytes(
+                    self.base.model,
+                    rows=self.batch,
+                    context=positions + step,
+                    module_shapes=self.modules if adapted else None,
+                    rank=self.rank,
+                    distinct=distinct if adapted else 0,
+                ).total
+                for step in range(self.new_tokens + 1)
+            )
+
+        sides = {"bare": pass_bytes(False)}
+        if self.batched:
+            sides["ours"] = pass_bytes(True)
+        return Roofline(bandwidth, sides, throughput)
+
     def _timed(self, action) -> float:
         self._sync()
         started = time.perf_counter()
@@ -508,6 +543,70 @@ class Throughput:
             }
             for bottom in ("bare", "peft_mixed", "peft_switch"):
                 figures[f"ours_over_{bottom}"] = figures["ratios"][f"ours_over_{bottom}"]["median"]
+        return figures
+
+
+class Roofline:
+    """Per side, the bytes a pass reads (the prefill and each decode step: the base's
+    weights, the distinct adapters' factors, the KV cache) and the time they alone would take
+    at the bandwidth measured in this run; the achieved fraction is that time over the
+    pass's measured median. A pass whose rows all stopped early reads less than counted, so
+    the fractions are lower bounds."""
+
+    def __init__(self, bandwidth, pass_bytes: dict[str, int], throughput: Throughput):
+        self.bandwidth, self.pass_bytes, self.throughput = bandwidth, pass_bytes, throughput
+
+    def roofline_seconds(self, side: str) -> float:
+        return self.pass_bytes[side] / self.bandwidth.best
+
+    def achieved(self, side: str) -> float:
+        return self.roofline_seconds(side) / statistics.median(self.throughput.seconds[side])
+
+    @property
+    def allowed_ratio(self) -> float | None:
+        """ours ÷ bare in tokens/s if both ran at their roofline: bare's bytes over ours."""
+        if "ours" not in self.pass_bytes:
+            return None
+        return self.pass_bytes["bare"] / self.pass_bytes["ours"]
+
+    def table(self) -> str:
+        bw = self.bandwidth
+        lines = [
+            "",
+            f"memory bandwidth, measured in this run ({bw.threads} threads, {bw.array_bytes >> 20} MiB "
+            f"arrays, best of 5): copy {bw.copy / 1e9:.1f} GB/s, triad {bw.triad / 1e9:.1f} GB/s",
+            f"{'roofline (bytes a pass reads)':40} {'MB / pass':>10} {'roofline s':>11} {'s / pass':>9} "
+            f"{'achieved':>9}",
+        ]
+        for side in self.pass_bytes:
+            median = statistics.median(self.throughput.seconds[side])
+            lines.append(
+                f"{LABELS[side]:40} {self.pass_bytes[side] / 1e6:10.1f} {self.roofline_seconds(side):11.3f} "
+                f"{median:9.3f} {self.achieved(side):9.2f}"
+            )
+        allowed = self.allowed_ratio
+        if allowed is not None:
+            measured = statistics.median(self.throughput.ratios("ours", "bare"))
+            lines.append(
+                f"ours / bare: measured {measured:.2f}, the roofline allows {allowed:.2f}; "
+                f"ours reaches {measured / allowed:.2f} of what its roofline allows"
+            )
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        figures = {
+            "bandwidth_bytes_per_s": {"copy": self.bandwidth.copy, "triad": self.bandwidth.triad},
+            "pass_bytes": self.pass_bytes,
+            "roofline_seconds": {side: self.roofline_seconds(side) for side in self.pass_bytes},
+            "achieved_fraction": {side: self.achieved(side) for side in self.pass_bytes},
+        }
+        if self.allowed_ratio is not None:
+            measured = statistics.median(self.throughput.ratios("ours", "bare"))
+            figures["ours_over_bare"] = {
+                "measured": measured,
+                "roofline_allows": self.allowed_ratio,
+                "share_of_allowed": measured / self.allowed_ratio,
+            }
         return figures
 
 
