@@ -124,3 +124,17 @@ def test_a_packaged_base_whose_package_is_missing_names_make_real_bases(monkeypa
 def test_an_unknown_base_is_refused_with_the_choices():
     with pytest.raises(CommandError, match=r"no base 'nobody'.*smollm2-135m"):
         call_command("bench_serving", base="nobody", threads=1)
+
+
+def test_the_sharing_table_spreads_the_rows_over_fewer_adapters_and_a_zipf_draw(micro_base, tmp_path, capsys):
+    out, figures = bench("micro", tmp_path / "bench.json", capsys, sharing=True, switch_rows=2)
+
+    spreads = list(figures["sharing"])
+    assert spreads[:2] == ["1 distinct", "2 distinct"]  # 8 would need more than the 2 adapters loaded
+    assert spreads[2].startswith("Zipf(1.0) over 10,000")
+    # Fewer distinct adapters read fewer factors: the roofline allows more.
+    allowed = [figures["sharing"][name]["roofline_allows"] for name in spreads[:2]]
+    assert allowed[0] > allowed[1] and all(0 < a < 1 for a in allowed)
+    assert "ours / bare, rows over" in out
+    # Per-request switching sampled on two rows: the rows compared with it say so.
+    assert "(the first 2 rows: switching was sampled): ours 2/2" in out

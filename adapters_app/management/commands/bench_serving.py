@@ -117,6 +117,17 @@ class Command(BaseCommand):
             "--bandwidth-mib", type=int, default=512, help="each array of the bandwidth measurement (MiB)"
         )
         parser.add_argument(
+            "--switch-rows",
+            type=int,
+            default=0,
+            help="PEFT per-request switching on only this many rows (0: all; its rate is per token)",
+        )
+        parser.add_argument(
+            "--sharing",
+            action="store_true",
+            help="also ours / bare with the rows over 1, 8 and all adapters, and Zipf(1.0) over 10,000",
+        )
+        parser.add_argument(
             "--json", dest="json_path", default=str(Path(settings.VAR_DIR) / "reports" / "bench-serving.json")
         )
 
@@ -139,6 +150,9 @@ class Command(BaseCommand):
         out(throughput.table())
         roofline = bench.roofline(throughput)
         out(roofline.table())
+        sharing = bench.sharing() if options["sharing"] and bench.batched else None
+        if sharing is not None:
+            out(sharing.table())
         loads = bench.cold_loads()
         out(loads.table())
         zipf = zipf_section(options["zipf_requests"])
@@ -152,6 +166,7 @@ class Command(BaseCommand):
             "conditions": bench.conditions(),
             "throughput": throughput.as_dict(),
             "roofline": roofline.as_dict(),
+            "sharing": sharing.as_dict() if sharing is not None else None,
             "cold_load": loads.as_dict(),
             "zipf": zipf["rows"],
             "peak_rss_mib": peak_rss_mib(),
@@ -225,6 +240,9 @@ class ServingBench:
         started = time.perf_counter()
         self.peft, self.peft_names = peft_with_adapters(load_base(folder, digest).model, self.payloads)
         self.row_names = [self.peft_names[sha] for sha in self.row_adapters]
+        # Per-request switching runs each row alone: at a 7B layer's shape, 64 rows of it take
+        # minutes a round, so it may be sampled on the first rows (its rate is per token).
+        self.switch_rows = min(self.batch, options.get("switch_rows") or self.batch)
         log(f"loaded {len(self.shas)} adapters into one PeftModel in {time.perf_counter() - started:.1f}s")
         self.torch = torch
 
@@ -330,7 +348,7 @@ class ServingBench:
                 )
             else:
                 rows = []
-                for row, name in enumerate(self.row_names):
+                for row, name in enumerate(self.row_names[: self.switch_rows]):
                     self.peft.set_adapter(name)
                     real = self.mask[row].bool()
                     ids, mask = self.ids[row : row + 1, real], self.mask[row : row + 1, real]
@@ -352,9 +370,9 @@ class ServingBench:
                     seconds[variant].append(elapsed[variant])
                     tokens[variant].append(int((produced[variant] != FINISHED).sum()))
             if index == 0:
-                reference = produced["peft_switch"]  # each adapter alone, unpadded
+                reference = produced["peft_switch"]  # each adapter alone, unpadded (sampled rows)
                 agreement = {
-                    v: int((produced[v] == reference).all(dim=1).sum())
+                    v: int((produced[v][: self.switch_rows] == reference).all(dim=1).sum())
                     for v in self.variants
                     if v in (*OURS, "peft_mixed")
                 }
@@ -365,7 +383,7 @@ class ServingBench:
                     for v in self.variants
                 )
             )
-        return Throughput(tokens, seconds, agreement, self.batch, self.new_tokens)
+        return Throughput(tokens, seconds, agreement, self.batch, self.new_tokens, compared=self.switch_rows)
 
     def roofline(self, throughput: Throughput) -> Roofline:
         """This machine's memory bandwidth, measured now with the decode's threads, and the
@@ -395,6 +413,56 @@ class ServingBench:
         if self.batched:
             sides["ours"] = pass_bytes(True)
         return Roofline(bandwidth, sides, throughput)
+
+    def sharing(self, zipf_adapters: int = 10_000) -> Sharing:
+        """ours / bare with the batch's rows spread over 1, 8 and all the bank's adapters,
+        and drawn from Zipf(1.0) popularity over `zipf_adapters` (the draw's distinct
+        adapters mapped onto loaded ones: only how many differ matters to the bytes), the
+        two sides interleaved round by round like the main table."""
+        import numpy as np
+
+        popularity = 1.0 / np.arange(1, zipf_adapters + 1)  # Zipf(1.0): the k-th most asked, 1/k
+        rng = np.random.default_rng(self.options["seed"])
+        drawn = [int(d) for d in rng.choice(zipf_adapters, size=self.batch, p=popularity / popularity.sum())]
+        order = {d: i for i, d in enumerate(dict.fromkeys(drawn))}
+        fewer = [k for k in (1, 8) if k < len(self.shas)]  # the bank holds --adapters of them
+        spreads = {f"{k} distinct": [self.shas[i % k] for i in range(self.batch)] for k in fewer}
+        spreads[f"{len(self.shas)} distinct"] = self.row_adapters
+        zipf_rows = [self.shas[order[d] % len(self.shas)] for d in drawn]
+        spreads[f"Zipf(1.0) over {zipf_adapters:,} ({len(set(zipf_rows))} distinct)"] = zipf_rows
+        kept = self.row_slots
+        rows: dict[str, tuple[list[float], float]] = {}
+        try:
+            for name, adapters in spreads.items():
+                self.row_slots = self.ours.slot_ids(adapters)
+                ratios = []
+                for index in range(self.options["rounds"] + 1):
+                    bare_s, bare_tokens = self.run("bare")
+                    ours_s, ours_tokens = self.run("ours")
+                    if index:  # round 0 warms up
+                        bare_rate = int((bare_tokens != FINISHED).sum()) / bare_s
+                        ratios.append(int((ours_tokens != FINISHED).sum()) / ours_s / bare_rate)
+                rows[name] = (ratios, self._allowed(len(set(adapters))))
+                self.log(f"sharing, {name}: ours / bare {statistics.median(ratios):.2f}")
+        finally:
+            self.row_slots = kept
+        return Sharing(rows)
+
+    def _allowed(self, distinct: int) -> float:
+        """ours / bare at the roofline for one decode step with `distinct` adapters."""
+        from workers.engine.roofline import step_bytes
+
+        context = int(self.mask.shape[1]) + self.new_tokens // 2
+        bare = step_bytes(self.base.model, rows=self.batch, context=context).total
+        ours = step_bytes(
+            self.base.model,
+            rows=self.batch,
+            context=context,
+            module_shapes=self.modules,
+            rank=self.rank,
+            distinct=distinct,
+        ).total
+        return bare / ours
 
     def _timed(self, action) -> float:
         self._sync()
@@ -451,9 +519,16 @@ class Throughput:
         agreement: dict,
         batch: int,
         new_tokens: int,
+        *,
+        compared: int | None = None,
     ):
         self.tokens, self.seconds, self.agreement = tokens, seconds, agreement
         self.batch, self.new_tokens = batch, new_tokens
+        # Rows per-request switching ran (all, unless sampled): the rows compared with it.
+        self.compared = compared or batch
+
+    def rows_of(self, variant: str) -> int:
+        return self.compared if variant == "peft_switch" else self.batch
 
     @property
     def batched(self) -> bool:
@@ -489,12 +564,12 @@ class Throughput:
         lines = ["", f"{'':40} {'tokens/s':>10} {'s / pass':>9} {'tokens / row':>13}"]
         for variant in self.seconds:
             median = statistics.median(self.seconds[variant])
-            per_row = statistics.median(self.tokens[variant]) / self.batch
+            per_row = statistics.median(self.tokens[variant]) / self.rows_of(variant)
             lines.append(f"{LABELS[variant]:40} {self.rate(variant):10.0f} {median:9.3f} {per_row:13.1f}")
         if not self.batched:
             lines.append(f"{LABELS['ours']:40} {'not batched on this architecture':>34}")
         agreeing = ", ".join(
-            f"{name} {self.agreement[v]}/{self.batch}"
+            f"{name} {self.agreement[v]}/{self.compared}"
             for v, name in (
                 ("ours", "ours"),
                 (TORCH_OPS, "ours with torch ops"),
@@ -502,9 +577,12 @@ class Throughput:
             )
             if v in self.agreement
         )
+        sampled = (
+            f" (the first {self.compared} rows: switching was sampled)" if self.compared < self.batch else ""
+        )
         lines.append(
             f"\nrows whose greedy tokens (up to end of turn, at most {self.new_tokens}) equal the adapter "
-            f"run alone (PEFT, batch 1, unpadded): {agreeing}"
+            f"run alone (PEFT, batch 1, unpadded){sampled}: {agreeing}"
         )
         lines.append("")
         lines.append(f"{'ratio of tokens/s':34} {'median ratio':>12} {'min-max':>15} {'target':>7}  verdict")
@@ -608,6 +686,34 @@ class Roofline:
                 "share_of_allowed": measured / self.allowed_ratio,
             }
         return figures
+
+
+class Sharing:
+    """ours / bare per spread of the batch's rows over adapters: median ratio of tokens/s
+    over the rounds, with min-max, beside the ratio the roofline allows at that spread."""
+
+    def __init__(self, rows: dict[str, tuple[list[float], float]]):
+        self.rows = rows
+
+    def table(self) -> str:
+        lines = ["", f"{'ours / bare, rows over':42} {'median':>7} {'min-max':>11} {'roofline allows':>16}"]
+        for name, (ratios, allowed) in self.rows.items():
+            lines.append(
+                f"{name:42} {statistics.median(ratios):7.2f} {min(ratios):5.2f}-{max(ratios):<5.2f} "
+                f"{allowed:16.2f}"
+            )
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        return {
+            name: {
+                "median": statistics.median(ratios),
+                "min": min(ratios),
+                "max": max(ratios),
+                "roofline_allows": allowed,
+            }
+            for name, (ratios, allowed) in self.rows.items()
+        }
 
 
 def short_label(variant: str) -> str:
