@@ -17,9 +17,6 @@ workers' process groups; nothing of ours runs on the way down.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -106,7 +103,7 @@ class Cluster(Stack):
         self.start_beat()
         self.start_web()
         for name in self.workers:
-            self.wait_worker(name)
+            self.wait_worker(name, timeout=180)  # six workers starting on the same cores
         seconds = time.monotonic() - started
         self.log(f"cluster of {len(self.hosts)} hosts up in {seconds:.1f}s under {self.root}")
 
@@ -135,33 +132,12 @@ class Cluster(Stack):
         command += ["--schedule", str(self.var / "beat-schedule")]
         self.beat = processes.spawn(command, self.var / "beat.log", self.env())
 
-    def wait_worker(self, name: str, timeout: float = 180) -> None:
-        """Until the node says it is ready and its row says healthy (routing sees it)."""
-        import time
-
-        from adapters_app.models import Worker as WorkerRow
-
-        worker = self.workers[name]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if worker.process.poll() is not None:
-                raise StackUnavailable(f"worker {name} exited; see {worker.log_path}")
-            with contextlib.suppress(Exception):
-                row = WorkerRow.objects.filter(name=name).first()
-                if row is not None and row.pid == worker.process.pid and row.health == "healthy":
-                    return
-            time.sleep(0.2)
-        raise StackUnavailable(f"worker {name} not ready in {timeout:.0f}s; see {worker.log_path}")
-
     # --- faults -------------------------------------------------------------------------
 
     def kill_host(self, host: str) -> None:
         """SIGKILL both of the host's workers, as a machine losing power would stop them."""
         for name in (node(TRAIN, host), node(SERVE, host)):
-            worker = self.workers[name]
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(worker.process.pid, signal.SIGKILL)
-            worker.process.wait(timeout=10)
+            self.kill_worker(name)
 
     # --- tear-down ----------------------------------------------------------------------
 

@@ -357,7 +357,10 @@ class Stack:
         return self.workers[name]
 
     def wait_worker(self, name: str, timeout: float = 120) -> None:
-        """Until the worker says it is ready and its row says it is healthy (routing sees it)."""
+        """Until the worker says it is ready and its row says it is healthy (routing sees it).
+        `name` is its node name (`serve@host-a`) or the part before `@%h` (`serve-a`)."""
+        from django.db.models import Q
+
         from adapters_app.models import Worker as WorkerRow
 
         worker = self.workers[name]
@@ -366,7 +369,8 @@ class Stack:
             if worker.process.poll() is not None:
                 raise StackUnavailable(f"worker {name} exited; see {worker.log_path}")
             with contextlib.suppress(Exception):
-                row = WorkerRow.objects.filter(name__startswith=f"{name}@").order_by("-pk").first()
+                rows = WorkerRow.objects.filter(Q(name=name) | Q(name__startswith=f"{name}@"))
+                row = rows.order_by("-pk").first()
                 if row is not None and row.pid == worker.process.pid and row.health == "healthy":
                     return
             time.sleep(0.2)
